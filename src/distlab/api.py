@@ -1,0 +1,159 @@
+"""The Python face of distlab: run(config) -> RunResult, load_run(path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distlab.config import RunConfig, validate_config
+from distlab.data.datasets import load_dataset
+from distlab.metrics import EventTail, merge_events, read_events
+from distlab.runtime import launch
+from distlab.strategies import processes_for
+from distlab.summary import summarize
+
+__all__ = ["RunConfig", "RunResult", "load_run", "run", "prepare_run_dir"]
+
+
+@dataclass
+class RunResult:
+    """A finished (or failed) run: its directory, summary and events."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    events: list[dict[str, Any]]
+    config: dict[str, Any]
+
+    def frame(self):
+        """Events as a pandas DataFrame (pandas is needed for this one method)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.events)
+
+
+def run(
+    config: RunConfig | dict[str, Any],
+    overwrite: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Validate, launch and summarize one run. Bad input raises ValueError before anything
+    is written; a failed rank raises launch.RunFailed after the run directory is finalized."""
+    cfg = config if isinstance(config, RunConfig) else validate_config(dict(config))
+    start = time.time()
+    external = launch.external_env()
+    world = processes_for(cfg)
+    if external is not None and external[1] != world:
+        raise ValueError(
+            f"the launcher started {external[1]} processes but strategy "
+            f"{cfg.strategy.name} with --workers {cfg.workers} needs {world}"
+        )
+    launch.resolve_device(cfg)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    if external is not None:
+        return _run_external(cfg, external, overwrite, start)
+    run_dir = prepare_run_dir(cfg, overwrite)
+    return _run_local(cfg, world, run_dir, start, data, on_event)
+
+
+def _run_local(cfg, world, run_dir, start, data, on_event) -> RunResult:
+    status = "failed"
+    try:
+        if world == 1:
+            launch.run_inline(cfg, run_dir, start, data, on_event)
+        else:
+            tail = EventTail(run_dir / "events" / "rank-0.jsonl", on_event)
+            launch.launch_local(cfg, world, run_dir, start, on_poll=tail.poll)
+            tail.poll()
+        status = "completed"
+    except (KeyboardInterrupt, launch.RunInterrupted):
+        status = "interrupted"
+        raise launch.RunInterrupted(f"interrupted; partial run kept in {run_dir}") from None
+    finally:
+        finish_run(cfg, run_dir, world, start, status)
+    return load_run(run_dir)
+
+
+def _run_external(cfg, external, overwrite, start) -> RunResult:
+    rank, world, local_rank = external
+    run_dir = launch.join_external(
+        cfg, rank, world, local_rank, lambda: prepare_run_dir(cfg, overwrite), start
+    )
+    if rank == 0:
+        finish_run(cfg, run_dir, world, start, "completed")
+        return load_run(run_dir)
+    return RunResult(run_dir, {}, [], json.loads(cfg.to_json()))
+
+
+def finish_run(cfg: RunConfig, run_dir: Path, world: int, start: float, status: str) -> None:
+    """Merge the ranks' events and write summary.json, whatever the run's outcome."""
+    files = sorted((run_dir / "events").glob("rank-*.jsonl"))
+    events = merge_events(files, run_dir / "events.jsonl")
+    summary = summarize(cfg, events, world, time.time() - start, status)
+    errors = sorted((run_dir / "errors").glob("rank-*.json"))
+    if errors:
+        summary["errors"] = [json.loads(p.read_text())["message"] for p in errors]
+    _write_json(run_dir / "summary.json", summary)
+
+
+def default_name(cfg: RunConfig) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.strategy.name}-{cfg.dataset}-{cfg.model}-{stamp}"
+
+
+def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
+    """Create OUT_DIR/NAME and write config.json; refuse an existing one unless overwrite."""
+    out = Path(cfg.out_dir)
+    name = cfg.name or default_name(cfg)
+    run_dir = out / name
+    if run_dir.exists() and cfg.name is None:
+        run_dir = _unique(out, name)
+    elif run_dir.exists() and not overwrite:
+        raise ValueError(f"run directory {str(run_dir)!r} exists (use --overwrite to replace it)")
+    _check_writable(out)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    (run_dir / "events").mkdir(parents=True)
+    (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+    return run_dir
+
+
+def _unique(out: Path, name: str) -> Path:
+    n = 2
+    while (out / f"{name}-{n}").exists():
+        n += 1
+    return out / f"{name}-{n}"
+
+
+def _check_writable(out: Path) -> None:
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"out_dir {str(out)!r} is not writable")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"out_dir {str(out)!r} is not writable: {exc.strerror}") from None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_run(path: str | Path) -> RunResult:
+    """Read a run directory written by `run`."""
+    run_dir = Path(path)
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():
+        raise ValueError(f"{str(run_dir)!r} is not a finished run directory (no summary.json)")
+    summary = json.loads(summary_file.read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    return RunResult(run_dir, summary, read_events(run_dir / "events.jsonl"), config)

@@ -1,0 +1,246 @@
+"""RunConfig: the frozen description of one run, loaded from a file, flags and overrides."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from distlab.data.datasets import DATASETS
+from distlab.data.partition import PartitionConfig
+from distlab.models import MODELS
+from distlab.strategies import StrategyParams
+
+
+class Frozen(BaseModel):
+    """Base for every config model: immutable, unknown keys rejected, docstrings kept."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class OptimizerConfig(Frozen):
+    """The optimizer every worker or client uses for its local steps."""
+
+    name: Literal["sgd", "adam"] = "sgd"
+    """Optimizer: sgd (with optional momentum and weight decay) or adam."""
+    lr: float = Field(0.05, gt=0)
+    """Learning rate; must be > 0."""
+    momentum: float = Field(0.0, ge=0, lt=1)
+    """SGD momentum in [0, 1)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """L2 weight decay, >= 0."""
+
+
+class RunConfig(Frozen):
+    """One training job: what to train, on which data, under which paradigm."""
+
+    name: str | None = None
+    """Run name; the run directory is OUT_DIR/NAME. Default: STRATEGY-DATASET-MODEL-TIME."""
+    dataset: str = "mnist-sample"
+    """Dataset name; see `distlab datasets`."""
+    data_dir: Path | None = None
+    """Directory holding dataset files (mnist, fashion-mnist, cifar10) and the cache."""
+    download: bool = False
+    """Download missing dataset files (checked by SHA-256) where a network exists."""
+    model: str = "lenet"
+    """Model name: lenet, cnn-dropout, mlp or logreg."""
+    strategy: StrategyParams = Field(default_factory=lambda: _default_strategy())
+    """Training paradigm and its parameters (strategy.name selects it)."""
+    workers: int = Field(1, ge=1)
+    """Number of data-parallel workers, or client hosts for federated strategies; >= 1."""
+    partition: PartitionConfig = Field(default_factory=lambda: _default_partition())
+    """How the training data is divided among workers or clients."""
+    sampler: Literal["split-batch", "random", "balanced"] = "split-batch"
+    """How a worker walks its data each epoch: split-batch (each global batch split across
+    workers, exact equivalence with centralized), random or balanced (per-worker batches)."""
+    optimizer: OptimizerConfig = OptimizerConfig()
+    """Optimizer settings."""
+    batch_size: int = Field(32, ge=1)
+    """Batch size: global under split-batch, per worker or client otherwise; >= 1."""
+    epochs: int = Field(3, ge=1)
+    """Passes over the training data (data-parallel strategies); >= 1."""
+    seed: int = 0
+    """Seed for every random choice: model init, shuffling, partitioning, sampling."""
+    eval_every: int = Field(0, ge=0)
+    """Evaluate every this many steps (rounds for federated); 0 = once per epoch."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Device: cpu (gloo), cuda (NCCL) or auto (cuda when present)."""
+    threads: int = Field(0, ge=0)
+    """Torch threads per process; 0 = max(1, cores // processes)."""
+    timeout: float = Field(120.0, gt=0)
+    """Seconds a collective may block before the run fails with the stuck rank named."""
+    out_dir: Path = Path("runs")
+    """Parent directory of the run directory."""
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _check_choice("dataset", value, DATASETS)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return _check_choice("model", value, MODELS)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def _default_strategy() -> StrategyParams:
+    from distlab.strategies import params_for
+
+    return params_for("centralized")()
+
+
+def _default_partition() -> PartitionConfig:
+    from distlab.data.partition import IidPartition
+
+    return IidPartition()
+
+
+def _check_choice(field: str, value: str, allowed: dict) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {field} {value!r} (allowed: {', '.join(sorted(allowed))})")
+    return value
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML, TOML or JSON config file into a plain dict; ValueError when it can't."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"malformed config file {str(path)!r}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split one `key=value` override; the value is parsed as YAML (so 10 is an int)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"bad --set {text!r}: expected key=value, e.g. strategy.mode=async")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set data[a][b][c] = value for key 'a.b.c', creating mappings on the way."""
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {"name": child} if part == "strategy" and isinstance(child, str) else {}
+            if part == "partition" and isinstance(node.get(part), str):
+                child = {"scheme": node[part]}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def build_config(
+    file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """File, then flags (dotted keys, None = not given), then --set overrides; validated."""
+    data: dict[str, Any] = read_config_file(file) if file else {}
+    data = _normalize_shorthands(data)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            set_dotted(data, key, value)
+    for text in overrides or []:
+        set_dotted(data, *parse_override(text))
+    return validate_config(data)
+
+
+def _normalize_shorthands(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept `strategy: fedavg` and `partition: iid` as short forms of the mappings."""
+    data = dict(data)
+    if isinstance(data.get("strategy"), str):
+        data["strategy"] = {"name": data["strategy"]}
+    if isinstance(data.get("partition"), str):
+        data["partition"] = {"scheme": data["partition"]}
+    return data
+
+
+def validate_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a plain dict into a RunConfig; any problem becomes a one-line ValueError."""
+    data = _normalize_shorthands(data)
+    if isinstance(data.get("strategy"), dict):
+        data["strategy"] = {"name": "centralized", **data["strategy"]}
+    if isinstance(data.get("partition"), dict):
+        data["partition"] = {"scheme": "iid", **data["partition"]}
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(describe_error(exc)) from None
+    from distlab.strategies import check_config
+
+    check_config(config)
+    return config
+
+
+def describe_error(exc: ValidationError) -> str:
+    """One line naming the bad key, the bad value and what is allowed."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown config key {loc!r}{_allowed_keys(err['loc'])}"
+    if kind == "union_tag_invalid":
+        tags = err["ctx"]["expected_tags"]
+        return f"unknown {loc}.{err['ctx']['discriminator'].strip(chr(39))} {err['ctx']['tag']!r} (allowed: {tags.replace(chr(39), '')})"
+    if kind == "value_error":
+        return str(err["ctx"]["error"])
+    if kind == "literal_error":
+        return f"{loc} must be one of {err['ctx']['expected'].replace(chr(39), '')} (got {value!r})"
+    return f"{loc} {err['msg'].lower()} (got {value!r})"
+
+
+def _is_union_tag(part: Any) -> bool:
+    from distlab.data.partition import PARTITION_SCHEMES
+    from distlab.strategies import STRATEGIES
+
+    return isinstance(part, str) and (part in STRATEGIES or part in PARTITION_SCHEMES)
+
+
+def _allowed_keys(loc: tuple) -> str:
+    from distlab.data.partition import PARTITION_SCHEMES
+    from distlab.strategies import params_for
+
+    model: type[BaseModel] = RunConfig
+    if len(loc) >= 2 and loc[0] == "strategy":
+        model = params_for(loc[1])
+    elif len(loc) >= 2 and loc[0] == "partition":
+        model = PARTITION_SCHEMES[loc[1]]
+        return f" for scheme {loc[1]!r} (allowed: {', '.join(model.model_fields)})"
+    elif len(loc) >= 2 and loc[0] == "optimizer":
+        model = OptimizerConfig
+    where = f" for strategy {loc[1]!r}" if loc[0] == "strategy" and len(loc) >= 2 else ""
+    return f"{where} (allowed: {', '.join(model.model_fields)})"

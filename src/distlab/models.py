@@ -1,0 +1,136 @@
+"""Model registry: small nets that adapt to a dataset's input shape and class count."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def _spatial_after(side: int, steps: list[tuple[int, int]]) -> int:
+    """Side length after a list of (conv kernel, pool) steps with no padding."""
+    for kernel, pool in steps:
+        side = (side - kernel + 1) // pool
+    return side
+
+
+def _conv_kernel(side: int) -> int:
+    # 5x5 kernels as in the seed nets; small inputs (8x8 digits) need 3x3 with padding.
+    return 5 if side >= 20 else 3
+
+
+class LeNet(nn.Module):
+    """conv6-conv16-fc120-fc84, the small CNN of LeCun et al. 1998 used in seed 000."""
+
+    def __init__(self, input_shape: tuple[int, ...], classes: int) -> None:
+        super().__init__()
+        channels, side = input_shape[0], input_shape[-1]
+        k = _conv_kernel(side)
+        pad = 0 if k == 5 else 1
+        self.conv1 = nn.Conv2d(channels, 6, k, padding=pad)
+        self.conv2 = nn.Conv2d(6, 16, k, padding=pad)
+        self.pool = nn.MaxPool2d(2)
+        side = _spatial_after(side + 2 * pad, [(k, 2)])
+        side = _spatial_after(side + 2 * pad, [(k, 2)])
+        self.fc1 = nn.Linear(16 * side * side, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class CnnDropout(nn.Module):
+    """conv16-conv32-dropout-fc512-fc256: the MNIST CNN of seed 002."""
+
+    def __init__(self, input_shape: tuple[int, ...], classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        channels, side = input_shape[0], input_shape[-1]
+        k = _conv_kernel(side)
+        pad = 0 if k == 5 else 1
+        self.conv1 = nn.Conv2d(channels, 16, k, padding=pad)
+        self.conv2 = nn.Conv2d(16, 32, k, padding=pad)
+        self.pool = nn.MaxPool2d(2)
+        self.drop = nn.Dropout(dropout)
+        side = _spatial_after(side + 2 * pad, [(k, 2)])
+        side = _spatial_after(side + 2 * pad, [(k, 2)])
+        self.fc1 = nn.Linear(32 * side * side, 512)
+        self.fc2 = nn.Linear(512, 256)
+        self.fc3 = nn.Linear(256, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.pool(self.conv1(x)))
+        x = self.drop(torch.relu(self.pool(self.conv2(x))))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class Mlp(nn.Module):
+    """Two hidden layers of 200 units (the MNIST 2NN of McMahan et al. 2017)."""
+
+    def __init__(self, input_shape: tuple[int, ...], classes: int, hidden: int = 200) -> None:
+        super().__init__()
+        features = math.prod(input_shape)
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class LogReg(nn.Module):
+    """Multinomial logistic regression: one linear layer."""
+
+    def __init__(self, input_shape: tuple[int, ...], classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _needs_image(cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    def build(input_shape: tuple[int, ...], classes: int) -> nn.Module:
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"model {cls.__name__} needs image input (C, H, W); got shape {input_shape}"
+            )
+        return cls(input_shape, classes)
+
+    return build
+
+
+MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
+    "lenet": _needs_image(LeNet),
+    "cnn-dropout": _needs_image(CnnDropout),
+    "mlp": Mlp,
+    "logreg": LogReg,
+}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], classes: int, seed: int) -> nn.Module:
+    """Build a registered model with weights drawn from `seed` (global RNG left untouched)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r} (allowed: {', '.join(sorted(MODELS))})")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODELS[name](tuple(input_shape), classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

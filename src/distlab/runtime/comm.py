@@ -1,0 +1,89 @@
+"""Communicator: every collective and point-to-point call goes through here and is counted.
+
+Counting rule (payload, not wire bytes): for send/recv the tensor's bytes; for a collective,
+the bytes this rank hands in plus the bytes it gets back.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+
+class Communicator:
+    """Counted wrapper around one torch.distributed process group."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        self.bytes_sent = 0
+        self.bytes_recv = 0
+        self.calls = 0
+        self.seconds = 0.0
+
+    @contextmanager
+    def _counted(self, sent: int, recv: int):
+        start = time.perf_counter()
+        yield
+        self.seconds += time.perf_counter() - start
+        self.bytes_sent += sent
+        self.bytes_recv += recv
+        self.calls += 1
+
+    def count(self, sent: int, recv: int, seconds: float = 0.0) -> None:
+        """Count traffic made by a call outside this class (the DDP comm hook)."""
+        self.bytes_sent += sent
+        self.bytes_recv += recv
+        self.seconds += seconds
+        self.calls += 1
+
+    def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> None:
+        n = _nbytes(tensor)
+        with self._counted(n, n):
+            dist.all_reduce(tensor, op=op, group=self.group)
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+        n = _nbytes(tensor)
+        sent, recv = (n, 0) if self.rank == src else (0, n)
+        with self._counted(sent, recv):
+            dist.broadcast(tensor, src=src, group=self.group)
+
+    def send(self, tensor: torch.Tensor, dst: int) -> None:
+        with self._counted(_nbytes(tensor), 0):
+            dist.send(tensor, dst=dst, group=self.group)
+
+    def recv(self, tensor: torch.Tensor, src: int | None = None) -> int:
+        """Receive into `tensor`; src=None takes the first sender. Returns the sender's rank."""
+        with self._counted(0, _nbytes(tensor)):
+            return dist.recv(tensor, src=src, group=self.group)
+
+    def gather(self, tensor: torch.Tensor, dst: int = 0) -> list[torch.Tensor] | None:
+        n = _nbytes(tensor)
+        if self.rank == dst:
+            out = [torch.empty_like(tensor) for _ in range(self.world)]
+            with self._counted(n, n * self.world):
+                dist.gather(tensor, out, dst=dst, group=self.group)
+            return out
+        with self._counted(n, 0):
+            dist.gather(tensor, None, dst=dst, group=self.group)
+        return None
+
+    def barrier(self) -> None:
+        with self._counted(0, 0):
+            dist.barrier(group=self.group)
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "bytes_sent": self.bytes_sent,
+            "bytes_recv": self.bytes_recv,
+            "calls": self.calls,
+            "comm_seconds": round(self.seconds, 6),
+        }
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()

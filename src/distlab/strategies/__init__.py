@@ -1,0 +1,49 @@
+"""Registry of strategies: the name typed on the command line -> the module that runs it.
+
+A strategy module defines `Params` (a frozen pydantic model whose `name` field is a Literal
+of the strategy's name), `processes(cfg) -> int`, `role(cfg, rank) -> str` and
+`run(ctx, params)`. It may define `check(cfg)` for rules that span several config fields.
+Adding a paradigm means adding its module and one line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Union
+
+from pydantic import Field
+
+if TYPE_CHECKING:
+    from distlab.config import RunConfig
+
+STRATEGIES: dict[str, str] = {
+    "centralized": "distlab.strategies.centralized",
+}
+
+
+def strategy_module(name: str) -> ModuleType:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r} (allowed: {', '.join(STRATEGIES)})")
+    return importlib.import_module(STRATEGIES[name])
+
+
+def params_for(name: str):
+    return strategy_module(name).Params
+
+
+StrategyParams = Annotated[
+    Union[tuple(params_for(n) for n in STRATEGIES)],  # noqa: UP007
+    Field(discriminator="name"),
+]
+
+
+def check_config(cfg: RunConfig) -> None:
+    """Run the chosen strategy's cross-field checks; they raise ValueError."""
+    module = strategy_module(cfg.strategy.name)
+    if hasattr(module, "check"):
+        module.check(cfg)
+
+
+def processes_for(cfg: RunConfig) -> int:
+    return strategy_module(cfg.strategy.name).processes(cfg)

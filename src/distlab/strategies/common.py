@@ -1,0 +1,67 @@
+"""Pieces the data-parallel strategies share: the epoch loop and the Params base."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from distlab.data.samplers import epoch_batches
+
+if TYPE_CHECKING:
+    from distlab.runtime.context import WorkerContext
+
+# step(x, y) -> (mean loss over the global batch, global samples) after one synchronized update
+StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[float, int]]
+
+
+class StrategyBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+def steps_per_epoch(ctx: WorkerContext, rank: int, world: int) -> int:
+    return len(
+        epoch_batches(
+            ctx.cfg.sampler, ctx.labels(), ctx.cfg.batch_size, 0, ctx.cfg.seed, rank, world
+        )
+    )
+
+
+def train_epochs(
+    ctx: WorkerContext, model: nn.Module, step: StepFn, rank: int, world: int, evaluate: bool = True
+) -> int:
+    """Run cfg.epochs epochs of `step` over this rank's sampler batches; returns steps done."""
+    cfg, x, y = ctx.cfg, ctx.data.x_train, ctx.data.y_train
+    total = cfg.epochs * steps_per_epoch(ctx, rank, world)
+    ctx.recorder.phase("train", total=total, unit="step")
+    done = 0
+    for epoch in range(cfg.epochs):
+        batches = epoch_batches(
+            cfg.sampler, ctx.labels(), cfg.batch_size, epoch, cfg.seed, rank, world
+        )
+        for idx in batches:
+            index = torch.from_numpy(idx).to(x.device)
+            start = time.perf_counter()
+            loss, samples = step(x[index], y[index])
+            done += 1
+            ctx.recorder.step(done, loss, samples, time.perf_counter() - start, epoch=epoch)
+            if evaluate and cfg.eval_every and done % cfg.eval_every == 0:
+                ctx.evaluate(model, step=done, epoch=epoch)
+        if evaluate and not cfg.eval_every:
+            ctx.evaluate(model, step=done, epoch=epoch)
+    if evaluate and cfg.eval_every and done % cfg.eval_every:
+        ctx.evaluate(model, step=done, epoch=cfg.epochs - 1)
+    ctx.recorder.phase("train_end", steps=done)
+    return done
+
+
+def single_process(cfg) -> int:
+    return 1
+
+
+def one_worker_per_rank(cfg) -> int:
+    return cfg.workers

@@ -1,0 +1,121 @@
+"""Shared training pieces: optimizer factory, local training, gradients and evaluation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from distlab.config import OptimizerConfig
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig):
+    """SGD (momentum, weight decay) or Adam from the run's optimizer settings."""
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def compute_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Zero the gradients, run forward and backward on one batch; return the mean loss."""
+    model.zero_grad(set_to_none=False)
+    loss = batch_loss(model, x, y)
+    loss.backward()
+    return float(loss.detach())
+
+
+@dataclass
+class StepResult:
+    loss: float
+    samples: int
+    duration: float
+
+
+def train_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    start = time.perf_counter()
+    loss = compute_gradients(model, x, y)
+    opt.step()
+    return StepResult(loss, len(y), time.perf_counter() - start)
+
+
+def local_train(
+    model: nn.Module,
+    opt,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: Iterable[np.ndarray],
+    on_step: Callable[[StepResult], None] | None = None,
+) -> list[float]:
+    """Plain SGD over the given index batches; returns the per-step losses."""
+    model.train()
+    losses = []
+    for idx in batches:
+        index = torch.from_numpy(np.asarray(idx))
+        result = train_step(model, opt, x[index], y[index])
+        losses.append(result.loss)
+        if on_step is not None:
+            on_step(result)
+    return losses
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    per_class: list[float]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int, batch_size: int = 1000
+) -> EvalResult:
+    """Test loss, accuracy and per-class accuracy (NaN-free: absent classes report 0)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, torch.zeros(classes)
+    total = torch.bincount(y, minlength=classes).float()
+    for i in range(0, len(y), batch_size):
+        logits = model(x[i : i + batch_size])
+        target = y[i : i + batch_size]
+        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        hit = logits.argmax(1) == target
+        correct += torch.bincount(target[hit], minlength=classes).float()
+    model.train(was_training)
+    per_class = torch.where(total > 0, correct / total.clamp(min=1), torch.zeros(classes))
+    return EvalResult(
+        loss_sum / max(len(y), 1),
+        float(correct.sum() / max(len(y), 1)),
+        [round(float(v), 4) for v in per_class],
+    )
+
+
+def flat_grads(model: nn.Module) -> torch.Tensor:
+    """All gradients as one flat buffer (one message instead of one per tensor)."""
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def set_flat_grads(model: nn.Module, flat: torch.Tensor) -> None:
+    offset = 0
+    for p in model.parameters():
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p))
+        offset += n
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+
+
+def set_flat_params(model: nn.Module, flat: torch.Tensor) -> None:
+    torch.nn.utils.vector_to_parameters(flat, model.parameters())
