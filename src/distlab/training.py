@@ -95,7 +95,7 @@ def evaluate(
     per_class = torch.where(total > 0, correct / total.clamp(min=1), torch.zeros(classes))
     return EvalResult(
         loss_sum / max(len(y), 1),
-        float(correct.sum() / max(len(y), 1)),
+        int(correct.sum()) / max(len(y), 1),
         [round(float(v), 4) for v in per_class],
     )
 
@@ -109,6 +109,8 @@ def set_flat_grads(model: nn.Module, flat: torch.Tensor) -> None:
     offset = 0
     for p in model.parameters():
         n = p.numel()
+        if p.grad is None:  # a model that never ran backward (the parameter server's)
+            p.grad = torch.zeros_like(p)
         p.grad.copy_(flat[offset : offset + n].view_as(p))
         offset += n
 

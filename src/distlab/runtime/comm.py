@@ -72,6 +72,22 @@ class Communicator:
             dist.gather(tensor, None, dst=dst, group=self.group)
         return None
 
+    def ddp_hook(self, compress: bool = False):
+        """A DistributedDataParallel comm hook: the default allreduce (or its fp16
+        compression), with the bucket's payload counted here."""
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        inner = default_hooks.fp16_compress_hook if compress else default_hooks.allreduce_hook
+        group = self.group or dist.group.WORLD
+        scale = 2 if compress else 1
+
+        def hook(state, bucket):
+            n = _nbytes(bucket.buffer()) // scale
+            self.count(n, n)
+            return inner(group, bucket)
+
+        return hook
+
     def barrier(self) -> None:
         with self._counted(0, 0):
             dist.barrier(group=self.group)

@@ -167,10 +167,10 @@ def _watch(procs: list, run_dir: Path, timeout: float, on_poll: Callable | None)
         ready = connection.wait(list(pending), timeout=0.2)
         if on_poll is not None:
             on_poll()
-        failed = [pending.pop(s) for s in ready if procs[pending[s]].exitcode != 0]
-        for s in ready:
-            pending.pop(s, None)
-        if failed:
+        ended = [pending.pop(s) for s in ready]
+        for rank in ended:
+            procs[rank].join(5)  # the sentinel fires a moment before the exit status is set
+        if any(procs[rank].exitcode != 0 for rank in ended):
             time.sleep(0.3)  # let peers that fail because of it report too, then pick the cause
             raise RunFailed(describe_failure(procs, run_dir, timeout))
 
@@ -193,7 +193,7 @@ def describe_failure(procs: list, run_dir: Path, timeout: float) -> str:
             f"rank {stuck[0]} is stuck: no response within the {timeout:g} s collective "
             f"timeout (rank {first} reported: {errors[first] or 'no message'})"
         )
-    first = min(errors)
+    first = min(errors, default=0)
     return f"rank {first} failed: {errors[first] or f'exit code {procs[first].exitcode}'}"
 
 

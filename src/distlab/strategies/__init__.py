@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 STRATEGIES: dict[str, str] = {
     "centralized": "distlab.strategies.centralized",
+    "allreduce": "distlab.strategies.allreduce",
+    "ddp": "distlab.strategies.ddp",
+    "param-server": "distlab.strategies.param_server",
 }
 
 

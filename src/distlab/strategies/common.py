@@ -65,3 +65,16 @@ def single_process(cfg) -> int:
 
 def one_worker_per_rank(cfg) -> int:
     return cfg.workers
+
+
+def data_parallel_comm(cfg, per_rank: dict, params: int, steps: int) -> dict:
+    """Measured payload per worker per step next to the analytic 2 * P * 4 bytes, and the
+    wire bytes a ring allreduce would send: 2 (N-1)/N * P * 4 per worker per step."""
+    workers = [v for v in per_rank.values()]
+    measured = sum(w["bytes_sent"] + w["bytes_recv"] for w in workers) / max(len(workers), 1)
+    n = cfg.workers
+    return {
+        "bytes_per_step_measured": round(measured / steps, 1),
+        "bytes_per_step_analytic": 2 * params * 4,
+        "ring_wire_bytes_per_step": round(2 * (n - 1) / n * params * 4, 1),
+    }
