@@ -256,9 +256,78 @@ def datasets(
             str(r.get("classes", "-")),
             str(r.get("train", "-")),
             str(r.get("test", "-")),
-            r["description"],
+            r.get("missing", r["description"]),
         )
     out.print(table)
+
+
+@app.command("partition")
+def partition_data(
+    dataset: str = typer.Option("mnist-sample", help=_help("dataset")),
+    clients: int = typer.Option(10, help="Number of clients (parts); >= 1."),
+    scheme: str = typer.Option(
+        "iid", help="Partition scheme: iid, dirichlet, shards, classes, quantity."
+    ),
+    alpha: float = typer.Option(None, help=_help("partition.alpha")),
+    min_size: int = typer.Option(None, "--min-size", help=_help("partition.min_size")),
+    balance: bool = typer.Option(None, "--balance/--no-balance", help=_help("partition.balance")),
+    shards_per_client: int = typer.Option(None, help=_help("partition.shards_per_client")),
+    classes_per_client: int = typer.Option(None, help=_help("partition.classes_per_client")),
+    seed: int = typer.Option(0, help=_help("seed")),
+    data_dir: Path = typer.Option(None, help=_help("data_dir")),
+    plot: Path = typer.Option(None, help="Also draw the class counts per client (.png or .svg)."),
+    kind: str = typer.Option("bar", help="Plot kind: bar (stacked) or heatmap."),
+    as_json: bool = typer.Option(False, "--json", help="Print sizes, counts and metrics as JSON."),
+) -> None:
+    """Split a dataset's training labels among clients and show how skewed the split is.
+
+    Examples:
+
+      distlab partition --clients 10 --scheme dirichlet --alpha 0.1 --plot split.png
+
+      distlab partition --scheme shards --shards-per-client 2 --json
+    """
+    from pydantic import ValidationError
+
+    from distlab.config import describe_error
+    from distlab.data.datasets import load_dataset
+    from distlab.data.partition import make_scheme, partition, partition_metrics
+    from distlab.report import check_plot, plot_partition
+
+    if plot is not None:
+        check_plot(plot, kind)
+    params = dict(alpha=alpha, min_size=min_size, balance=balance)
+    params.update(shards_per_client=shards_per_client, classes_per_client=classes_per_client)
+    try:
+        config = make_scheme(scheme, **params)
+    except ValidationError as exc:
+        raise ValueError(describe_error(exc)) from None
+    labels = load_dataset(dataset, data_dir).y_train.numpy()
+    part = partition(labels, clients, config, seed)
+    metrics = partition_metrics(part)
+    if plot is not None:
+        title = f"{dataset}: {scheme}, {clients} clients, TV {metrics['tv_distance']:.3f}"
+        plot_partition(part.counts, plot, kind, title)
+    if as_json:
+        keys = ("scheme", "clients", "sizes", "counts", "tv_distance", "classes_per_client")
+        record = dict(scheme=scheme, sizes=part.sizes, counts=part.counts.tolist(), **metrics)
+        print(json.dumps({k: record[k] for k in keys}))
+    else:
+        print_partition(part, metrics, f"{dataset}: {scheme}, {clients} clients")
+
+
+def print_partition(part: Any, metrics: dict[str, Any], title: str) -> None:
+    from distlab.report import partition_table_rows
+
+    table = Table("client", "size", "classes", "top classes", title=title)
+    for row in partition_table_rows(part):
+        table.add_row(str(row["client"]), str(row["size"]), str(row["classes"]), row["top"])
+    out.print(table)
+    out.print(
+        f"sizes min {metrics['size_min']} / median {metrics['size_median']:g} / max "
+        f"{metrics['size_max']}; mean TV distance to the global class mix "
+        f"{metrics['tv_distance']:.3f} (0 = IID)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,17 @@ class OptimizerConfig(Frozen):
     """L2 weight decay, >= 0."""
 
 
+class FaultConfig(Frozen):
+    """Inject a failure into one rank, to see how a run ends when a process misbehaves."""
+
+    rank: int = Field(1, ge=0)
+    """The rank that fails."""
+    step: int = Field(1, ge=1)
+    """The failure happens after this many steps of that rank."""
+    kind: Literal["raise", "exit", "hang"] = "raise"
+    """raise an exception, exit the process at once, or hang (block forever)."""
+
+
 class RunConfig(Frozen):
     """One training job: what to train, on which data, under which paradigm."""
 
@@ -75,6 +86,10 @@ class RunConfig(Frozen):
     """Seconds a collective may block before the run fails with the stuck rank named."""
     out_dir: Path = Path("runs")
     """Parent directory of the run directory."""
+    fault: FaultConfig | None = None
+    """Fault injection for robustness checks, e.g. --set fault.rank=1 --set fault.kind=hang."""
+    save_model: bool = True
+    """Save the final model's state_dict as model.pt in the run directory."""
 
     @field_validator("dataset")
     @classmethod
@@ -240,7 +255,7 @@ def _allowed_keys(loc: tuple) -> str:
     elif len(loc) >= 2 and loc[0] == "partition":
         model = PARTITION_SCHEMES[loc[1]]
         return f" for scheme {loc[1]!r} (allowed: {', '.join(model.model_fields)})"
-    elif len(loc) >= 2 and loc[0] == "optimizer":
-        model = OptimizerConfig
+    elif len(loc) >= 2 and loc[0] in ("optimizer", "fault"):
+        model = OptimizerConfig if loc[0] == "optimizer" else FaultConfig
     where = f" for strategy {loc[1]!r}" if loc[0] == "strategy" and len(loc) >= 2 else ""
     return f"{where} (allowed: {', '.join(model.model_fields)})"

@@ -49,8 +49,10 @@ def load_dataset(name: str, data_dir: Path | None = None, download: bool = False
         raise ValueError(f"unknown dataset {name!r} (allowed: {', '.join(sorted(DATASETS))})")
     spec = DATASETS[name]
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    if spec.needs_files and data_dir is not None and not root.is_dir():
-        raise ValueError(f"data dir {str(root)!r} does not exist")
+    if data_dir is not None and not root.is_dir():
+        if spec.needs_files:
+            raise ValueError(f"data dir {str(root)!r} does not exist")
+        root = default_data_dir()  # embedded sets only cache there; don't create the dir
     return spec.loader(root, download)
 
 

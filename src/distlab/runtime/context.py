@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +49,26 @@ class WorkerContext:
         result = evaluate(model, self.data.x_test, self.data.y_test, self.data.classes)
         self.recorder.eval(result.loss, result.accuracy, per_class=result.per_class, **where)
         return result
+
+    def save_model(self, model: nn.Module) -> None:
+        """The lead rank writes the final weights (a plain state_dict, read back with
+        torch.load(..., weights_only=True))."""
+        if self.rank == 0 and self.run_dir is not None and self.cfg.save_model:
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            torch.save(state, self.run_dir / "model.pt")
+
+    def maybe_fault(self, step: int) -> None:
+        """Fire the configured fault on this rank at this step (robustness checks)."""
+        fault = self.cfg.fault
+        if fault is None or fault.rank != self.rank or fault.step != step:
+            return
+        self.recorder.flush()
+        if fault.kind == "raise":
+            raise RuntimeError(f"injected fault at step {step}")
+        if fault.kind == "exit":
+            os._exit(3)
+        while True:  # hang: a rank that stops answering
+            time.sleep(1)
 
     def labels(self) -> np.ndarray:
         return self.data.y_train.cpu().numpy()

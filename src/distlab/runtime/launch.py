@@ -88,6 +88,7 @@ def run_worker(
     try:
         recorder.phase(
             "start",
+            pid=os.getpid(),
             device=str(device),
             threads=torch.get_num_threads(),
             params=count_parameters(ctx.build_model()),

@@ -48,6 +48,7 @@ def train_epochs(
             start = time.perf_counter()
             loss, samples = step(x[index], y[index])
             done += 1
+            ctx.maybe_fault(done)
             ctx.recorder.step(done, loss, samples, time.perf_counter() - start, epoch=epoch)
             if evaluate and cfg.eval_every and done % cfg.eval_every == 0:
                 ctx.evaluate(model, step=done, epoch=epoch)
@@ -56,6 +57,7 @@ def train_epochs(
     if evaluate and cfg.eval_every and done % cfg.eval_every:
         ctx.evaluate(model, step=done, epoch=cfg.epochs - 1)
     ctx.recorder.phase("train_end", steps=done)
+    ctx.save_model(model)
     return done
 
 

@@ -114,6 +114,7 @@ def serve(ctx: WorkerContext, model, params: Params) -> None:
         )
         maybe_evaluate(ctx, model, step, state["epoch_len"])
     ctx.recorder.phase("train_end", steps=total)
+    ctx.save_model(model)
 
 
 def maybe_evaluate(ctx: WorkerContext, model, step: int, epoch_len: int) -> None:

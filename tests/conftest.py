@@ -1,0 +1,61 @@
+"""Shared test helpers: small real runs through the public API."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distlab.api import run
+from distlab.config import validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_config(tmp_path: Path, **fields):
+    """A small, fast config: synthetic data, an MLP, one epoch, CPU."""
+    base = {
+        "dataset": "synthetic",
+        "model": "mlp",
+        "epochs": 1,
+        "batch_size": 32,
+        "out_dir": str(tmp_path / "runs"),
+        "timeout": 60,
+    }
+    base.update(fields)
+    return validate_config(base)
+
+
+def run_small(tmp_path: Path, **fields):
+    return run(make_config(tmp_path, **fields))
+
+
+def step_losses(result) -> list[float]:
+    return [e["loss"] for e in result.events if e["kind"] == "step" and e["rank"] == 0]
+
+
+def final_state(result) -> dict[str, torch.Tensor]:
+    return torch.load(result.run_dir / "model.pt", weights_only=True)
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 120, env=None):
+    """Run `python -m distlab ARGS` in a subprocess and return the CompletedProcess."""
+    import subprocess
+
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "distlab", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+@pytest.fixture
+def small_config(tmp_path):
+    return lambda **fields: make_config(tmp_path, **fields)

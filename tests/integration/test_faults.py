@@ -1,0 +1,132 @@
+"""A dead, failing or stuck rank ends the run with an error naming it, and leaves no process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+ARGS = [
+    "run",
+    "--dataset",
+    "synthetic",
+    "--model",
+    "mlp",
+    "--strategy",
+    "allreduce",
+    "--workers",
+    "2",
+    "--epochs",
+    "200",
+    "--quiet",
+]
+
+
+def start(tmp_path: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "distlab", *ARGS, "--out-dir", str(tmp_path), "--name", "r", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def rank_pid(tmp_path: Path, rank: int, deadline: float = 60) -> int:
+    """Wait until the rank has written some steps, then return its pid."""
+    path = tmp_path / "r" / "events" / f"rank-{rank}.jsonl"
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if path.exists():
+            events = [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
+            starts = [e for e in events if e.get("phase") == "start"]
+            if starts and (rank != 0 or any(e["kind"] == "step" for e in events)):
+                return starts[0]["pid"]
+        time.sleep(0.1)
+    raise AssertionError(f"rank {rank} never started")
+
+
+def finish(proc: subprocess.Popen, limit: float = 30) -> tuple[int, str, float]:
+    begin = time.monotonic()
+    _, err = proc.communicate(timeout=limit + 30)
+    return proc.returncode, err, time.monotonic() - begin
+
+
+def assert_no_orphans(pids: list[int]) -> None:
+    time.sleep(0.5)
+    alive = [
+        p
+        for p in pids
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not alive, f"processes left behind: {alive}"
+
+
+def test_sigkill_of_a_worker_names_the_rank(tmp_path):
+    proc = start(tmp_path)
+    rank_pid(tmp_path, 0)
+    victim = rank_pid(tmp_path, 1)
+    other = rank_pid(tmp_path, 0)
+    os.kill(victim, signal.SIGKILL)
+    code, err, seconds = finish(proc)
+    assert code == 1
+    assert seconds < 30
+    assert "rank 1" in err and "SIGKILL" in err
+    assert_no_orphans([victim, other])
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["steps"] > 0  # events written before the failure are kept
+
+
+def test_a_rank_that_raises_is_named(tmp_path):
+    proc = start(tmp_path, "--set", "fault.rank=1", "--set", "fault.step=5")
+    code, err, seconds = finish(proc)
+    assert code == 1
+    assert "rank 1 failed: RuntimeError: injected fault at step 5" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_stuck_rank_is_named_after_the_collective_timeout(tmp_path):
+    proc = start(
+        tmp_path,
+        "--set",
+        "fault.rank=1",
+        "--set",
+        "fault.step=3",
+        "--set",
+        "fault.kind=hang",
+        "--set",
+        "timeout=4",
+    )
+    pids = [rank_pid(tmp_path, 0), rank_pid(tmp_path, 1)]
+    code, err, seconds = finish(proc)
+    assert code == 1
+    assert seconds < 30
+    assert "rank 1 is stuck" in err
+    assert_no_orphans(pids)
+
+
+def test_ctrl_c_stops_every_process_and_marks_the_run(tmp_path):
+    proc = start(tmp_path)
+    pids = [rank_pid(tmp_path, 0), rank_pid(tmp_path, 1)]
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    code, err, _ = finish(proc)
+    assert code == 130
+    assert "interrupted" in err
+    assert_no_orphans(pids)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+
+
+def test_killing_the_parent_leaves_no_workers(tmp_path):
+    proc = start(tmp_path)
+    pids = [rank_pid(tmp_path, 0), rank_pid(tmp_path, 1)]
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert_no_orphans(pids)
