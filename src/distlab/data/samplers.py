@@ -7,7 +7,8 @@
   repeating its head to a multiple of `world`; rank r takes every world-th index from r.
   Then batches of `batch_size` per rank.
 - balanced: per class, a permutation dealt round-robin to ranks, so each rank holds an
-  equal class-balanced share; ranks are padded to equal length, then shuffled and batched.
+  equal class-balanced share; ranks are padded to equal length (as random), then shuffled
+  and batched.
 
 All ranks get the same number of batches, so no rank waits for a peer that has finished.
 """
@@ -52,25 +53,18 @@ def split_batch(n: int, batch_size: int, rng, rank: int, world: int) -> list[np.
 
 
 def random_share(n: int, rng, rank: int, world: int) -> np.ndarray:
-    """DistributedSampler: pad by repeating the head so every rank gets ceil(n / world)."""
+    """DistributedSampler: pad by repeating the order from its head so every rank gets
+    ceil(n / world); np.resize repeats it as often as needed, also when world > n."""
     order = rng.permutation(n)
-    total = -(-n // world) * world
-    order = np.concatenate([order, order[: total - n]])
-    return order[rank::world]
+    return np.resize(order, -(-n // world) * world)[rank::world]
 
 
 def balanced_share(labels: np.ndarray, rng, rank: int, world: int) -> np.ndarray:
-    """Deal each class round-robin across ranks (continuing the deal across classes), pad
-    shorter ranks by repeating their own samples, then shuffle."""
-    shares: list[list[int]] = [[] for _ in range(world)]
-    turn = 0
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        for i in idx:
-            shares[turn % world].append(int(i))
-            turn += 1
-    longest = max(len(s) for s in shares)
-    own = np.array(shares[rank], dtype=np.int64)
-    if len(own) < longest:
-        own = np.concatenate([own, own[: longest - len(own)]])
+    """Deal the samples class by class round-robin across ranks (the deal continues across
+    classes), so each rank holds floor or ceil of count / world of every class. Shorter
+    ranks are padded by dealing on from the head of the deal, then each share is shuffled."""
+    dealt = np.concatenate(
+        [rng.permutation(np.flatnonzero(labels == cls)) for cls in np.unique(labels)]
+    )
+    own = np.resize(dealt, -(-len(dealt) // world) * world)[rank::world]
     return own[rng.permutation(len(own))]
