@@ -233,6 +233,15 @@ def describe_error(exc: ValidationError) -> str:
         return f"unknown {loc}.{err['ctx']['discriminator'].strip(chr(39))} {err['ctx']['tag']!r} (allowed: {tags.replace(chr(39), '')})"
     if kind == "value_error":
         return str(err["ctx"]["error"])
+    bounds = {
+        "greater_than_equal": ">=",
+        "greater_than": ">",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
+    if kind in bounds:
+        limit = next(iter(err["ctx"].values()))
+        return f"{loc} must be {bounds[kind]} {limit} (got {value!r})"
     if kind == "literal_error":
         return f"{loc} must be one of {err['ctx']['expected'].replace(chr(39), '')} (got {value!r})"
     return f"{loc} {err['msg'].lower()} (got {value!r})"

@@ -100,6 +100,19 @@ def evaluate(
     )
 
 
+def attach_flat_grads(model: nn.Module, extra: int = 0) -> torch.Tensor:
+    """Make every parameter's .grad a view into one flat buffer (plus `extra` trailing
+    slots), so backward writes straight into the message an allreduce sends: no copies."""
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    flat = torch.zeros(total + extra, device=params[0].device, dtype=params[0].dtype)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
 def flat_grads(model: nn.Module) -> torch.Tensor:
     """All gradients as one flat buffer (one message instead of one per tensor)."""
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
 from distlab.strategies.common import (
     StrategyBase,
     data_parallel_comm,
     one_worker_per_rank,
     train_epochs,
 )
-from distlab.training import compute_gradients, flat_grads, make_optimizer, set_flat_grads
+from distlab.training import attach_flat_grads, compute_gradients, make_optimizer
 
 if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
@@ -39,18 +37,21 @@ def role(cfg, rank: int) -> str:
 def run(ctx: WorkerContext, params: Params) -> None:
     model = ctx.build_model()
     opt = make_optimizer(model.parameters(), ctx.cfg.optimizer)
+    # One message per step: the gradients (backward writes into it), then the weighted
+    # loss and the sample count.
+    buf = attach_flat_grads(model, extra=2)
+    grads = buf[:-2]
 
     def step(x, y):
         loss = compute_gradients(model, x, y)
         n = float(len(y))
-        # One message per step: weighted gradients, then the weighted loss and the count.
-        extra = torch.tensor([loss * n, n], dtype=torch.float32, device=x.device)
-        buf = torch.cat([flat_grads(model) * n, extra])
+        grads.mul_(n)
+        buf[-2], buf[-1] = loss * n, n
         ctx.comm.all_reduce(buf)
-        total = buf[-1]
-        set_flat_grads(model, buf[:-2] / total)
+        total = float(buf[-1])
+        grads.div_(total)
         opt.step()
-        return float(buf[-2] / total), int(total)
+        return float(buf[-2]) / total, int(total)
 
     train_epochs(ctx, model, step, ctx.rank, ctx.world)
 
