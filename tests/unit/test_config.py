@@ -1,0 +1,246 @@
+"""Tests of RunConfig loading: files, overrides, precedence, validation messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from distlab.config import (
+    RunConfig,
+    build_config,
+    describe_error,
+    parse_override,
+    read_config_file,
+    set_dotted,
+    validate_config,
+)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- read_config_file
+
+
+def test_read_yaml_toml_and_json_give_the_same_dict(tmp_path):
+    expected = {"epochs": 2, "optimizer": {"lr": 0.1}, "strategy": "allreduce"}
+    yaml_file = write(
+        tmp_path / "c.yaml", "epochs: 2\noptimizer:\n  lr: 0.1\nstrategy: allreduce\n"
+    )
+    toml_file = write(
+        tmp_path / "c.toml", 'epochs = 2\nstrategy = "allreduce"\n[optimizer]\nlr = 0.1\n'
+    )
+    json_file = write(tmp_path / "c.json", json.dumps(expected))
+
+    read = [read_config_file(p) for p in (yaml_file, toml_file, json_file)]
+
+    assert read == [expected, expected, expected]
+
+
+def test_read_empty_yaml_is_an_empty_mapping(tmp_path):
+    assert read_config_file(write(tmp_path / "c.yaml", "# nothing set\n")) == {}
+
+
+def test_read_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "absent.yaml"
+
+    with pytest.raises(ValueError, match=r"cannot read config file .*absent\.yaml"):
+        read_config_file(missing)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("c.yaml", "epochs: [1\n"), ("c.toml", "epochs = \n"), ("c.json", '{"epochs": }')],
+)
+def test_read_malformed_file_is_one_line(tmp_path, name, text):
+    path = write(tmp_path / name, text)
+
+    with pytest.raises(ValueError, match=rf"malformed config file .*{name}") as info:
+        read_config_file(path)
+
+    assert "\n" not in str(info.value)
+
+
+def test_read_file_that_is_not_a_mapping(tmp_path):
+    path = write(tmp_path / "c.yaml", "- 1\n- 2\n")
+
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        read_config_file(path)
+
+
+# ---------------------------------------------------------------- parse_override / set_dotted
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("epochs=10", ("epochs", 10)),
+        ("optimizer.lr=0.5", ("optimizer.lr", 0.5)),
+        ("download=true", ("download", True)),
+        ("name=my-run", ("name", "my-run")),
+        ("name=a=b", ("name", "a=b")),
+        (" strategy.mode = async", ("strategy.mode", "async")),
+        ("fault=null", ("fault", None)),
+        ("name=", ("name", "")),
+        ("name=[1", ("name", "[1")),  # not valid YAML: kept as the raw string
+    ],
+)
+def test_parse_override_reads_values_as_yaml(text, expected):
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["epochs", "=3", "optimizer..lr=1", ".lr=1", "lr.=1"])
+def test_parse_override_rejects_bad_syntax(text):
+    with pytest.raises(ValueError, match=r"bad --set .*expected key=value"):
+        parse_override(text)
+
+
+def test_set_dotted_creates_nested_mappings():
+    data = {"epochs": 1}
+
+    set_dotted(data, "optimizer.lr", 0.1)
+    set_dotted(data, "optimizer.momentum", 0.9)
+
+    assert data == {"epochs": 1, "optimizer": {"lr": 0.1, "momentum": 0.9}}
+
+
+def test_set_dotted_expands_short_forms():
+    data = {"strategy": "param-server", "partition": "dirichlet"}
+
+    set_dotted(data, "strategy.mode", "async")
+    set_dotted(data, "partition.alpha", 0.1)
+
+    assert data == {
+        "strategy": {"name": "param-server", "mode": "async"},
+        "partition": {"scheme": "dirichlet", "alpha": 0.1},
+    }
+
+
+# ---------------------------------------------------------------- build_config
+
+
+def test_build_config_precedence_file_then_flags_then_set(tmp_path):
+    path = write(tmp_path / "c.yaml", "epochs: 5\nbatch_size: 8\nseed: 3\noptimizer: {lr: 0.2}\n")
+    flags = {"epochs": 2, "batch_size": 16, "optimizer.lr": None}
+
+    cfg = build_config(path, flags, ["epochs=7"])
+
+    assert (cfg.epochs, cfg.batch_size, cfg.seed, cfg.optimizer.lr) == (7, 16, 3, 0.2)
+
+
+def test_build_config_without_anything_is_the_default():
+    assert build_config() == RunConfig()
+
+
+def test_build_config_short_forms_and_dotted_keys(tmp_path):
+    path = write(tmp_path / "c.toml", 'strategy = "param-server"\npartition = "dirichlet"\n')
+    sets = ["strategy.mode=async", "partition.alpha=0.1", "optimizer.lr=0.01"]
+
+    cfg = build_config(path, {"workers": 2}, sets)
+
+    assert (cfg.strategy.name, cfg.strategy.mode) == ("param-server", "async")
+    assert (cfg.partition.scheme, cfg.partition.alpha) == ("dirichlet", 0.1)
+    assert cfg.optimizer.lr == 0.01 and cfg.workers == 2
+
+
+def test_build_config_flag_changes_strategy_named_in_file(tmp_path):
+    path = write(tmp_path / "c.json", json.dumps({"strategy": {"name": "centralized"}}))
+
+    cfg = build_config(path, {"strategy.name": "allreduce", "workers": 3})
+
+    assert cfg.strategy.name == "allreduce" and cfg.workers == 3
+
+
+def test_build_config_set_values_are_typed():
+    cfg = build_config(overrides=["epochs=4", "download=yes", "data_dir=/tmp/d"])
+
+    assert cfg.epochs == 4 and cfg.download is True
+    assert cfg.data_dir == Path("/tmp/d")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["nope=1"], r"unknown config key 'nope' \(allowed: name, dataset, .*save_model\)"),
+        (["optimizer.beta=1"], r"'optimizer.beta' \(allowed: name, lr, momentum, weight_decay\)"),
+        (["strategy.mode=async"], r"'strategy.mode' for strategy 'centralized' \(allowed: name\)"),
+        (["partition.alpha=1"], r"'partition.alpha' for scheme 'iid' \(allowed: scheme\)"),
+    ],
+)
+def test_build_config_unknown_key_names_it_and_the_allowed_keys(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_config(overrides=overrides)
+
+
+def test_build_config_unknown_key_in_file(tmp_path):
+    path = write(tmp_path / "c.yaml", "epochs: 1\nlearning_rate: 0.1\n")
+
+    with pytest.raises(ValueError, match="unknown config key 'learning_rate'"):
+        build_config(path)
+
+
+# ---------------------------------------------------------------- validation and messages
+
+
+def errors_of(data: dict) -> str:
+    with pytest.raises(ValidationError) as info:
+        RunConfig.model_validate(data)
+    return describe_error(info.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"workers": 0}, "workers must be >= 1 (got 0)"),
+        ({"optimizer": {"lr": 0}}, "optimizer.lr must be > 0"),
+        ({"optimizer": {"momentum": 1.0}}, "optimizer.momentum must be < 1"),
+        ({"device": "gpu"}, "device must be one of cpu, cuda or auto (got 'gpu')"),
+        ({"optimizer": {"name": "rmsprop"}}, "optimizer.name must be one of sgd or adam"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet' (allowed: cifar10, digits"),
+        ({"model": "resnet"}, "unknown model 'resnet' (allowed: cnn-dropout, lenet, logreg, mlp)"),
+        ({"strategy": {"name": "nope"}}, "unknown strategy.name 'nope' (allowed: centralized"),
+        ({"partition": {"scheme": "nope"}}, "unknown partition.scheme 'nope' (allowed: iid"),
+        ({"epochs": "many"}, "epochs input should be a valid integer"),
+    ],
+)
+def test_describe_error_names_key_value_and_allowed(data, expected):
+    bad = next(iter(data.values()))
+    bad = next(iter(bad.values())) if isinstance(bad, dict) else bad
+
+    message = errors_of(data)
+
+    assert message.startswith(expected)
+    assert repr(bad) in message
+    assert "\n" not in message
+
+
+def test_validate_config_runs_strategy_checks():
+    with pytest.raises(ValueError, match=r"--workers must be 1 \(got 2\)"):
+        validate_config({"workers": 2})
+
+
+def test_validate_config_short_forms():
+    cfg = validate_config({"strategy": "allreduce", "partition": "shards", "workers": 2})
+
+    assert cfg.strategy.name == "allreduce" and cfg.partition.scheme == "shards"
+
+
+def test_config_is_frozen():
+    cfg = RunConfig()
+
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.epochs = 9
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.optimizer.lr = 1.0
+    assert cfg.epochs == 3 and cfg.optimizer.lr == 0.05
+
+
+def test_config_json_round_trips():
+    cfg = validate_config({"strategy": "allreduce", "workers": 2, "optimizer": {"lr": 0.1}})
+
+    assert validate_config(json.loads(cfg.to_json())) == cfg
