@@ -15,7 +15,7 @@ from distlab.config import RunConfig, validate_config
 from distlab.data.datasets import load_dataset
 from distlab.metrics import EventTail, merge_events, read_events
 from distlab.runtime import launch
-from distlab.strategies import processes_for
+from distlab.strategies import processes_for, strategy_module
 from distlab.summary import summarize
 
 __all__ = ["RunConfig", "RunResult", "load_run", "run", "prepare_run_dir"]
@@ -58,7 +58,18 @@ def run(
     if external is not None:
         return _run_external(cfg, external, overwrite, start)
     run_dir = prepare_run_dir(cfg, overwrite)
+    record_partition(cfg, run_dir, data.y_train.cpu().numpy())
     return _run_local(cfg, world, run_dir, start, data, on_event)
+
+
+def record_partition(cfg: RunConfig, run_dir: Path, labels) -> None:
+    """partition.json and its plot, for every run whose data is divided among workers."""
+    module = strategy_module(cfg.strategy.name)
+    split = module.data_partition(cfg, labels) if hasattr(module, "data_partition") else None
+    if split is not None and len(split.indices) > 1:
+        from distlab.report import write_partition_record
+
+        write_partition_record(run_dir, split)
 
 
 def _run_local(cfg, world, run_dir, start, data, on_event) -> RunResult:

@@ -13,6 +13,7 @@ from distlab.strategies.common import (
     StrategyBase,
     data_parallel_comm,
     one_worker_per_rank,
+    sampler_partition,
     train_epochs,
 )
 from distlab.training import attach_flat_grads, compute_gradients, make_optimizer
@@ -58,3 +59,7 @@ def run(ctx: WorkerContext, params: Params) -> None:
 
 def comm_analysis(cfg, per_rank: dict, params: int, steps: int) -> dict:
     return data_parallel_comm(cfg, per_rank, params, steps)
+
+
+def data_partition(cfg, labels):
+    return sampler_partition(cfg, labels)

@@ -80,3 +80,18 @@ def data_parallel_comm(cfg, per_rank: dict, params: int, steps: int) -> dict:
         "bytes_per_step_analytic": 2 * params * 4,
         "ring_wire_bytes_per_step": round(2 * (n - 1) / n * params * 4, 1),
     }
+
+
+def sampler_partition(cfg, labels):
+    """What each worker trains on in the first epoch, as a Partition (for partition.json)."""
+    import numpy as np
+
+    from distlab.data.partition import Partition, count_classes
+
+    parts = [
+        np.concatenate(
+            epoch_batches(cfg.sampler, labels, cfg.batch_size, 0, cfg.seed, r, cfg.workers)
+        )
+        for r in range(cfg.workers)
+    ]
+    return Partition(parts, count_classes(labels, parts, int(labels.max()) + 1))

@@ -17,6 +17,7 @@ from distlab.strategies.common import (
     StrategyBase,
     data_parallel_comm,
     one_worker_per_rank,
+    sampler_partition,
     train_epochs,
 )
 from distlab.training import compute_gradients, make_optimizer
@@ -73,3 +74,7 @@ def comm_analysis(cfg, per_rank: dict, params: int, steps: int) -> dict:
     if cfg.strategy.fp16:
         out["bytes_per_step_analytic"] //= 2
     return out
+
+
+def data_partition(cfg, labels):
+    return sampler_partition(cfg, labels)

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
-from distlab.strategies.common import StrategyBase, steps_per_epoch, train_epochs
+from distlab.strategies.common import (
+    StrategyBase,
+    sampler_partition,
+    steps_per_epoch,
+    train_epochs,
+)
 from distlab.training import (
     compute_gradients,
     flat_grads,
@@ -175,3 +180,7 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
         ),
         "server_bytes_per_step_analytic": 2 * params * 4 * cfg.workers,
     }
+
+
+def data_partition(cfg, labels):
+    return sampler_partition(cfg, labels)
