@@ -396,3 +396,14 @@ def test_write_partition_record(tmp_path):
     assert sorted(record["counts"]) == [[0, 0, 4], [0, 4, 0], [4, 0, 0]]
     assert record["metrics"]["classes_per_client"] == [1, 1, 1]
     assert (tmp_path / "partition.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_record_of_a_partition_built_without_a_scheme(tmp_path):
+    p = Partition([np.array([0, 2]), np.array([1])], np.array([[2, 0], [0, 1]]))
+
+    write_partition_record(tmp_path, p)
+
+    record = json.loads((tmp_path / "partition.json").read_text())
+    assert (record["scheme"], record["params"], record["sizes"]) == ("custom", {}, [2, 1])
+    # global mix (2/3, 1/3): client 0 is 1/3 away, client 1 is 2/3 away.
+    assert record["metrics"]["tv_distance"] == pytest.approx(0.5)

@@ -87,7 +87,8 @@ class Partition:
 
     @property
     def scheme(self) -> str:
-        return self.config.scheme if self.config is not None else "iid"
+        """The scheme's name; "custom" for parts built by other means (e.g. a sampler)."""
+        return self.config.scheme if self.config is not None else "custom"
 
 
 def count_classes(labels: np.ndarray, indices: list[np.ndarray], classes: int) -> np.ndarray:
