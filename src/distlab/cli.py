@@ -74,6 +74,8 @@ FLAG_KEYS = {
     "shards_per_client": "partition.shards_per_client",
     "classes_per_client": "partition.classes_per_client",
     "download": "download",
+    "clients": "strategy.clients",
+    "rounds": "strategy.rounds",
 }
 
 
@@ -102,6 +104,8 @@ def run(
     classes_per_client: int = typer.Option(None, help=_help("partition.classes_per_client")),
     data_dir: Path = typer.Option(None, help=_help("data_dir")),
     download: bool = typer.Option(None, "--download", help=_help("download")),
+    clients: int = typer.Option(None, help=_help("strategy.clients")),
+    rounds: int = typer.Option(None, help=_help("strategy.rounds")),
     out_dir: Path = typer.Option(None, help=_help("out_dir")),
     name: str = typer.Option(None, help=_help("name")),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
@@ -127,10 +131,13 @@ def run(
     flags = {FLAG_KEYS[k]: v for k, v in locals().items() if k in FLAG_KEYS}
     cfg = build_config(config, flags, set_ or [])
     progress = None if (quiet or as_json) else _progress()
-    with progress or _null():
+    try:
         result = run_api(
             cfg, overwrite=overwrite, on_event=_progress_hook(progress) if progress else None
         )
+    finally:
+        if progress is not None and progress.live.is_started:
+            progress.stop()
     if as_json:
         print(json.dumps(result.summary, indent=2))
     elif not quiet:
@@ -149,19 +156,14 @@ def _progress() -> Progress:
     )
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _progress_hook(progress: Progress):
     task: dict[str, Any] = {}
 
     def on_event(event: dict[str, Any]) -> None:
         if event["kind"] == "phase" and "total" in event:
+            # Started at the first event, not before: an error raised while the run is
+            # checked then leaves stderr with its one line only.
+            progress.start()
             task["id"] = progress.add_task(
                 f"{event.get('unit', 'step')}s", total=event["total"], info=""
             )
@@ -330,13 +332,37 @@ def print_partition(part: Any, metrics: dict[str, Any], title: str) -> None:
     )
 
 
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Directory for the report."),
+    target: float = typer.Option(None, help="Report seconds to reach this test accuracy."),
+) -> None:
+    """Compare runs: curves.png (loss and accuracy over steps and seconds), bytes.png, and a
+    table with speedup T(1)/T(N) and efficiency against the one-process run of the set.
+
+    Example: distlab report runs/centralized runs/allreduce --out report --target 0.9
+    """
+    from distlab.report import write_report
+
+    if target is not None and not 0 < target <= 1:
+        raise ValueError(f"--target must be in (0, 1] (got {target})")
+    rows = write_report(run_dirs, out, target)
+    table = Table(*rows[0].keys(), title=f"report written to {out}")
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row.values()))
+    Console(width=max(200, out.width)).print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage and config errors print one line and exit 2, never a traceback."""
     from distlab.runtime.launch import RunFailed, RunInterrupted
 
     command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else list(argv)
+    # With no arguments show the full help (exit 0), not a usage error squeezed into one line.
     try:
-        code = command.main(args=argv, prog_name="distlab", standalone_mode=False)
+        code = command.main(args=args or ["--help"], prog_name="distlab", standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt, RunInterrupted) as exc:
         _fail(str(exc) or "interrupted", 130)
     except typer.Exit as exc:
@@ -348,13 +374,22 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if not _is_usage_error(exc):
             raise
-        _fail(exc.format_message(), 2)
+        _fail(_usage_message(exc), 2)
     sys.exit(code if isinstance(code, int) else 0)
 
 
 def _is_usage_error(exc: Exception) -> bool:
     # typer vendors click in newer releases; match its usage errors by shape, not by import.
     return hasattr(exc, "format_message") and getattr(exc, "exit_code", None) == 2
+
+
+def _usage_message(exc: Exception) -> str:
+    # typer checks option types with pydantic, and its message leaves out the bad value.
+    cause = exc.__cause__
+    errors = cause.errors() if hasattr(cause, "errors") else []
+    if errors and "input" in errors[0]:
+        return f"{exc.format_message()} (got {errors[0]['input']!r})"
+    return exc.format_message()
 
 
 def _fail(message: str, code: int) -> None:

@@ -163,3 +163,165 @@ def write_partition_record(run_dir: str | Path, partition: Partition) -> Path:
     title = f"{partition.scheme} partition, TV distance {record['metrics']['tv_distance']:.3f}"
     plot_partition(partition.counts, run_dir / "partition.png", "bar", title)
     return path
+
+
+# --- comparing runs ---------------------------------------------------------------------------
+
+
+def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """Read summary, config and events of each run directory; ValueError for a bad one."""
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        summary_file = run_dir / "summary.json"
+        if not summary_file.is_file():
+            raise ValueError(f"{str(run_dir)!r} is not a run directory (no summary.json)")
+        events = [
+            json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.strip()
+        ]
+        runs.append(
+            {
+                "name": run_dir.name,
+                "summary": json.loads(summary_file.read_text()),
+                "events": [e for e in events if e["rank"] == 0],
+            }
+        )
+    return runs
+
+
+def comparison_rows(runs: list[dict[str, Any]], target: float | None = None) -> list[dict]:
+    """One row per run. Speedup is T(1)/T(N) against the one-process run of the set (the
+    baseline does the same total work), efficiency is speedup / workers."""
+    base = baseline_seconds(runs)
+    rows = []
+    for run in runs:
+        s = run["summary"]
+        seconds = s.get("train_seconds")
+        speedup = round(base / seconds, 3) if base and seconds else None
+        rows.append(
+            {
+                "run": run["name"],
+                "strategy": s["strategy"],
+                "workers": s["workers"],
+                "final_accuracy": s.get("final_accuracy"),
+                "best_accuracy": s.get("best_accuracy"),
+                "train_seconds": seconds,
+                "samples_per_second": s.get("samples_per_second"),
+                "speedup": speedup,
+                "efficiency": round(speedup / s["workers"], 3) if speedup else None,
+                "bytes_per_step_measured": s.get("bytes_per_step_measured"),
+                "bytes_per_step_analytic": s.get("bytes_per_step_analytic"),
+                "seconds_to_target": time_to_accuracy(run["events"], target) if target else None,
+            }
+        )
+    return rows
+
+
+def baseline_seconds(runs: list[dict[str, Any]]) -> float | None:
+    singles = [
+        r["summary"]["train_seconds"]
+        for r in runs
+        if r["summary"].get("processes") == 1 and r["summary"].get("train_seconds")
+    ]
+    return min(singles) if singles else None
+
+
+def time_to_accuracy(events: list[dict[str, Any]], target: float) -> float | None:
+    """Seconds from the start of training to the first eval at or above `target`."""
+    start = next((e["seconds"] for e in events if e.get("phase") == "train"), 0.0)
+    hit = next((e for e in events if e["kind"] == "eval" and e["accuracy"] >= target), None)
+    return round(hit["seconds"] - start, 3) if hit else None
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join("-" if row[k] is None else str(row[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(runs: list[dict[str, Any]], path: str | Path) -> Path:
+    """Training loss per step (or round), and test accuracy against steps and against
+    seconds, one line per run."""
+    path = check_plot(path)
+    fig = new_figure(15, 4.2)
+    loss_ax, acc_ax, time_ax = fig.subplots(1, 3)
+    for run in runs:
+        draw_run(run, loss_ax, acc_ax, time_ax)
+    loss_ax.set(xlabel="step / round", ylabel="training loss", yscale="log", title="Training loss")
+    acc_ax.set(xlabel="step / round", ylabel="test accuracy", title="Test accuracy")
+    time_ax.set(
+        xlabel="seconds since start", ylabel="test accuracy", title="Test accuracy over wall time"
+    )
+    for ax in (loss_ax, acc_ax, time_ax):
+        ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def draw_run(run: dict[str, Any], loss_ax: Axes, acc_ax: Axes, time_ax: Axes) -> None:
+    units = [e for e in run["events"] if e["kind"] in ("step", "round") and e.get("loss")]
+    label = f"{run['name']} ({run['summary']['strategy']}, {run['summary']['workers']}w)"
+    if units:
+        x = np.arange(1, len(units) + 1)
+        loss_ax.plot(x, smooth([e["loss"] for e in units]), label=label, lw=1.2)
+    evals = [e for e in run["events"] if e["kind"] == "eval"]
+    start = next((e["seconds"] for e in run["events"] if e.get("phase") == "train"), 0.0)
+    if evals:
+        acc_ax.plot(
+            [e.get("step", e.get("round", i)) for i, e in enumerate(evals)],
+            [e["accuracy"] for e in evals],
+            marker="o",
+            ms=3,
+            label=label,
+        )
+        time_ax.plot(
+            [e["seconds"] for e in evals],
+            [e["accuracy"] for e in evals],
+            marker="o",
+            ms=3,
+            label=label,
+        )
+
+
+def smooth(values: list[float], window: int = 10) -> np.ndarray:
+    """Running mean over `window` points, so per-step noise does not hide the trend."""
+    arr = np.asarray(values, dtype=float)
+    if len(arr) < window:
+        return arr
+    kernel = np.ones(window) / window
+    head = np.cumsum(arr[: window - 1]) / np.arange(1, window)
+    return np.concatenate([head, np.convolve(arr, kernel, mode="valid")])
+
+
+def plot_bytes(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Measured against analytic bytes per worker per step (or round), one pair per run."""
+    path = check_plot(path)
+    rows = [r for r in rows if r["bytes_per_step_measured"] is not None]
+    fig = new_figure(max(5, 1.2 * len(rows) + 2), 4)
+    ax = fig.subplots()
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["bytes_per_step_measured"] for r in rows], 0.4, label="measured")
+    ax.bar(x + 0.2, [r["bytes_per_step_analytic"] or 0 for r in rows], 0.4, label="analytic")
+    ax.set_xticks(x, [r["run"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="bytes per worker per step", title="Communication")
+    ax.legend()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_report(
+    run_dirs: list[str | Path], out: str | Path, target: float | None = None
+) -> list[dict[str, Any]]:
+    """curves.png, bytes.png, summary.md and summary.json for a set of runs."""
+    runs = load_runs(run_dirs)
+    rows = comparison_rows(runs, target)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(runs, out / "curves.png")
+    if any(r["bytes_per_step_measured"] is not None for r in rows):
+        plot_bytes(rows, out / "bytes.png")
+    (out / "summary.md").write_text(markdown_table(rows))
+    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
