@@ -1,0 +1,229 @@
+"""Bad input to `distlab run`: one line on stderr, exit 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.conftest import cli
+
+from distlab.api import run
+from distlab.cli import main
+
+TINY = ["--dataset", "synthetic", "--model", "logreg", "--epochs", "1", "--batch-size", "500"]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file of unsigned bytes: magic 00 00 08 ndim, big-endian dims, then the data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist_dir(directory: Path, truncate: str | None = None) -> None:
+    """The four MNIST IDX files with 10 tiny samples each; `truncate` cuts one file short."""
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "t10k"):
+        images = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
+        for stem, array in [
+            (f"{split}-images-idx3-ubyte", images),
+            (f"{split}-labels-idx1-ubyte", np.arange(10)),
+        ]:
+            data = idx_bytes(array)
+            (directory / stem).write_bytes(data[:100] if stem == truncate else data)
+
+
+def assert_one_line_error(stderr: str, *parts: str) -> None:
+    assert stderr.startswith("error: ") and stderr.endswith("\n")
+    assert stderr.count("\n") == 1, stderr
+    assert "Traceback" not in stderr
+    for part in parts:
+        assert part in stderr
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err
+
+
+# ---------------------------------------------------------------- in-process: config problems
+
+
+@pytest.mark.parametrize(
+    ("args", "parts"),
+    [
+        (["--model", "vgg"], ["unknown model 'vgg'", "allowed: cnn-dropout, lenet, logreg, mlp"]),
+        (["--strategy", "gossipy"], ["'gossipy'", "allowed: centralized, allreduce, ddp"]),
+        (["--optimizer", "rmsprop"], ["optimizer.name must be one of sgd or adam", "'rmsprop'"]),
+        (["--workers", "0"], ["workers must be >= 1 (got 0)"]),
+        (["--batch-size", "0"], ["batch_size must be >= 1 (got 0)"]),
+        (["--lr", "0"], ["optimizer.lr must be > 0", "(got 0.0)"]),
+        (["--lr", "-0.1"], ["optimizer.lr must be > 0", "(got -0.1)"]),
+        (["--epochs", "0"], ["epochs must be >= 1 (got 0)"]),
+        (["--workers", "2"], ["--workers must be 1 (got 2)"]),
+        (["--sampler", "sorted"], ["sampler must be one of split-batch, random or balanced"]),
+        (["--set", "optimizer.beta=0.9"], ["'optimizer.beta'", "allowed: name, lr, momentum"]),
+        (["--set", "=1"], ["bad --set '=1'", "key=value"]),
+        (["--set", "epochs"], ["bad --set 'epochs'", "expected key=value"]),
+        (["--set", "learning_rate=0.1"], ["unknown config key 'learning_rate'", "allowed:"]),
+        (["--device", "gpu"], ["device must be one of cpu, cuda or auto (got 'gpu')"]),
+        (["--lr", "fast"], ["'--lr'", "(got 'fast')"]),
+        (["--epohcs", "2"], ["No such option: --epohcs"]),
+    ],
+)
+def test_config_error_is_one_line_and_writes_nothing(tmp_path, capsys, args, parts):
+    out = tmp_path / "runs"
+
+    code, stdout, stderr = run_main(capsys, "run", "--out-dir", str(out), *args)
+
+    assert code == 2 and stdout == ""
+    assert_one_line_error(stderr, *parts)
+    assert not out.exists()
+
+
+def test_unknown_key_in_config_file(tmp_path, capsys):
+    out, path = tmp_path / "runs", tmp_path / "exp.toml"
+    path.write_text("epochs = 1\n[optimizer]\nrate = 0.1\n")
+
+    code, _, stderr = run_main(capsys, "run", "--config", str(path), "--out-dir", str(out))
+
+    assert code == 2
+    assert_one_line_error(stderr, "unknown config key 'optimizer.rate'")
+    assert not out.exists()
+
+
+def test_malformed_toml_config(tmp_path, capsys):
+    out, path = tmp_path / "runs", tmp_path / "exp.toml"
+    path.write_text("epochs = = 1\n")
+
+    code, _, stderr = run_main(capsys, "run", "--config", str(path), "--out-dir", str(out))
+
+    assert code == 2
+    assert_one_line_error(stderr, "malformed config file", "exp.toml")
+    assert not out.exists()
+
+
+def test_existing_run_directory_is_refused_then_replaced_with_overwrite(tmp_path, capsys):
+    out = tmp_path / "runs"
+    (out / "r1").mkdir(parents=True)
+    (out / "r1" / "keep.txt").write_text("earlier run")
+    args = ["run", *TINY, "--out-dir", str(out), "--name", "r1", "--quiet"]
+
+    refused = run_main(capsys, *args)
+    kept = (out / "r1" / "keep.txt").exists()
+    replaced = run_main(capsys, *args, "--overwrite")
+
+    assert refused[0] == 2 and kept
+    assert_one_line_error(refused[2], "run directory", "r1", "exists", "--overwrite")
+    assert replaced == (0, "", "")
+    assert sorted(p.name for p in (out / "r1").iterdir()) == [
+        "config.json",
+        "events",
+        "events.jsonl",
+        "model.pt",
+        "summary.json",
+    ]
+
+
+def test_bare_command_prints_the_help(capsys):
+    code, stdout, stderr = run_main(capsys)
+
+    assert code == 0 and stderr == ""
+    assert stdout.startswith("Usage: distlab") and "run" in stdout and "datasets" in stdout
+
+
+def test_missing_run_directory_for_show(tmp_path, capsys):
+    code, _, stderr = run_main(capsys, "show", str(tmp_path / "nothing"))
+
+    assert code == 2
+    assert_one_line_error(stderr, "nothing", "not a finished run directory")
+
+
+# ---------------------------------------------------------------- subprocess: the real command
+
+
+@pytest.mark.parametrize(
+    ("args", "parts"),
+    [
+        (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "allowed: cifar10, digits"]),
+        (["--epoch", "2"], ["No such option: --epoch", "--epochs"]),
+        (["--config", "absent.yaml"], ["cannot read config file 'absent.yaml'"]),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent"], ["data dir '/nonexistent'"]),
+    ],
+)
+def test_command_reports_bad_input_in_one_line(tmp_path, args, parts):
+    proc = cli("run", "--out-dir", "runs", *args, cwd=tmp_path)
+
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert_one_line_error(proc.stderr, *parts)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_command_reports_malformed_yaml(tmp_path):
+    (tmp_path / "exp.yaml").write_text("epochs: [1\n")
+
+    proc = cli("run", "--config", "exp.yaml", "--out-dir", "runs", cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "malformed config file 'exp.yaml'")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_command_reports_corrupt_data_file(tmp_path):
+    write_mnist_dir(tmp_path / "data" / "mnist", truncate="train-images-idx3-ubyte")
+
+    proc = cli("run", "--dataset", "mnist", "--data-dir", "data", "--out-dir", "runs", cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "train-images-idx3-ubyte is truncated")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_command_reports_unwritable_out_dir(tmp_path):
+    (tmp_path / "file").write_text("a regular file cannot hold a run directory")
+
+    proc = cli("run", *TINY, "--out-dir", "file/runs", cwd=tmp_path)
+
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "out_dir 'file/runs' is not writable")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# ---------------------------------------------------------------- the API raises ValueError
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+        ({"model": "vgg"}, "unknown model 'vgg'"),
+        ({"strategy": "gossipy"}, "unknown strategy.name 'gossipy'"),
+        ({"optimizer": {"name": "rmsprop"}}, "optimizer.name must be one of sgd or adam"),
+        ({"workers": 0}, r"workers must be >= 1 \(got 0\)"),
+        ({"batch_size": 0}, r"batch_size must be >= 1 \(got 0\)"),
+        ({"optimizer": {"lr": 0}}, "optimizer.lr must be > 0"),
+        ({"epochs": 0}, r"epochs must be >= 1 \(got 0\)"),
+        ({"learning_rate": 0.1}, "unknown config key 'learning_rate'"),
+        ({"dataset": "mnist", "data_dir": "/nonexistent"}, "data dir '/nonexistent'"),
+    ],
+)
+def test_api_raises_value_error_before_writing(tmp_path, fields, message):
+    out = tmp_path / "runs"
+
+    with pytest.raises(ValueError, match=message):
+        run({"out_dir": str(out), **fields})
+
+    assert not out.exists()
+
+
+def test_api_refuses_existing_run_directory(tmp_path):
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+
+    with pytest.raises(ValueError, match=r"run directory .*r1' exists"):
+        run({"dataset": "synthetic", "out_dir": str(tmp_path / "runs"), "name": "r1"})
+
+    assert list((tmp_path / "runs" / "r1").iterdir()) == []
