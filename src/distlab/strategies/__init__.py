@@ -22,6 +22,7 @@ STRATEGIES: dict[str, str] = {
     "allreduce": "distlab.strategies.allreduce",
     "ddp": "distlab.strategies.ddp",
     "param-server": "distlab.strategies.param_server",
+    "fedavg": "distlab.strategies.fedavg",
 }
 
 

@@ -1,0 +1,103 @@
+"""Virtual clients: their data split, their batch schedule and sequential local training.
+
+A client is only its partition indices between rounds; a model exists for it while it trains.
+Both executors draw a client's batches from `client_batches`, so they train on the same data
+in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from distlab.training import compute_gradients, flat_params, make_optimizer, set_flat_params
+
+# Stream tags that keep the generators of different purposes apart under one run seed.
+BATCH_STREAM = 1
+HOLDOUT_STREAM = 2
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """Per client, the sample indices it trains on and those it holds out for local tests."""
+
+    train: list[np.ndarray]
+    test: list[np.ndarray]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.array([len(t) for t in self.train], dtype=np.int64)
+
+
+def split_clients(parts: list[np.ndarray], test_fraction: float, seed: int) -> ClientData:
+    """Hold out floor(test_fraction * n) random samples of each client's part for local tests."""
+    train, test = [], []
+    for client, idx in enumerate(parts):
+        held = int(test_fraction * len(idx))
+        if held == 0:
+            train.append(idx)
+            test.append(idx[:0])
+            continue
+        order = np.random.default_rng([seed, HOLDOUT_STREAM, client]).permutation(idx)
+        train.append(np.sort(order[held:]))
+        test.append(np.sort(order[:held]))
+    return ClientData(train, test)
+
+
+def local_steps(size: int, batch: int | None, epochs: int) -> int:
+    """Optimizer steps one client takes in a round; batch None = the whole local set."""
+    per_epoch = 1 if batch is None else -(-size // batch)
+    return epochs * per_epoch if size else 0
+
+
+def client_batches(
+    indices: np.ndarray, batch: int | None, epochs: int, seed: int, round_: int, client: int
+) -> list[np.ndarray]:
+    """The sample indices of each local step of `client` in `round_`: every epoch a fresh
+    permutation cut into batches (the last one may be smaller); batch None = full batch."""
+    rng = np.random.default_rng([seed, BATCH_STREAM, round_, client])
+    size = len(indices)
+    step = size if batch is None else batch
+    out = []
+    for _ in range(epochs):
+        order = indices[rng.permutation(size)]
+        out.extend(order[i : i + step] for i in range(0, size, step))
+    return out
+
+
+@dataclass
+class LocalSpec:
+    """How clients train locally: optimizer, batch, epochs and FedProx's mu."""
+
+    optimizer: object
+    batch: int | None
+    epochs: int
+    mu: float = 0.0
+
+
+def train_client(
+    model: nn.Module,
+    start: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: list[np.ndarray],
+    spec: LocalSpec,
+) -> tuple[torch.Tensor, list[float]]:
+    """Local training from the global parameters `start` with a fresh optimizer; FedProx adds
+    mu * (w - w_global) to every gradient (Li et al. 2020, "Federated Optimization in
+    Heterogeneous Networks"). Returns the new flat parameters and the per-step losses."""
+    set_flat_params(model, start.clone())  # the model's parameters become views of this copy
+    model.train()
+    opt = make_optimizer(model.parameters(), spec.optimizer)
+    anchor = [p.detach().clone() for p in model.parameters()] if spec.mu else []
+    losses = []
+    for idx in batches:
+        index = torch.from_numpy(idx)
+        losses.append(compute_gradients(model, x[index], y[index]))
+        for p, a in zip(model.parameters() if spec.mu else [], anchor, strict=False):
+            p.grad.add_(p.detach() - a, alpha=spec.mu)
+        opt.step()
+    return flat_params(model).clone(), losses

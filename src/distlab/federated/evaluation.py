@@ -1,0 +1,54 @@
+"""Client-side evaluation: each client's accuracy on its held-out local split, before and
+after personalization (a few local steps from the global model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from distlab.federated.clients import ClientData, client_batches, local_steps
+from distlab.federated.vectorized import CHUNK, VectorTrainer
+
+EVAL_BATCH = 2000
+
+
+@torch.no_grad()
+def local_accuracy(model: nn.Module, data: ClientData, x: torch.Tensor, y: torch.Tensor):
+    """Per client, the global model's accuracy on the client's held-out samples (NaN for a
+    client without any)."""
+    counts = np.array([len(t) for t in data.test])
+    owners = np.repeat(np.arange(len(counts)), counts)
+    index = torch.from_numpy(np.concatenate(data.test)) if counts.sum() else torch.zeros(0).long()
+    hits = np.zeros(len(index), dtype=bool)
+    was_training = model.training
+    model.eval()
+    for lo in range(0, len(index), EVAL_BATCH):
+        idx = index[lo : lo + EVAL_BATCH]
+        hits[lo : lo + len(idx)] = (model(x[idx]).argmax(1) == y[idx]).numpy()
+    model.train(was_training)
+    correct = np.bincount(owners[hits], minlength=len(counts))
+    return np.where(counts > 0, correct / np.maximum(counts, 1), np.nan)
+
+
+def finetune_schedule(train: np.ndarray, batch: int | None, steps: int, seed: int, client: int):
+    """The first `steps` local batches of a client, drawn from their own stream (round 0)."""
+    epochs = -(-steps // max(local_steps(len(train), batch, 1), 1))
+    return client_batches(train, batch, epochs, seed, 0, client)[:steps]
+
+
+def personalized_accuracy(
+    trainer: VectorTrainer, start: torch.Tensor, data: ClientData, steps: int, seed: int
+) -> np.ndarray:
+    """Per client, accuracy on its held-out samples after `steps` local steps from `start`
+    (NaN for a client without held-out samples)."""
+    ids = [c for c, t in enumerate(data.test) if len(t) and len(data.train[c])]
+    acc = np.full(len(data.test), np.nan)
+    batch = trainer.spec.batch
+    for lo in range(0, len(ids), CHUNK):
+        chunk = ids[lo : lo + CHUNK]
+        schedules = [finetune_schedule(data.train[c], batch, steps, seed, c) for c in chunk]
+        params, _ = trainer.train(start, schedules)
+        tests = [data.test[c] for c in chunk]
+        acc[chunk] = trainer.count_correct(params, tests) / np.array([len(t) for t in tests])
+    return acc

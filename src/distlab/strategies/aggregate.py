@@ -1,0 +1,112 @@
+"""Aggregators: pure functions from client updates (flat vectors) and sample counts to one vector.
+
+Every function takes `updates` as a list of equal-length 1-D tensors or arrays, or as one
+(clients, P) tensor, and returns a float32 tensor of shape (P,). Robust aggregators ignore
+`num_examples` where their paper does (median, trimmed mean, Krum's choice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+Updates = torch.Tensor | Sequence[torch.Tensor] | Sequence[np.ndarray]
+
+
+def stack_updates(updates: Updates) -> torch.Tensor:
+    """One (clients, P) float tensor from a list of flat vectors or an already stacked tensor."""
+    if isinstance(updates, torch.Tensor):
+        stacked = updates
+    else:
+        if len(updates) == 0:
+            raise ValueError("updates must hold at least one client update (got 0)")
+        stacked = torch.stack([torch.as_tensor(u) for u in updates])
+    if stacked.ndim != 2 or stacked.shape[0] == 0:
+        raise ValueError(
+            f"updates must be (clients, P) with clients >= 1 (got {tuple(stacked.shape)})"
+        )
+    return stacked.float()
+
+
+def weighted_mean(updates: Updates, num_examples: Sequence[float]) -> torch.Tensor:
+    """Sum of n_k / n * w_k: the FedAvg aggregate (McMahan et al. 2017, "Communication-
+    Efficient Learning of Deep Networks from Decentralized Data").
+
+    >>> weighted_mean([torch.tensor([0.0, 2.0]), torch.tensor([4.0, 6.0])], [1, 3]).tolist()
+    [3.0, 5.0]
+    """
+    stacked = stack_updates(updates)
+    weights = torch.as_tensor(np.asarray(num_examples, dtype=np.float64)).float()
+    if weights.shape != (stacked.shape[0],) or float(weights.sum()) <= 0 or (weights < 0).any():
+        raise ValueError(
+            f"num_examples must be {stacked.shape[0]} non-negative counts with a positive sum "
+            f"(got {np.asarray(num_examples).tolist()})"
+        )
+    return (weights / weights.sum()) @ stacked
+
+
+def median(updates: Updates, num_examples: Sequence[float] | None = None) -> torch.Tensor:
+    """Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning:
+    Towards Optimal Statistical Rates"). With an even count, the mean of the two middle values.
+
+    >>> median([torch.tensor([1.0]), torch.tensor([5.0]), torch.tensor([2.0])]).tolist()
+    [2.0]
+    """
+    stacked = stack_updates(updates)
+    return torch.quantile(stacked, 0.5, dim=0) if len(stacked) > 1 else stacked[0].clone()
+
+
+def trimmed_mean(
+    updates: Updates, num_examples: Sequence[float] | None = None, trim_ratio: float = 0.1
+) -> torch.Tensor:
+    """Coordinate-wise trimmed mean (Yin et al. 2018): per coordinate, drop the
+    floor(trim_ratio * n) largest and as many smallest values, average the rest.
+
+    >>> trimmed_mean([torch.tensor([v]) for v in (0.0, 1.0, 2.0, 100.0)], trim_ratio=0.25).tolist()
+    [1.5]
+    """
+    if not 0 <= trim_ratio < 0.5:
+        raise ValueError(f"trim_ratio must be in [0, 0.5) (got {trim_ratio})")
+    stacked = stack_updates(updates)
+    cut = int(trim_ratio * len(stacked))
+    ordered = torch.sort(stacked, dim=0).values
+    return ordered[cut : len(stacked) - cut].mean(dim=0)
+
+
+def krum_scores(stacked: torch.Tensor, f: int) -> torch.Tensor:
+    """Per update, the sum of squared distances to its n - f - 2 nearest other updates."""
+    n = len(stacked)
+    dist = torch.cdist(stacked.double(), stacked.double()).pow(2)
+    dist.fill_diagonal_(float("inf"))
+    nearest = torch.sort(dist, dim=1).values[:, : n - f - 2]
+    return nearest.sum(dim=1)
+
+
+def krum(
+    updates: Updates, num_examples: Sequence[float] | None = None, f: int = 0, m: int = 1
+) -> torch.Tensor:
+    """Krum (Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine Tolerant
+    Gradient Descent"): the update with the smallest sum of squared distances to its
+    n - f - 2 nearest neighbours; needs n > 2f + 2. With m > 1 (Multi-Krum), the mean of the
+    m best, weighted by num_examples when given.
+
+    >>> krum([torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([2.0]),
+    ...       torch.tensor([50.0])], f=0).tolist()
+    [1.0]
+    """
+    stacked = stack_updates(updates)
+    n = len(stacked)
+    if f < 0 or n <= 2 * f + 2:
+        raise ValueError(f"krum needs clients > 2 * f + 2 (got {n} clients, f={f})")
+    if not 1 <= m <= n:
+        raise ValueError(f"krum m must be in [1, {n}] (got {m})")
+    best = torch.argsort(krum_scores(stacked, f), stable=True)[:m]
+    if m == 1:
+        return stacked[best[0]].clone()
+    weights = np.ones(m) if num_examples is None else np.asarray(num_examples)[best.numpy()]
+    return weighted_mean(stacked[best], weights)
+
+
+AGGREGATORS = ("mean", "median", "trimmed-mean", "krum")

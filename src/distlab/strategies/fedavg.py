@@ -1,0 +1,236 @@
+"""Federated averaging and its family: FedAvg, FedSGD, FedProx, FedAvgM, FedAdam.
+
+McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from Decentralized
+Data": each round the server sends the global model to a sample of clients, each trains
+locally on its own partition, and the server averages the returned models weighted by
+sample counts. The round loop lives in distlab.federated.server; where clients run is the
+executor's business: `processes` (server on rank 0, clients hosted on ranks 1..N) or
+`vectorized` (all sampled clients at once in one process, torch.func).
+
+    distlab run --strategy fedavg --clients 100 --rounds 50 --set strategy.clients_per_round=10
+    distlab run --strategy fedavg --clients 4 --workers 4 --partition dirichlet --alpha 0.1
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from distlab.data.partition import partition
+from distlab.federated.clients import ClientData, LocalSpec, split_clients
+from distlab.federated.evaluation import local_accuracy, personalized_accuracy
+from distlab.federated.processes import ProcessExecutor, client_hosts, host_clients
+from distlab.federated.server import train_rounds
+from distlab.federated.vectorized import VectorExecutor, VectorTrainer
+from distlab.strategies.common import StrategyBase
+from distlab.training import flat_params, set_flat_params
+
+if TYPE_CHECKING:
+    from distlab.runtime.context import WorkerContext
+
+SERVER = 0
+
+
+class Params(StrategyBase):
+    """Federated learning with K virtual clients, a sample of which trains each round."""
+
+    name: Literal["fedavg"] = "fedavg"
+    clients: int = Field(10, ge=1)
+    """Number of virtual clients K; the training set is partitioned among them."""
+    clients_per_round: int | None = Field(None, ge=1)
+    """Clients sampled each round (C * K in McMahan et al.); None = all clients."""
+    rounds: int = Field(10, ge=1)
+    """Communication rounds R."""
+    local_epochs: int = Field(1, ge=1)
+    """Local epochs E each sampled client makes over its own training data per round."""
+    local_batch: int | Literal["full"] | None = None
+    """Local batch B: a size, 'full' (the whole local set; with E=1 this is FedSGD), or
+    None = the run's batch_size."""
+    executor: Literal["auto", "processes", "vectorized"] = "auto"
+    """Where clients train: processes (server on rank 0, clients on ranks 1..workers),
+    vectorized (one process, torch.func), auto = processes when workers > 1 else vectorized."""
+    algorithm: Literal["fedavg", "fedsgd", "fedprox", "fedavgm", "fedadam"] = "fedavg"
+    """fedavg, fedsgd (one full-batch local step), fedprox (proximal term mu), fedavgm
+    (server momentum) or fedadam (server Adam)."""
+    aggregator: Literal["mean", "median", "trimmed-mean", "krum"] = "mean"
+    """How client models are combined: sample-weighted mean, coordinate-wise median,
+    coordinate-wise trimmed mean, or Krum."""
+    mu: float = Field(0.0, ge=0)
+    """FedProx proximal weight: clients minimize loss + mu/2 ||w - w_global||^2."""
+    server_lr: float = Field(1.0, gt=0)
+    """Server learning rate applied to the aggregate's step (1 = take the aggregate)."""
+    server_momentum: float = Field(0.9, ge=0, lt=1)
+    """FedAvgM server momentum beta in [0, 1)."""
+    beta1: float = Field(0.9, ge=0, lt=1)
+    """FedAdam first-moment decay."""
+    beta2: float = Field(0.99, ge=0, lt=1)
+    """FedAdam second-moment decay."""
+    tau: float = Field(1e-3, gt=0)
+    """FedAdam adaptivity (the epsilon of Reddi et al. 2021)."""
+    trim_ratio: float = Field(0.1, ge=0, lt=0.5)
+    """Trimmed mean: fraction of largest and of smallest values dropped per coordinate."""
+    krum_f: int = Field(0, ge=0)
+    """Krum: number of Byzantine clients tolerated; needs more than 2f + 2 updates."""
+    client_failure_rate: float = Field(0.0, ge=0, lt=1)
+    """Probability that a sampled client drops out of a round (seeded)."""
+    min_clients: int = Field(1, ge=1)
+    """Usable updates a round needs; with fewer, the round is retried with a new sample."""
+    max_retries: int = Field(3, ge=0)
+    """Retries of a round that got too few usable updates before the run stops."""
+    finetune: int = Field(0, ge=0)
+    """Personalization: local steps from the final global model before each client's local
+    test (0 = off; needs local_test_fraction > 0)."""
+    local_test_fraction: float = Field(0.0, ge=0, lt=1)
+    """Fraction of each client's partition held out as its local test split (0 = none)."""
+
+
+def executor_kind(cfg) -> str:
+    kind = cfg.strategy.executor
+    if kind == "auto":
+        return "processes" if cfg.workers > 1 else "vectorized"
+    return kind
+
+
+def processes(cfg) -> int:
+    return cfg.workers + 1 if executor_kind(cfg) == "processes" else 1
+
+
+def role(cfg, rank: int) -> str:
+    return "server" if rank == SERVER else "client-host"
+
+
+def check(cfg) -> None:
+    """Rules that span several fields."""
+    p = cfg.strategy
+    per_round = p.clients_per_round or p.clients
+    if p.clients_per_round is not None and p.clients_per_round > p.clients:
+        raise ValueError(
+            f"strategy.clients_per_round ({p.clients_per_round}) must be <= clients ({p.clients})"
+        )
+    kind = executor_kind(cfg)
+    if kind == "processes" and cfg.workers > p.clients:
+        raise ValueError(
+            f"--workers ({cfg.workers}) must be <= clients ({p.clients}): each host needs a client"
+        )
+    if kind == "vectorized" and cfg.workers != 1:
+        raise ValueError(
+            f"executor vectorized runs in one process; --workers must be 1 (got {cfg.workers})"
+        )
+    if p.algorithm == "fedsgd" and (p.local_epochs != 1 or p.local_batch not in (None, "full")):
+        raise ValueError(
+            "algorithm fedsgd takes one full-batch local step: local_epochs must be 1 and "
+            f"local_batch 'full' or unset (got {p.local_epochs}, {p.local_batch!r})"
+        )
+    if p.mu and p.algorithm != "fedprox":
+        raise ValueError(
+            f"strategy.mu applies to algorithm fedprox only (algorithm is {p.algorithm!r})"
+        )
+    if p.min_clients > per_round:
+        raise ValueError(
+            f"strategy.min_clients ({p.min_clients}) must be <= clients per round ({per_round})"
+        )
+    if p.aggregator == "krum" and per_round <= 2 * p.krum_f + 2:
+        raise ValueError(
+            "aggregator krum needs clients per round > 2 * krum_f + 2 "
+            f"(got {per_round}, f={p.krum_f})"
+        )
+    if p.finetune and not p.local_test_fraction:
+        raise ValueError("strategy.finetune needs strategy.local_test_fraction > 0 to test on")
+    if isinstance(p.local_batch, int) and p.local_batch < 1:
+        raise ValueError(f"strategy.local_batch must be >= 1 or 'full' (got {p.local_batch})")
+
+
+def local_spec(cfg) -> LocalSpec:
+    p = cfg.strategy
+    if p.algorithm == "fedsgd" or p.local_batch == "full":
+        batch = None
+    else:
+        batch = p.local_batch or cfg.batch_size
+    return LocalSpec(
+        cfg.optimizer, batch, p.local_epochs, p.mu if p.algorithm == "fedprox" else 0.0
+    )
+
+
+def client_data(ctx: WorkerContext, params: Params) -> ClientData:
+    """Every rank computes the same partition and local splits from the seed: no messages."""
+    parts = partition(ctx.labels(), params.clients, ctx.cfg.partition, ctx.cfg.seed)
+    return split_clients(parts.indices, params.local_test_fraction, ctx.cfg.seed)
+
+
+def run(ctx: WorkerContext, params: Params) -> None:
+    cfg, data = ctx.cfg, ctx.data
+    model = ctx.build_model()
+    clients = client_data(ctx, params)
+    spec = local_spec(cfg)
+    if executor_kind(cfg) == "processes" and ctx.rank != SERVER:
+        host_clients(ctx.comm, model, clients, spec, data.x_train, data.y_train, cfg.seed)
+        return
+    trainer = VectorTrainer(model, spec, data.x_train, data.y_train)
+    if executor_kind(cfg) == "processes":
+        owner = client_hosts(params.clients, ctx.world - 1)
+        executor = ProcessExecutor(ctx.comm, owner, flat_params(model).numel())
+    else:
+        executor = VectorExecutor(trainer, clients, cfg.seed)
+    try:
+        final = train_rounds(
+            ctx,
+            params,
+            executor,
+            flat_params(model).clone(),
+            make_evaluator(ctx, model, clients, trainer, params),
+        )
+    finally:
+        executor.close()
+    save_model(ctx, model, final)
+
+
+def make_evaluator(ctx: WorkerContext, model, clients: ClientData, trainer, params: Params):
+    """on_eval(round, global): test-set eval event with the clients' mean local accuracy and,
+    after the last round, their mean accuracy after `finetune` personalization steps."""
+    x, y = ctx.data.x_train, ctx.data.y_train
+    local = params.local_test_fraction > 0
+
+    def on_eval(round_: int, current: torch.Tensor) -> None:
+        set_flat_params(model, current.clone())
+        extra = {}
+        if local:
+            extra["client_accuracy"] = nanmean(local_accuracy(model, clients, x, y))
+        if local and params.finetune and round_ == params.rounds:
+            acc = personalized_accuracy(trainer, current, clients, params.finetune, ctx.cfg.seed)
+            extra["personalized_accuracy"] = nanmean(acc)
+        ctx.evaluate(model, round=round_, **extra)
+
+    return on_eval
+
+
+def nanmean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return round(float(finite.mean()), 6) if len(finite) else None
+
+
+def save_model(ctx: WorkerContext, model, final: torch.Tensor) -> None:
+    """The final global model as run_dir/model.pt (a plain state_dict, loadable with
+    torch.load(..., weights_only=True))."""
+    if ctx.run_dir is None:
+        return
+    set_flat_params(model, final.clone())
+    torch.save(model.state_dict(), ctx.run_dir / "model.pt")
+
+
+def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
+    """FedAvg's logical traffic, 2 * P * 4 bytes per sampled client per round (model down,
+    model up), next to what the process executor's server measured. The server sends the
+    model once per host with sampled clients, so measured bytes down can be below the
+    logical figure; headers and the per-client trailer add a little."""
+    p = cfg.strategy
+    per_round = 2 * params * 4 * (p.clients_per_round or p.clients)
+    out = {"bytes_per_round_logical": per_round, "bytes_total_logical": per_round * units}
+    server = per_rank.get(str(SERVER))
+    if executor_kind(cfg) == "processes" and server:
+        measured = server["bytes_sent"] + server["bytes_recv"]
+        out["bytes_total_measured"] = measured
+        out["bytes_per_round_measured"] = round(measured / units, 1)
+    return out

@@ -1,0 +1,90 @@
+"""Aggregators on hand-worked values."""
+
+import numpy as np
+import pytest
+import torch
+
+from distlab.strategies.aggregate import krum, median, trimmed_mean, weighted_mean
+
+
+def vecs(*rows):
+    return [torch.tensor(r, dtype=torch.float32) for r in rows]
+
+
+def test_weighted_mean_weights_by_sample_count():
+    updates = vecs([1.0, 0.0], [4.0, 8.0])
+
+    out = weighted_mean(updates, [3, 1])
+
+    # (3 * 1 + 1 * 4) / 4 = 1.75 ; (3 * 0 + 1 * 8) / 4 = 2
+    assert out.tolist() == pytest.approx([1.75, 2.0])
+
+
+def test_weighted_mean_accepts_numpy_and_stacked_inputs():
+    arrays = [np.array([2.0, 2.0], dtype=np.float32), np.array([0.0, 4.0], dtype=np.float32)]
+
+    from_list = weighted_mean(arrays, [1, 1])
+    from_stack = weighted_mean(torch.tensor(np.stack(arrays)), np.array([1, 1]))
+
+    assert from_list.tolist() == [1.0, 3.0]
+    assert from_stack.tolist() == [1.0, 3.0]
+
+
+def test_weighted_mean_rejects_zero_total_weight():
+    with pytest.raises(ValueError, match="num_examples"):
+        weighted_mean(vecs([1.0], [2.0]), [0, 0])
+
+
+def test_median_is_coordinatewise_and_ignores_an_outlier():
+    updates = vecs([1.0, 10.0], [2.0, -5.0], [1000.0, 0.0])
+
+    out = median(updates, [1, 1, 1])
+
+    assert out.tolist() == [2.0, 0.0]
+
+
+def test_median_of_even_count_averages_the_middle_pair():
+    assert median(vecs([1.0], [2.0], [4.0], [100.0])).tolist() == [3.0]
+
+
+def test_trimmed_mean_drops_extremes_per_coordinate():
+    # 5 clients, trim 0.2 -> drop 1 smallest and 1 largest per coordinate
+    updates = vecs([0.0, 5.0], [1.0, -100.0], [2.0, 6.0], [3.0, 7.0], [90.0, 8.0])
+
+    out = trimmed_mean(updates, trim_ratio=0.2)
+
+    # coord 0: (1 + 2 + 3) / 3 = 2 ; coord 1: (5 + 6 + 7) / 3 = 6
+    assert out.tolist() == pytest.approx([2.0, 6.0])
+
+
+def test_trimmed_mean_with_zero_ratio_is_the_plain_mean():
+    assert trimmed_mean(vecs([1.0], [2.0], [6.0]), trim_ratio=0.0).tolist() == [3.0]
+
+
+def test_trimmed_mean_rejects_half_or_more():
+    with pytest.raises(ValueError, match="trim_ratio"):
+        trimmed_mean(vecs([1.0]), trim_ratio=0.5)
+
+
+def test_krum_picks_the_update_closest_to_its_neighbours():
+    # n=5, f=1 -> each score sums the 2 nearest squared distances
+    updates = vecs([0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [10.0, 10.0])
+
+    out = krum(updates, f=1)
+
+    # scores: [0,0]: 1+1=2, [1,0]: 1+1=2, [0,1]: 2, [1,1]: 2, outlier: 162+181; ties -> first
+    assert out.tolist() == [0.0, 0.0]
+
+
+def test_multi_krum_averages_the_m_best():
+    updates = vecs([0.0], [1.0], [3.0], [100.0])
+
+    out = krum(updates, [1, 1, 1, 1], f=0, m=2)
+
+    # scores (2 nearest): 0: 1+9=10, 1: 1+4=5, 3: 4+9=13, 100: big -> best two are 1 and 0
+    assert out.tolist() == [0.5]
+
+
+def test_krum_needs_more_than_2f_plus_2_clients():
+    with pytest.raises(ValueError, match="clients > 2"):
+        krum(vecs([0.0], [1.0], [2.0], [3.0]), f=1)

@@ -1,0 +1,159 @@
+"""Federated building blocks: sampling, failures, screening, server optimizers, client
+training (sequential and vectorized agree, FedProx's term by hand)."""
+
+import numpy as np
+import pytest
+import torch
+
+from distlab.config import OptimizerConfig
+from distlab.federated.clients import (
+    LocalSpec,
+    client_batches,
+    local_steps,
+    split_clients,
+    train_client,
+)
+from distlab.federated.processes import client_hosts
+from distlab.federated.server import (
+    ServerOptimizer,
+    Updates,
+    draw_failures,
+    sample_clients,
+    screen_updates,
+)
+from distlab.federated.vectorized import VectorTrainer, pad_schedules
+from distlab.models import build_model
+from distlab.strategies.fedavg import Params
+from distlab.training import flat_params
+
+
+def tiny_data(n=60, features=5, classes=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, features, generator=gen), torch.randint(0, classes, (n,), generator=gen)
+
+
+def test_sampling_is_seeded_distinct_and_sorted():
+    a = sample_clients(seed=1, round_=3, attempt=0, clients=100, per_round=10)
+    b = sample_clients(seed=1, round_=3, attempt=0, clients=100, per_round=10)
+    c = sample_clients(seed=1, round_=4, attempt=0, clients=100, per_round=10)
+
+    assert a.tolist() == b.tolist()
+    assert a.tolist() != c.tolist()
+    assert len(set(a.tolist())) == 10 and a.tolist() == sorted(a.tolist())
+
+
+def test_failure_rate_zero_fails_nobody_and_rate_draws_are_seeded():
+    sampled = np.arange(1000)
+
+    none = draw_failures(0, 1, 0, sampled, 0.0)
+    some = draw_failures(0, 1, 0, sampled, 0.3)
+
+    assert not none.any()
+    assert 0.25 < some.mean() < 0.35
+    assert (some == draw_failures(0, 1, 0, sampled, 0.3)).all()
+
+
+def test_screen_rejects_non_finite_and_wrong_shape():
+    params = torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [0.0, float("inf")], [3.0, 4.0]])
+    updates = Updates(np.array([5, 6, 7, 8]), params, np.array([1, 1, 1, 1]), np.zeros(4))
+
+    keep, rejected = screen_updates(updates, size=2)
+    keep_wrong, rejected_wrong = screen_updates(updates, size=3)
+
+    assert keep.tolist() == [True, False, False, True]
+    assert rejected == [6, 7]
+    assert not keep_wrong.any() and rejected_wrong == [5, 6, 7, 8]
+
+
+def test_fedavgm_accumulates_server_momentum_by_hand():
+    opt = ServerOptimizer(Params(algorithm="fedavgm", server_lr=1.0, server_momentum=0.5))
+    w = torch.tensor([0.0])
+
+    w1 = opt.step(w, torch.tensor([1.0]))  # v = 1, w = 1
+    w2 = opt.step(w1, torch.tensor([2.0]))  # delta 1, v = 0.5 * 1 + 1 = 1.5, w = 2.5
+
+    assert w1.tolist() == [1.0] and w2.tolist() == [2.5]
+
+
+def test_fedadam_first_step_by_hand():
+    p = Params(algorithm="fedadam", server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.2)
+    opt = ServerOptimizer(p)
+
+    w1 = opt.step(torch.tensor([0.0]), torch.tensor([2.0]))
+
+    # delta 2: m = 0.1 * 2 = 0.2, v = 0.01 * 4 = 0.04, step = 0.2 / (0.2 + 0.2) = 0.5
+    assert w1.tolist() == pytest.approx([0.05])
+
+
+def test_split_clients_holds_out_a_fraction_and_keeps_every_sample():
+    parts = [np.arange(0, 10), np.arange(10, 13)]
+
+    data = split_clients(parts, 0.3, seed=0)
+
+    assert [len(t) for t in data.test] == [3, 0]
+    assert [len(t) for t in data.train] == [7, 3]
+    joined = np.sort(np.concatenate(data.train + data.test))
+    assert joined.tolist() == list(range(13))
+
+
+def test_client_batches_cover_each_epoch_once():
+    idx = np.arange(100, 107)
+
+    batches = client_batches(idx, 3, 2, seed=0, round_=1, client=4)
+
+    assert [len(b) for b in batches] == [3, 3, 1, 3, 3, 1]
+    assert sorted(np.concatenate(batches[:3]).tolist()) == idx.tolist()
+    assert local_steps(7, 3, 2) == 6 and local_steps(7, None, 2) == 2
+
+
+def test_client_hosts_are_contiguous_blocks():
+    assert client_hosts(5, 2).tolist() == [1, 1, 1, 2, 2]
+
+
+def test_pad_schedules_masks_padding_and_finished_clients():
+    index, weight = pad_schedules([[np.array([4, 5])], [np.array([7]), np.array([8])]])
+
+    assert index.shape == (2, 2, 2)
+    assert weight[0].tolist() == [[0.5, 0.5], [1.0, 0.0]]
+    assert weight[1].tolist() == [[0.0, 0.0], [1.0, 0.0]]
+
+
+def test_fedprox_term_changes_the_second_step_by_lr_mu_times_drift():
+    x, y = tiny_data()
+    model = build_model("logreg", (5,), 3, seed=0)
+    start = flat_params(model).clone()
+    batches = [np.arange(0, 10), np.arange(10, 20)]
+    opt = OptimizerConfig(lr=0.1)
+
+    one, _ = train_client(model, start, x, y, batches[:1], LocalSpec(opt, 10, 1))
+    plain, _ = train_client(model, start, x, y, batches, LocalSpec(opt, 10, 1))
+    prox, _ = train_client(model, start, x, y, batches, LocalSpec(opt, 10, 1, mu=0.5))
+
+    # step 1 is the same (w = w_global); step 2 adds lr * mu * (w1 - w0) to the descent
+    expected = plain - 0.1 * 0.5 * (one - start)
+    assert torch.allclose(prox, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "opt,mu",
+    [
+        (OptimizerConfig(lr=0.1, momentum=0.9, weight_decay=0.01), 0.0),
+        (OptimizerConfig(lr=0.1), 0.3),
+        (OptimizerConfig(name="adam", lr=0.01, weight_decay=0.01), 0.0),
+    ],
+)
+def test_vectorized_training_matches_sequential_with_uneven_clients(opt, mu):
+    x, y = tiny_data()
+    model = build_model("logreg", (5,), 3, seed=0)
+    start = flat_params(model).clone()
+    spec = LocalSpec(opt, 4, 2, mu)
+    # 9, 5 and 2 samples: 3, 2 and 1 steps per epoch, the last batches short
+    parts = [np.arange(0, 9), np.arange(20, 25), np.arange(40, 42)]
+    schedules = [client_batches(p, 4, 2, 0, 1, c) for c, p in enumerate(parts)]
+
+    stacked, losses = VectorTrainer(model, spec, x, y).train(start, schedules)
+    expected = [train_client(model, start, x, y, s, spec) for s in schedules]
+
+    for row, (params, _) in zip(stacked, expected, strict=True):
+        assert torch.allclose(row, params, atol=1e-5)
+    assert losses == pytest.approx([np.mean(s) for _, s in expected], abs=1e-5)
