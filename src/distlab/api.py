@@ -44,7 +44,9 @@ def run(
 ) -> RunResult:
     """Validate, launch and summarize one run. Bad input raises ValueError before anything
     is written; a failed rank raises launch.RunFailed after the run directory is finalized."""
-    cfg = config if isinstance(config, RunConfig) else validate_config(dict(config))
+    # A RunConfig built directly skipped the strategy's cross-field checks: validate again.
+    data = config.model_dump() if isinstance(config, RunConfig) else dict(config)
+    cfg = validate_config(data)
     start = time.time()
     external = launch.external_env()
     world = processes_for(cfg)

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from distlab.data.datasets import DATASETS
 from distlab.data.partition import PartitionConfig
@@ -33,6 +40,13 @@ class OptimizerConfig(Frozen):
     """SGD momentum in [0, 1)."""
     weight_decay: float = Field(0.0, ge=0)
     """L2 weight decay, >= 0."""
+
+    @model_validator(mode="after")
+    def _momentum_for_sgd(self) -> OptimizerConfig:
+        # Adam has no momentum setting of this name; ignoring it would hide a mistake.
+        if self.name != "sgd" and self.momentum:
+            raise ValueError(f"optimizer.momentum applies to sgd only (name is {self.name!r})")
+        return self
 
 
 class FaultConfig(Frozen):
@@ -101,6 +115,15 @@ class RunConfig(Frozen):
     def _known_model(cls, value: str) -> str:
         return _check_choice("model", value, MODELS)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        # The name is joined to out_dir, and --overwrite deletes what it points at: '.',
+        # '..' or a path would put a run (or a deletion) outside its own directory.
+        if value is not None and (value in (".", "..") or "/" in value or "\\" in value):
+            raise ValueError(f"name must be a plain directory name, without '/' (got {value!r})")
+        return value
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
@@ -168,14 +191,25 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = data
     for part in parents:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {"name": child} if part == "strategy" and isinstance(child, str) else {}
-            if part == "partition" and isinstance(node.get(part), str):
-                child = {"scheme": node[part]}
-            node[part] = child
-        node = child
+        node = _mapping_at(node, part, key)
     node[leaf] = value
+
+
+SHORT_FORMS = {"strategy": "name", "partition": "scheme"}
+
+
+def _mapping_at(node: dict[str, Any], part: str, key: str) -> dict[str, Any]:
+    """node[part] as a mapping: a short form expands, a missing one starts empty."""
+    child = node.get(part)
+    if isinstance(child, str) and part in SHORT_FORMS:
+        child = {SHORT_FORMS[part]: child}
+    elif child is None:
+        child = {}
+    elif not isinstance(child, dict):
+        # Replacing it would silently drop a value the user gave (e.g. `optimizer: adam`).
+        raise ValueError(f"cannot set {key!r}: {part} is {child!r}, not a mapping")
+    node[part] = child
+    return child
 
 
 def build_config(
@@ -229,8 +263,8 @@ def describe_error(exc: ValidationError) -> str:
     if kind == "extra_forbidden":
         return f"unknown config key {loc!r}{_allowed_keys(err['loc'])}"
     if kind == "union_tag_invalid":
-        tags = err["ctx"]["expected_tags"]
-        return f"unknown {loc}.{err['ctx']['discriminator'].strip(chr(39))} {err['ctx']['tag']!r} (allowed: {tags.replace(chr(39), '')})"
+        tags, key = err["ctx"]["expected_tags"].replace("'", ""), err["ctx"]["discriminator"]
+        return f"unknown {loc}.{key.strip(chr(39))} {err['ctx']['tag']!r} (allowed: {tags})"
     if kind == "value_error":
         return str(err["ctx"]["error"])
     bounds = {

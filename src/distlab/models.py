@@ -110,6 +110,11 @@ def _needs_image(cls: type[nn.Module]) -> Callable[..., nn.Module]:
             raise ValueError(
                 f"model {cls.__name__} needs image input (C, H, W); got shape {input_shape}"
             )
+        # The layer sizes follow the width alone, and two 2x2 poolings need a side of 4.
+        if input_shape[1] != input_shape[2] or input_shape[2] < 4:
+            raise ValueError(
+                f"model {cls.__name__} needs square images of side >= 4; got shape {input_shape}"
+            )
         return cls(input_shape, classes)
 
     return build

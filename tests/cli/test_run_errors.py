@@ -11,6 +11,7 @@ from tests.conftest import cli
 
 from distlab.api import run
 from distlab.cli import main
+from distlab.config import RunConfig
 
 TINY = ["--dataset", "synthetic", "--model", "logreg", "--epochs", "1", "--batch-size", "500"]
 
@@ -71,6 +72,7 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
         (["--set", "epochs"], ["bad --set 'epochs'", "expected key=value"]),
         (["--set", "learning_rate=0.1"], ["unknown config key 'learning_rate'", "allowed:"]),
         (["--device", "gpu"], ["device must be one of cpu, cuda or auto (got 'gpu')"]),
+        (["--name", "..", "--overwrite"], ["name must be a plain directory name", "'..'"]),
         (["--lr", "fast"], ["'--lr'", "(got 'fast')"]),
         (["--epohcs", "2"], ["No such option: --epohcs"]),
     ],
@@ -218,6 +220,15 @@ def test_api_raises_value_error_before_writing(tmp_path, fields, message):
         run({"out_dir": str(out), **fields})
 
     assert not out.exists()
+
+
+def test_api_checks_a_run_config_built_directly(tmp_path):
+    cfg = RunConfig(dataset="synthetic", workers=2, out_dir=tmp_path / "runs")
+
+    with pytest.raises(ValueError, match=r"--workers must be 1 \(got 2\)"):
+        run(cfg)
+
+    assert not (tmp_path / "runs").exists()
 
 
 def test_api_refuses_existing_run_directory(tmp_path):

@@ -121,6 +121,23 @@ def test_set_dotted_expands_short_forms():
     }
 
 
+def test_set_dotted_refuses_to_replace_a_value_that_is_not_a_mapping():
+    data = {"optimizer": "adam"}
+
+    with pytest.raises(ValueError, match=r"cannot set 'optimizer.lr': optimizer is 'adam'"):
+        set_dotted(data, "optimizer.lr", 0.1)
+
+    assert data == {"optimizer": "adam"}
+
+
+def test_set_dotted_fills_a_null_mapping():
+    data = {"fault": None}
+
+    set_dotted(data, "fault.rank", 1)
+
+    assert data == {"fault": {"rank": 1}}
+
+
 # ---------------------------------------------------------------- build_config
 
 
@@ -217,6 +234,19 @@ def test_describe_error_names_key_value_and_allowed(data, expected):
     assert message.startswith(expected)
     assert repr(bad) in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", "../up", "a\\b"])
+def test_name_must_stay_inside_out_dir(name):
+    with pytest.raises(ValueError, match=r"name must be a plain directory name"):
+        validate_config({"name": name})
+
+
+def test_momentum_applies_to_sgd_only():
+    with pytest.raises(
+        ValueError, match=r"optimizer.momentum applies to sgd only \(name is 'adam'\)"
+    ):
+        validate_config({"optimizer": {"name": "adam", "momentum": 0.9}})
 
 
 def test_validate_config_runs_strategy_checks():

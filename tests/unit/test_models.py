@@ -36,6 +36,16 @@ def test_cnn_on_flat_input_is_a_clear_error(name):
         build_model(name, (20,), 4, seed=0)
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 20), (1, 3, 3)])
+def test_cnn_needs_square_images_of_side_4(shape):
+    with pytest.raises(ValueError, match=r"needs square images of side >= 4"):
+        build_model("lenet", shape, 10, seed=0)
+
+
+def test_cnn_on_the_smallest_image():
+    assert logits_shape("cnn-dropout", (1, 4, 4), 3) == (3, 3)
+
+
 def test_unknown_model_names_the_allowed_ones():
     with pytest.raises(ValueError, match=r"unknown model 'vgg' \(allowed: cnn-dropout, lenet"):
         build_model("vgg", (1, 28, 28), 10, seed=0)
