@@ -128,6 +128,9 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
         run_dir = _unique(out, name)
     elif run_dir.exists() and not overwrite:
         raise ValueError(f"run directory {str(run_dir)!r} exists (use --overwrite to replace it)")
+    elif run_dir.exists() and not (run_dir / "config.json").is_file():
+        # --overwrite deletes the directory: never one that is not a run (a typo in --name).
+        raise ValueError(f"{str(run_dir)!r} is not a run directory; --overwrite replaces runs only")
     _check_writable(out)
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -167,6 +170,15 @@ def load_run(path: str | Path) -> RunResult:
     summary_file = run_dir / "summary.json"
     if not summary_file.is_file():
         raise ValueError(f"{str(run_dir)!r} is not a finished run directory (no summary.json)")
-    summary = json.loads(summary_file.read_text())
-    config = json.loads((run_dir / "config.json").read_text())
+    summary, config = _read_json(summary_file), _read_json(run_dir / "config.json")
     return RunResult(run_dir, summary, read_events(run_dir / "events.jsonl"), config)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    # A run directory copied in part or cut off by a crash gets one line, not a traceback.
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({exc})") from None

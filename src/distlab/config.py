@@ -156,10 +156,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ValueError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text") from None
+    suffix = path.suffix.lower()
     try:
-        if path.suffix == ".toml":
+        if suffix == ".toml":
             data = tomllib.loads(text)
-        elif path.suffix == ".json":
+        elif suffix == ".json":
             data = json.loads(text)
         else:
             data = yaml.safe_load(text)

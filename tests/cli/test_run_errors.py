@@ -112,11 +112,11 @@ def test_malformed_toml_config(tmp_path, capsys):
 def test_existing_run_directory_is_refused_then_replaced_with_overwrite(tmp_path, capsys):
     out = tmp_path / "runs"
     (out / "r1").mkdir(parents=True)
-    (out / "r1" / "keep.txt").write_text("earlier run")
+    (out / "r1" / "config.json").write_text("{}")  # an earlier run
     args = ["run", *TINY, "--out-dir", str(out), "--name", "r1", "--quiet"]
 
     refused = run_main(capsys, *args)
-    kept = (out / "r1" / "keep.txt").exists()
+    kept = (out / "r1" / "config.json").read_text() == "{}"
     replaced = run_main(capsys, *args, "--overwrite")
 
     assert refused[0] == 2 and kept
@@ -136,6 +136,36 @@ def test_bare_command_prints_the_help(capsys):
 
     assert code == 0 and stderr == ""
     assert stdout.startswith("Usage: distlab") and "run" in stdout and "datasets" in stdout
+
+
+def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+
+    code, _, stderr = run_main(
+        capsys, "run", *TINY, "--out-dir", str(tmp_path), "--name", "notes", "--overwrite"
+    )
+
+    assert code == 2
+    assert_one_line_error(stderr, "notes", "is not a run directory")
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"summary.json": "{}"}, "cannot read"),
+        ({"summary.json": '{"a": ', "config.json": "{}"}, "is not valid JSON"),
+    ],
+)
+def test_show_on_a_damaged_run_directory(tmp_path, capsys, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+
+    code, _, stderr = run_main(capsys, "show", str(tmp_path))
+
+    assert code == 2
+    assert_one_line_error(stderr, message)
 
 
 def test_missing_run_directory_for_show(tmp_path, capsys):

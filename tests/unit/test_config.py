@@ -42,6 +42,20 @@ def test_read_yaml_toml_and_json_give_the_same_dict(tmp_path):
     assert read == [expected, expected, expected]
 
 
+def test_read_suffix_in_capitals(tmp_path):
+    path = write(tmp_path / "C.TOML", "epochs = 2\n")
+
+    assert read_config_file(path) == {"epochs": 2}
+
+
+def test_read_file_that_is_not_text(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"epochs: \xff\xfe\n")
+
+    with pytest.raises(ValueError, match=r"config file .*c\.yaml' is not UTF-8 text"):
+        read_config_file(path)
+
+
 def test_read_empty_yaml_is_an_empty_mapping(tmp_path):
     assert read_config_file(write(tmp_path / "c.yaml", "# nothing set\n")) == {}
 
