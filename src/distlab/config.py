@@ -26,7 +26,9 @@ from distlab.strategies import StrategyParams
 class Frozen(BaseModel):
     """Base for every config model: immutable, unknown keys rejected, docstrings kept."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, coerce_numbers_to_str=True
+    )
 
 
 class OptimizerConfig(Frozen):
