@@ -251,7 +251,7 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path) -> Path:
     loss_ax.set(xlabel="step / round", ylabel="training loss", yscale="log", title="Training loss")
     acc_ax.set(xlabel="step / round", ylabel="test accuracy", title="Test accuracy")
     time_ax.set(
-        xlabel="seconds since start", ylabel="test accuracy", title="Test accuracy over wall time"
+        xlabel="seconds of training", ylabel="test accuracy", title="Test accuracy over wall time"
     )
     for ax in (loss_ax, acc_ax, time_ax):
         ax.grid(alpha=0.3)
@@ -277,7 +277,7 @@ def draw_run(run: dict[str, Any], loss_ax: Axes, acc_ax: Axes, time_ax: Axes) ->
             label=label,
         )
         time_ax.plot(
-            [e["seconds"] for e in evals],
+            [e["seconds"] - start for e in evals],
             [e["accuracy"] for e in evals],
             marker="o",
             ms=3,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tests.conftest import final_state, make_config, run_small, step_losses
 
 needs_cuda = pytest.mark.skipif(
@@ -19,7 +18,7 @@ def test_nccl_data_parallel_matches_cpu(tmp_path, strategy):
     workers = min(2, torch.cuda.device_count())
     gpu = run_small(tmp_path / "g", strategy=strategy, workers=workers, device="cuda")
     cpu = run_small(tmp_path / "c", strategy=strategy, workers=workers)
-    assert max(abs(a - b) for a, b in zip(step_losses(gpu), step_losses(cpu))) < 1e-3
+    assert max(abs(a - b) for a, b in zip(step_losses(gpu), step_losses(cpu), strict=True)) < 1e-3
     assert final_state(gpu).keys() == final_state(cpu).keys()
 
 
