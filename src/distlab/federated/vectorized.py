@@ -1,11 +1,12 @@
 """Vectorized executor: every sampled client of a round trains at once in one process.
 
 The clients' parameters are one (clients, P) tensor. Each local step gathers one padded
-batch per client, and torch.func.vmap over torch.func.grad gives every client's gradient in
-one call; SGD (momentum, weight decay), Adam and FedProx's proximal term are applied as
-tensor arithmetic on the stacked state. Clients whose local steps are done (fewer samples)
-or whose batch is short are handled by masks: a padded sample has weight 0, and a finished
-client's parameters and optimizer state are left unchanged, so nothing is truncated.
+batch per client; torch.func.vmap of functional_call gives every client's loss in one call,
+and one backward pass gives every client's gradient. SGD (momentum, weight decay), Adam and
+FedProx's proximal term are applied as tensor arithmetic on the stacked state. Clients whose
+local steps are done (fewer samples) or whose batch is short are handled by masks: a padded
+sample has weight 0, and a finished client's parameters and optimizer state are left
+unchanged, so nothing is truncated.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from distlab.federated.clients import LocalSpec, client_batches
 from distlab.federated.server import Updates
@@ -35,12 +35,25 @@ class VectorTrainer:
         self.names = [n for n, _ in model.named_parameters()]
         self.shapes = [p.shape for _, p in model.named_parameters()]
         self.sizes = [p.numel() for _, p in model.named_parameters()]
-        self.step_grad = vmap(grad_and_value(self.batch_loss), randomness="different")
+        self.client_losses = vmap(self.batch_loss, randomness="different")
+
+    def step_grad(self, params: torch.Tensor, x, y, w) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every client's gradient and loss for one step. The clients' losses are independent,
+        so the gradient of their sum with respect to the stacked parameters holds each
+        client's own gradient in its row: one backward pass for all of them. (Plain autograd
+        here rather than torch.func.grad, which would import torch._dynamo: 2 s of start-up.)"""
+        leaf = params.detach().requires_grad_()
+        losses = self.client_losses(leaf, x, y, w)
+        (grads,) = torch.autograd.grad(losses.sum(), leaf)
+        return grads, losses.detach()
 
     def batch_loss(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
         """One client's weighted batch loss: sum of w * CE, with w = 1/len or 0 (padding)."""
         logits = functional_call(self.model, self.unflatten(flat), (x,))
-        return (F.cross_entropy(logits, y, reduction="none") * w).sum()
+        # log_softmax + gather is cross_entropy; under vmap, cross_entropy goes through a
+        # decomposition that imports sympy (about a second of start-up).
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        return -(picked * w).sum()
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         views = torch.split(flat, self.sizes)

@@ -184,7 +184,8 @@ def run(ctx: WorkerContext, params: Params) -> None:
         )
     finally:
         executor.close()
-    save_model(ctx, model, final)
+    set_flat_params(model, final.clone())
+    ctx.save_model(model)
 
 
 def make_evaluator(ctx: WorkerContext, model, clients: ClientData, trainer, params: Params):
@@ -209,15 +210,6 @@ def make_evaluator(ctx: WorkerContext, model, clients: ClientData, trainer, para
 def nanmean(values: np.ndarray) -> float | None:
     finite = values[np.isfinite(values)]
     return round(float(finite.mean()), 6) if len(finite) else None
-
-
-def save_model(ctx: WorkerContext, model, final: torch.Tensor) -> None:
-    """The final global model as run_dir/model.pt (a plain state_dict, loadable with
-    torch.load(..., weights_only=True))."""
-    if ctx.run_dir is None:
-        return
-    set_flat_params(model, final.clone())
-    torch.save(model.state_dict(), ctx.run_dir / "model.pt")
 
 
 def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
