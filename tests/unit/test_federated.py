@@ -157,3 +157,24 @@ def test_vectorized_training_matches_sequential_with_uneven_clients(opt, mu):
     for row, (params, _) in zip(stacked, expected, strict=True):
         assert torch.allclose(row, params, atol=1e-5)
     assert losses == pytest.approx([np.mean(s) for _, s in expected], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"strategy": {"clients": 4, "clients_per_round": 5}}, "clients_per_round"),
+        ({"workers": 5, "strategy": {"clients": 4}}, "--workers"),
+        ({"workers": 2, "strategy": {"executor": "vectorized"}}, "executor vectorized"),
+        ({"strategy": {"algorithm": "fedsgd", "local_epochs": 2}}, "fedsgd"),
+        ({"strategy": {"mu": 0.1}}, "fedprox only"),
+        ({"strategy": {"aggregator": "krum", "krum_f": 4}}, "krum"),
+        ({"strategy": {"finetune": 3}}, "local_test_fraction"),
+    ],
+)
+def test_check_rejects_inconsistent_settings(overrides, message):
+    from distlab.config import validate_config
+
+    strategy = {"name": "fedavg", **overrides.pop("strategy", {})}
+
+    with pytest.raises(ValueError, match=message):
+        validate_config({"strategy": strategy, **overrides})
