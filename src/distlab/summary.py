@@ -46,16 +46,22 @@ def summarize(
 
 
 def batch_meaning(cfg: RunConfig) -> str:
+    module = strategy_module(cfg.strategy.name)
+    if hasattr(module, "batch_meaning"):
+        return module.batch_meaning(cfg)
     if cfg.sampler == "split-batch":
         return "global (split across workers)"
     return "per worker"
 
 
 def train_seconds(lead: list[dict[str, Any]]) -> float | None:
+    """Seconds in the training loop, less the time the lead rank spent evaluating (the
+    test-set evaluation is a measurement, not training)."""
     phases = {e["phase"]: e["seconds"] for e in lead if e["kind"] == "phase"}
-    if "train" in phases and "train_end" in phases:
-        return round(phases["train_end"] - phases["train"], 4)
-    return None
+    if "train" not in phases or "train_end" not in phases:
+        return None
+    evaluating = sum(e.get("duration", 0.0) for e in lead if e["kind"] == "eval")
+    return round(phases["train_end"] - phases["train"] - evaluating, 4)
 
 
 def comm_summary(

@@ -46,8 +46,15 @@ class WorkerContext:
 
     def evaluate(self, model: nn.Module, **where: int) -> EvalResult:
         """Evaluate on the test set and record an eval event (lead rank only)."""
+        begin = time.perf_counter()
         result = evaluate(model, self.data.x_test, self.data.y_test, self.data.classes)
-        self.recorder.eval(result.loss, result.accuracy, per_class=result.per_class, **where)
+        self.recorder.eval(
+            result.loss,
+            result.accuracy,
+            per_class=result.per_class,
+            duration=time.perf_counter() - begin,
+            **where,
+        )
         return result
 
     def save_model(self, model: nn.Module) -> None:

@@ -123,6 +123,9 @@ def run_inline(
     )
     try:
         run_worker(cfg, 0, 1, run_dir, start, data=data, on_event=on_event)
+    except Exception as exc:  # the same one-line report as a failed rank of a larger run
+        write_error(run_dir, 0, exc)
+        raise RunFailed(f"rank 0 failed: {read_error(run_dir, 0)}") from exc
     finally:
         dist.destroy_process_group()
         torch.set_num_threads(previous)

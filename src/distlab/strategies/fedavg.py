@@ -226,3 +226,7 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
         out["bytes_total_measured"] = measured
         out["bytes_per_round_measured"] = round(measured / units, 1)
     return out
+
+
+def batch_meaning(cfg) -> str:
+    return "per client (local batch)"
