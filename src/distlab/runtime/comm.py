@@ -44,7 +44,39 @@ class Communicator:
     def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> None:
         n = _nbytes(tensor)
         with self._counted(n, n):
-            dist.all_reduce(tensor, op=op, group=self.group)
+            if op == dist.ReduceOp.SUM and self._doubling_fits(tensor):
+                self._sum_by_recursive_doubling(tensor)
+            else:
+                dist.all_reduce(tensor, op=op, group=self.group)
+
+    def _doubling_fits(self, tensor: torch.Tensor) -> bool:
+        # On CPU, gloo's ring allreduce makes several round trips per call; for small power-of-
+        # two groups one pairwise exchange per doubling round is faster (bench/RESULTS.md).
+        return (
+            tensor.device.type == "cpu"
+            and 1 < self.world <= 8
+            and not self.world & (self.world - 1)
+        )
+
+    def _sum_by_recursive_doubling(self, tensor: torch.Tensor) -> None:
+        """Sum across ranks in log2(N) rounds: swap the running sum with rank ^ 2^k, add.
+        a + b == b + a exactly, so every rank ends with bitwise the same result."""
+        scratch = torch.empty_like(tensor)
+        mask = 1
+        while mask < self.world:
+            peer = self._global(self.rank ^ mask)
+            for request in (
+                dist.isend(tensor, peer, group=self.group),
+                dist.irecv(scratch, peer, group=self.group),
+            ):
+                request.wait()
+            tensor.add_(scratch)
+            mask <<= 1
+
+    def _global(self, group_rank: int) -> int:
+        if self.group is None:
+            return group_rank
+        return dist.get_global_rank(self.group, group_rank)
 
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
         n = _nbytes(tensor)
