@@ -193,6 +193,8 @@ SUMMARY_ROWS = [
     ("samples/s", "samples_per_second"),
     ("bytes/step measured", "bytes_per_step_measured"),
     ("bytes/step analytic", "bytes_per_step_analytic"),
+    ("bytes/round logical", "bytes_per_round_logical"),
+    ("bytes/round measured", "bytes_per_round_measured"),
     ("peak RSS MB", "peak_rss_mb"),
 ]
 

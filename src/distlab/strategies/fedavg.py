@@ -230,3 +230,8 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
 
 def batch_meaning(cfg) -> str:
     return "per client (local batch)"
+
+
+def data_partition(cfg, labels):
+    """The clients' partition (before local test splits), for partition.json."""
+    return partition(labels, cfg.strategy.clients, cfg.partition, cfg.seed)
