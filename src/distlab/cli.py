@@ -335,6 +335,26 @@ def print_partition(part: Any, metrics: dict[str, Any], title: str) -> None:
 
 
 @app.command()
+def strategies(
+    name: str = typer.Argument(None, help="One strategy; all when left out."),
+) -> None:
+    """List the strategies and every strategy.* key each one takes, with its meaning.
+
+    Example: distlab strategies fedavg
+    """
+    from distlab.strategies import STRATEGIES, params_for
+
+    names = [name] if name else list(STRATEGIES)
+    for each in names:
+        params = params_for(each)
+        table = Table("key", "default", "meaning", title=f"{each}: {params.__doc__}")
+        for key, field in params.model_fields.items():
+            if key != "name":
+                table.add_row(f"strategy.{key}", repr(field.default), field.description or "")
+        out.print(table)
+
+
+@app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Directory for the report."),

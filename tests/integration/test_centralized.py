@@ -202,3 +202,25 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path):
     assert state.keys() == state_again.keys()
     assert all(state[k].equal(state_again[k]) for k in state)
     assert (first.run_dir / "model.pt").read_bytes() == (again.run_dir / "model.pt").read_bytes()
+
+
+def test_strategies_lists_each_strategys_keys(capsys):
+    from distlab.cli import main
+    from distlab.strategies import params_for
+
+    with pytest.raises(SystemExit) as done:
+        main(["strategies", "param-server"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    for key in params_for("param-server").model_fields:
+        if key != "name":
+            assert f"strategy.{key}" in shown
+
+
+def test_strategies_refuses_an_unknown_name(capsys):
+    from distlab.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["strategies", "nope"])
+    assert done.value.code == 2
+    assert "unknown strategy 'nope'" in capsys.readouterr().err
