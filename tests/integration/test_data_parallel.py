@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from tests.conftest import final_state, run_small, step_losses
 
 
@@ -78,3 +77,14 @@ def test_uneven_shards_do_not_hang(tmp_path, sampler):
     assert result.summary["batch_size_meaning"] == "per worker"
     per_rank = -(-2000 // 3)  # padded to ceil(2000 / 3) samples per rank
     assert result.summary["steps"] == -(-per_rank // 32)
+
+
+def test_ddp_fp16_compression_halves_the_payload(tmp_path):
+    summary = run_small(
+        tmp_path, strategy={"name": "ddp", "fp16": True, "bucket_mb": 1}, workers=2
+    ).summary
+    analytic = summary["bytes_per_step_analytic"]
+    assert analytic == summary["params"] * 4  # 2 * P * 2 bytes
+    # the logged loss adds one 8-byte allreduce (16 bytes in and out) per step
+    assert abs(summary["bytes_per_step_measured"] - analytic - 16) / analytic < 0.01
+    assert summary["final_accuracy"] > 0.5

@@ -2,7 +2,9 @@
 
 A strategy module defines `Params` (a frozen pydantic model whose `name` field is a Literal
 of the strategy's name), `processes(cfg) -> int`, `role(cfg, rank) -> str` and
-`run(ctx, params)`. It may define `check(cfg)` for rules that span several config fields.
+`run(ctx, params)`. It may define `check(cfg)` for rules that span several config fields,
+`data_partition(cfg, labels)` for the record of who trains on what, and `USES_PARTITION =
+True` when it divides the data by the `partition` config.
 Adding a paradigm means adding its module and one line below.
 """
 
@@ -45,6 +47,12 @@ StrategyParams = Annotated[
 def check_config(cfg: RunConfig) -> None:
     """Run the chosen strategy's cross-field checks; they raise ValueError."""
     module = strategy_module(cfg.strategy.name)
+    if cfg.partition.scheme != "iid" and not getattr(module, "USES_PARTITION", False):
+        raise ValueError(
+            f"--partition {cfg.partition.scheme} applies to federated strategies; under "
+            f"{cfg.strategy.name} workers share the data through --sampler "
+            "(split-batch, random or balanced)"
+        )
     if hasattr(module, "check"):
         module.check(cfg)
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
 
 SERVER = 0
+USES_PARTITION = True  # clients own partitions made by the `partition` config
 
 
 class Params(StrategyBase):

@@ -1,0 +1,53 @@
+"""Launcher pieces that need no processes: joining launchers, thread counts, messages."""
+
+from __future__ import annotations
+
+import pytest
+from tests.conftest import make_config
+
+from distlab.runtime.launch import _is_peer_error, external_env, thread_count
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (1, 4, 1)),
+        (
+            {
+                "OMPI_COMM_WORLD_RANK": "3",
+                "OMPI_COMM_WORLD_SIZE": "4",
+                "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+            },
+            (3, 4, 0),
+        ),
+        ({"PMI_RANK": "2", "PMI_SIZE": "3"}, (2, 3, 0)),
+        ({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}, (5, 8, 1)),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, None),  # one task: run locally
+        ({}, None),
+    ],
+)
+def test_external_env_reads_each_launcher(env, expected):
+    assert external_env(env) == expected
+
+
+def test_thread_count_divides_the_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert thread_count(make_config(tmp_path), 4) == 2
+    assert thread_count(make_config(tmp_path), 16) == 1
+    assert thread_count(make_config(tmp_path, threads=3), 4) == 3
+
+
+def test_peer_errors_are_told_from_a_rank_own_error():
+    assert _is_peer_error("Connection closed by peer [127.0.0.1]:1234")
+    assert _is_peer_error("Timed out waiting 5000ms for recv operation")
+    assert not _is_peer_error("RuntimeError: injected fault at step 5")
+
+
+def test_partition_schemes_other_than_iid_are_for_federated_strategies(tmp_path):
+    with pytest.raises(ValueError, match="applies to federated strategies"):
+        make_config(
+            tmp_path,
+            strategy="allreduce",
+            workers=2,
+            partition={"scheme": "dirichlet", "alpha": 0.1},
+        )
