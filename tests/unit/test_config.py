@@ -169,12 +169,12 @@ def test_build_config_without_anything_is_the_default():
 
 
 def test_build_config_short_forms_and_dotted_keys(tmp_path):
-    path = write(tmp_path / "c.toml", 'strategy = "param-server"\npartition = "dirichlet"\n')
-    sets = ["strategy.mode=async", "partition.alpha=0.1", "optimizer.lr=0.01"]
+    path = write(tmp_path / "c.toml", 'strategy = "fedavg"\npartition = "dirichlet"\n')
+    sets = ["strategy.rounds=3", "partition.alpha=0.1", "optimizer.lr=0.01"]
 
     cfg = build_config(path, {"workers": 2}, sets)
 
-    assert (cfg.strategy.name, cfg.strategy.mode) == ("param-server", "async")
+    assert (cfg.strategy.name, cfg.strategy.rounds) == ("fedavg", 3)
     assert (cfg.partition.scheme, cfg.partition.alpha) == ("dirichlet", 0.1)
     assert cfg.optimizer.lr == 0.01 and cfg.workers == 2
 
@@ -269,9 +269,9 @@ def test_validate_config_runs_strategy_checks():
 
 
 def test_validate_config_short_forms():
-    cfg = validate_config({"strategy": "allreduce", "partition": "shards", "workers": 2})
+    cfg = validate_config({"strategy": "fedavg", "partition": "shards", "workers": 2})
 
-    assert cfg.strategy.name == "allreduce" and cfg.partition.scheme == "shards"
+    assert cfg.strategy.name == "fedavg" and cfg.partition.scheme == "shards"
 
 
 def test_config_is_frozen():

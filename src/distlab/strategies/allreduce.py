@@ -15,6 +15,7 @@ from distlab.strategies.common import (
     one_worker_per_rank,
     sampler_partition,
     train_epochs,
+    worker_role,
 )
 from distlab.training import attach_flat_grads, compute_gradients, make_optimizer
 
@@ -31,8 +32,7 @@ class Params(StrategyBase):
 processes = one_worker_per_rank
 
 
-def role(cfg, rank: int) -> str:
-    return "worker"
+role = worker_role
 
 
 def run(ctx: WorkerContext, params: Params) -> None:

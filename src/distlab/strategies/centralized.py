@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from distlab.strategies.common import StrategyBase, single_process, train_epochs
+from distlab.strategies.common import StrategyBase, single_process, train_epochs, worker_role
 from distlab.training import compute_gradients, make_optimizer
 
 if TYPE_CHECKING:
@@ -20,8 +20,7 @@ class Params(StrategyBase):
 processes = single_process
 
 
-def role(cfg, rank: int) -> str:
-    return "worker"
+role = worker_role
 
 
 def check(cfg) -> None:

@@ -61,6 +61,11 @@ def train_epochs(
     return done
 
 
+def worker_role(cfg, rank: int) -> str:
+    """Every rank trains: the role of each process of a data-parallel strategy."""
+    return "worker"
+
+
 def single_process(cfg) -> int:
     return 1
 

@@ -19,6 +19,7 @@ from distlab.strategies.common import (
     one_worker_per_rank,
     sampler_partition,
     train_epochs,
+    worker_role,
 )
 from distlab.training import compute_gradients, make_optimizer
 
@@ -39,8 +40,7 @@ class Params(StrategyBase):
 processes = one_worker_per_rank
 
 
-def role(cfg, rank: int) -> str:
-    return "worker"
+role = worker_role
 
 
 def check(cfg) -> None:
