@@ -123,7 +123,14 @@ def run(
 
       distlab run --strategy allreduce --workers 4 --epochs 2
 
+      distlab run --strategy fedavg --clients 10 --workers 2 --partition dirichlet --alpha 0.1
+
       distlab run --config exp.yaml --set optimizer.momentum=0.9
+
+      torchrun --nproc-per-node 4 -m distlab run --strategy allreduce --workers 4
+
+    Every config key can be set with --set KEY=VALUE; `distlab strategies` lists the
+    strategy.* keys.
     """
     from distlab.api import run as run_api
     from distlab.config import build_config
