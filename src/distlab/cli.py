@@ -207,7 +207,7 @@ SUMMARY_ROWS = [
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path | None = None) -> None:
-    table = Table(title=f"run {run_dir}" if run_dir else "run", show_header=False)
+    table = Table(title="run summary", show_header=False)
     table.add_column("measure", style="bold")
     table.add_column("value", justify="right")
     for label, key in SUMMARY_ROWS:
@@ -217,6 +217,8 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None = None) -> None:
         if value is not None:
             table.add_row(label, f"{value:.4f}" if isinstance(value, float) else str(value))
     out.print(table)
+    if run_dir is not None:
+        out.print(f"run directory: {run_dir}", soft_wrap=True)
 
 
 @app.command()
