@@ -79,6 +79,14 @@ def draw_bars(fig: Figure, ax: Axes, counts: np.ndarray) -> None:
     width, edge = (0.8, 0.3) if clients <= 40 else (1.0, 0.0)
     bottom = np.zeros(clients)
     for cls, color in enumerate(class_colors(classes)):
+        if not edge:
+            # Touching bars without edges are one filled outline per class; a patch per bar
+            # took half a second to draw for 100 clients.
+            top = bottom + counts[:, cls]
+            edges = np.arange(clients + 1) - width / 2
+            ax.stairs(top, edges, baseline=bottom, fill=True, color=color, label=str(cls))
+            bottom = top
+            continue
         ax.bar(
             x,
             counts[:, cls],
