@@ -92,6 +92,16 @@ def test_a_rank_that_raises_is_named(tmp_path):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_rank_that_exits_at_once_is_named(tmp_path):
+    proc = start(
+        tmp_path, "--set", "fault.rank=1", "--set", "fault.step=4", "--set", "fault.kind=exit"
+    )
+    code, err, seconds = finish(proc)
+    assert code == 1
+    assert seconds < 30
+    assert "rank 1 exited with code 3" in err
+
+
 def test_a_stuck_rank_is_named_after_the_collective_timeout(tmp_path):
     proc = start(
         tmp_path,

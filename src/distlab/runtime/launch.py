@@ -180,13 +180,17 @@ def _watch(procs: list, run_dir: Path, timeout: float, on_poll: Callable | None)
 
 
 def describe_failure(procs: list, run_dir: Path, timeout: float) -> str:
-    """Name the rank that caused the failure: a killed rank, else a rank whose own error is
-    not a peer/connection error, else a rank still blocked when the others timed out."""
+    """Name the rank that caused the failure: a killed rank, else one that exited without a
+    report, else one whose own error is not a peer/connection error, else a rank still
+    blocked when the others timed out."""
     errors = {r: read_error(run_dir, r) for r, p in enumerate(procs) if p.exitcode not in (None, 0)}
     killed = [r for r, p in enumerate(procs) if p.exitcode is not None and p.exitcode < 0]
     if killed:
         sig = signal.Signals(-procs[killed[0]].exitcode).name
         return f"rank {killed[0]} died (killed by {sig})"
+    abrupt = [r for r, e in errors.items() if not e]  # exited without reporting why
+    if abrupt:
+        return f"rank {abrupt[0]} exited with code {procs[abrupt[0]].exitcode}"
     own = [r for r, e in errors.items() if e and not _is_peer_error(e)]
     if own:
         return f"rank {own[0]} failed: {errors[own[0]]}"
