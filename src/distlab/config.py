@@ -297,13 +297,15 @@ def _allowed_keys(loc: tuple) -> str:
     from distlab.data.partition import PARTITION_SCHEMES
     from distlab.strategies import params_for
 
-    model: type[BaseModel] = RunConfig
-    if len(loc) >= 2 and loc[0] == "strategy":
-        model = params_for(loc[1])
-    elif len(loc) >= 2 and loc[0] == "partition":
-        model = PARTITION_SCHEMES[loc[1]]
-        return f" for scheme {loc[1]!r} (allowed: {', '.join(model.model_fields)})"
-    elif len(loc) >= 2 and loc[0] in ("optimizer", "fault"):
-        model = OptimizerConfig if loc[0] == "optimizer" else FaultConfig
-    where = f" for strategy {loc[1]!r}" if loc[0] == "strategy" and len(loc) >= 2 else ""
-    return f"{where} (allowed: {', '.join(model.model_fields)})"
+    section, choice = loc[0], loc[1] if len(loc) >= 2 else None
+    if section == "partition" and choice:
+        fields = PARTITION_SCHEMES[choice].model_fields
+        return f" for scheme {choice!r} (allowed: {', '.join(fields)})"
+    if section == "strategy" and choice:
+        fields = params_for(choice).model_fields
+        return f" for strategy {choice!r} (allowed: {', '.join(fields)})"
+    model = NESTED.get(section, RunConfig) if choice else RunConfig
+    return f" (allowed: {', '.join(model.model_fields)})"
+
+
+NESTED: dict[str, type[BaseModel]] = {"optimizer": OptimizerConfig, "fault": FaultConfig}

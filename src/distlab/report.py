@@ -177,22 +177,14 @@ def write_partition_record(run_dir: str | Path, partition: Partition) -> Path:
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """Read summary, config and events of each run directory; ValueError for a bad one."""
+    """Summary and lead-rank events of each run directory; ValueError for a bad one."""
+    from distlab.api import load_run
+
     runs = []
     for run_dir in map(Path, run_dirs):
-        summary_file = run_dir / "summary.json"
-        if not summary_file.is_file():
-            raise ValueError(f"{str(run_dir)!r} is not a run directory (no summary.json)")
-        events = [
-            json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.strip()
-        ]
-        runs.append(
-            {
-                "name": run_dir.name,
-                "summary": json.loads(summary_file.read_text()),
-                "events": [e for e in events if e["rank"] == 0],
-            }
-        )
+        result = load_run(run_dir)
+        lead = [e for e in result.events if e["rank"] == 0]
+        runs.append({"name": run_dir.name, "summary": result.summary, "events": lead})
     return runs
 
 

@@ -91,7 +91,7 @@ def run_worker(
             pid=os.getpid(),
             device=str(device),
             threads=torch.get_num_threads(),
-            params=count_parameters(ctx.build_model()),
+            params=count_parameters(ctx.build_model()) if rank == 0 else None,
         )
         module.run(ctx, cfg.strategy)
         recorder.comm_totals()

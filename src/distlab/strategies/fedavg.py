@@ -157,7 +157,7 @@ def local_spec(cfg) -> LocalSpec:
 
 def client_data(ctx: WorkerContext, params: Params) -> ClientData:
     """Every rank computes the same partition and local splits from the seed: no messages."""
-    parts = partition(ctx.labels(), params.clients, ctx.cfg.partition, ctx.cfg.seed)
+    parts = data_partition(ctx.cfg, ctx.labels())
     return split_clients(parts.indices, params.local_test_fraction, ctx.cfg.seed)
 
 
