@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from distlab.config import RunConfig, validate_config
 from distlab.data.datasets import load_dataset
 from distlab.metrics import EventTail, merge_events, read_events
 from distlab.runtime import launch
-from distlab.strategies import processes_for, strategy_module
+from distlab.strategies import StrategySpec, get_spec
 from distlab.summary import summarize
 
 __all__ = ["RunConfig", "RunResult", "load_run", "run", "prepare_run_dir"]
@@ -47,34 +48,71 @@ def run(
     # A RunConfig built directly skipped the strategy's cross-field checks: validate again.
     data = config.model_dump() if isinstance(config, RunConfig) else dict(config)
     cfg = validate_config(data)
+    spec = get_spec(cfg.strategy.name)
     start = time.time()
     external = launch.external_env()
-    world = processes_for(cfg)
+    world = spec.processes(cfg)
     if external is not None and external[1] != world:
         raise ValueError(
             f"the launcher started {external[1]} processes but strategy "
             f"{cfg.strategy.name} with --workers {cfg.workers} needs {world}"
         )
+    if external is None:
+        check_process_count(cfg, world)
     launch.resolve_device(cfg)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    check_model_input(cfg, data)
+    # Partitioning can refuse the config (more clients than samples): before any writing.
+    split = spec.data_partition(cfg, data.y_train.cpu().numpy())
     if external is not None:
-        return _run_external(cfg, external, overwrite, start)
+        return _run_external(cfg, spec, external, overwrite, start)
     run_dir = prepare_run_dir(cfg, overwrite)
-    record_partition(cfg, run_dir, data.y_train.cpu().numpy())
-    return _run_local(cfg, world, run_dir, start, data, on_event)
+    record_partition(run_dir, split)
+    return _run_local(cfg, spec, world, run_dir, start, data, on_event)
 
 
-def record_partition(cfg: RunConfig, run_dir: Path, labels) -> None:
+# More local processes than this many per core is almost surely a typo (--workers 5000).
+OVERSUBSCRIBE_FACTOR = 4
+
+
+def check_process_count(cfg: RunConfig, world: int) -> None:
+    """Refuse far more local processes than cores unless asked for; warn above the cores."""
+    cores = os.cpu_count() or 1
+    if world > OVERSUBSCRIBE_FACTOR * cores and not cfg.oversubscribe:
+        raise ValueError(
+            f"{world} processes on {cores} cores is more than {OVERSUBSCRIBE_FACTOR} per core; "
+            "lower --workers, or --set oversubscribe=true to run them anyway"
+        )
+    if world > cores:
+        warnings.warn(
+            f"{world} processes share {cores} cores: timings will not show the speedup "
+            "of separate cores",
+            OversubscribeWarning,
+            stacklevel=3,
+        )
+
+
+class OversubscribeWarning(UserWarning):
+    """More processes than cores: the run works, its timings mislead."""
+
+
+def check_model_input(cfg: RunConfig, data) -> None:
+    """Build the model once on the dataset's shapes: a mismatch (an image model on tabular
+    data) is bad input, refused before any process starts."""
+    from distlab.models import build_model
+
+    build_model(cfg.model, data.input_shape, data.classes, cfg.seed)
+
+
+def record_partition(run_dir: Path, split) -> None:
     """partition.json and its plot, for every run whose data is divided among workers."""
-    module = strategy_module(cfg.strategy.name)
-    split = module.data_partition(cfg, labels) if hasattr(module, "data_partition") else None
     if split is not None and len(split.indices) > 1:
         from distlab.report import write_partition_record
 
         write_partition_record(run_dir, split)
 
 
-def _run_local(cfg, world, run_dir, start, data, on_event) -> RunResult:
+def _run_local(cfg, spec, world, run_dir, start, data, on_event) -> RunResult:
     status = "failed"
     try:
         if world == 1:
@@ -88,26 +126,28 @@ def _run_local(cfg, world, run_dir, start, data, on_event) -> RunResult:
         status = "interrupted"
         raise launch.RunInterrupted(f"interrupted; partial run kept in {run_dir}") from None
     finally:
-        finish_run(cfg, run_dir, world, start, status)
+        finish_run(cfg, spec, run_dir, world, start, status)
     return load_run(run_dir)
 
 
-def _run_external(cfg, external, overwrite, start) -> RunResult:
+def _run_external(cfg, spec, external, overwrite, start) -> RunResult:
     rank, world, local_rank = external
     run_dir = launch.join_external(
         cfg, rank, world, local_rank, lambda: prepare_run_dir(cfg, overwrite), start
     )
     if rank == 0:
-        finish_run(cfg, run_dir, world, start, "completed")
+        finish_run(cfg, spec, run_dir, world, start, "completed")
         return load_run(run_dir)
     return RunResult(run_dir, {}, [], json.loads(cfg.to_json()))
 
 
-def finish_run(cfg: RunConfig, run_dir: Path, world: int, start: float, status: str) -> None:
+def finish_run(
+    cfg: RunConfig, spec: StrategySpec, run_dir: Path, world: int, start: float, status: str
+) -> None:
     """Merge the ranks' events and write summary.json, whatever the run's outcome."""
     files = sorted((run_dir / "events").glob("rank-*.jsonl"))
     events = merge_events(files, run_dir / "events.jsonl")
-    summary = summarize(cfg, events, world, time.time() - start, status)
+    summary = summarize(cfg, spec, events, world, time.time() - start, status, run_dir)
     errors = sorted((run_dir / "errors").glob("rank-*.json"))
     if errors:
         summary["errors"] = [json.loads(p.read_text())["message"] for p in errors]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import gc
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,28 +31,67 @@ err = Console(stderr=True)
 out = Console()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from distlab import __version__
+
+        print(f"distlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Run one model on one dataset under every distributed and federated paradigm."""
+
+
 def _help(path: str) -> str:
-    """A config field's docstring, which is also its --help text."""
-    from distlab.config import RunConfig
+    """A config field's docstring, which is also its --help text, and its default."""
+    field = _field(path)
+    if field is None:
+        return ""
+    text = field.description or ""
+    default = field.default
+    if isinstance(default, str | int | float | bool | Path):
+        return f"{text} [default: {_plain(default)}]"
+    return text
+
+
+def _names(registry: str) -> str:
+    """The names a choice flag takes, read from its registry so help never drifts."""
+    from distlab.data.partition import PARTITION_SCHEMES
+    from distlab.strategies import STRATEGIES
+
+    return ", ".join(STRATEGIES if registry == "strategy" else PARTITION_SCHEMES)
+
+
+def _field(path: str):
+    """The pydantic field behind a dotted config key (strategy keys: the first strategy
+    that has it)."""
+    from distlab.config import NESTED, RunConfig
     from distlab.data.partition import PARTITION_SCHEMES
 
-    model, *rest = path.split(".")
-    if model == "optimizer":
-        from distlab.config import OptimizerConfig
-
-        return OptimizerConfig.model_fields[rest[0]].description or ""
-    if model == "partition":
-        for scheme in PARTITION_SCHEMES.values():
-            if rest[0] in scheme.model_fields:
-                return scheme.model_fields[rest[0]].description or ""
-    if model == "strategy":
+    section, *rest = path.split(".")
+    if not rest:
+        return RunConfig.model_fields.get(section)
+    if section in NESTED:
+        return NESTED[section].model_fields.get(rest[0])
+    if section == "partition":
+        models = list(PARTITION_SCHEMES.values())
+    else:
         from distlab.strategies import STRATEGIES, params_for
 
-        for name in STRATEGIES:
-            fields = params_for(name).model_fields
-            if rest[0] in fields:
-                return fields[rest[0]].description or ""
-    return RunConfig.model_fields[model].description or ""
+        models = [params_for(name) for name in STRATEGIES]
+    return next((m.model_fields[rest[0]] for m in models if rest[0] in m.model_fields), None)
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 # flag name -> dotted config key
@@ -80,11 +121,33 @@ FLAG_KEYS = {
 }
 
 
-@app.command()
+def _unflagged_keys() -> str:
+    """The run epilog: config keys that have no flag of their own, with their defaults."""
+    from distlab.config import NESTED, RunConfig
+    from distlab.data.partition import PARTITION_SCHEMES
+
+    keys = [k for k in RunConfig.model_fields if k not in NESTED and k != "partition"]
+    keys += [f"{s}.{k}" for s, model in NESTED.items() for k in model.model_fields]
+    keys += [f"partition.{k}" for m in PARTITION_SCHEMES.values() for k in m.model_fields]
+    flagged = set(FLAG_KEYS.values()) | {"strategy"}
+    lines = []
+    for key in dict.fromkeys(keys):
+        if key not in flagged:
+            default = _field(key).default
+            shown = _plain(default) if not isinstance(default, BaseModel) else "-"
+            lines.append(f"{key}={shown}")
+    return (
+        "Keys without a flag (set them with --set KEY=VALUE; defaults shown): "
+        + ", ".join(lines)
+        + ". The strategy.* keys: distlab strategies [NAME]."
+    )
+
+
+@app.command(epilog=_unflagged_keys())
 def run(
     config: Path = typer.Option(None, "--config", "-c", help="YAML, TOML or JSON config file."),
     strategy: str = typer.Option(
-        None, help="Strategy: centralized, allreduce, ddp, param-server, fedavg."
+        None, help=f"Strategy: {_names('strategy')}. [default: centralized]"
     ),
     dataset: str = typer.Option(None, help=_help("dataset")),
     model: str = typer.Option(None, help=_help("model")),
@@ -97,7 +160,7 @@ def run(
     device: str = typer.Option(None, help=_help("device")),
     sampler: str = typer.Option(None, help=_help("sampler")),
     partition: str = typer.Option(
-        None, help="Partition scheme: iid, dirichlet, shards, classes, quantity."
+        None, help=f"Partition scheme: {_names('partition')}. [default: iid]"
     ),
     alpha: float = typer.Option(None, help=_help("partition.alpha")),
     min_size: int = typer.Option(None, "--min-size", help=_help("partition.min_size")),
@@ -136,6 +199,8 @@ def run(
     from distlab.api import run as run_api
     from distlab.config import build_config
 
+    warnings.showwarning = _warning_line
+
     flags = {FLAG_KEYS[k]: v for k, v in locals().items() if k in FLAG_KEYS}
     cfg = build_config(config, flags, set_ or [])
     progress = None if (quiet or as_json) else _progress()
@@ -152,6 +217,11 @@ def run(
         print_summary(result.summary, result.run_dir)
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings from the run (more processes than cores) as one plain line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -165,22 +235,37 @@ def _progress() -> Progress:
 
 
 def _progress_hook(progress: Progress):
+    """Drive the progress display from the run's events: a status line while processes
+    start (status events), then a bar over steps or rounds."""
     task: dict[str, Any] = {}
 
     def on_event(event: dict[str, Any]) -> None:
-        if event["kind"] == "phase" and "total" in event:
-            # Started at the first event, not before: an error raised while the run is
-            # checked then leaves stderr with its one line only.
+        kind = event["kind"]
+        if kind == "status" and "id" not in task:
+            _show_status(progress, task, event["text"])
+        elif kind == "phase" and "total" in event and "id" not in task:
+            _show_status(progress, task, None)
             progress.start()
             task["id"] = progress.add_task(
                 f"{event.get('unit', 'step')}s", total=event["total"], info=""
             )
-        elif event["kind"] in ("step", "round") and "id" in task:
-            progress.update(task["id"], advance=1, info=f"loss {event.get('loss') or 0:.4f}")
-        elif event["kind"] == "eval" and "id" in task:
+        elif kind in ("step", "round") and "id" in task:
+            loss = event.get("loss")
+            progress.update(task["id"], advance=1, info="" if loss is None else f"loss {loss:.4f}")
+        elif kind == "eval" and "id" in task:
             progress.update(task["id"], info=f"acc {event['accuracy']:.4f}")
 
     return on_event
+
+
+def _show_status(progress: Progress, task: dict[str, Any], text: str | None) -> None:
+    """One transient spinner line saying what the run is doing before training starts."""
+    if "status" in task:
+        task["status"].stop()
+        del task["status"]
+    if text is not None:
+        task["status"] = err.status(text + " ...")
+        task["status"].start()
 
 
 SUMMARY_ROWS = [
@@ -191,20 +276,25 @@ SUMMARY_ROWS = [
     ("params", "params"),
     ("workers", "workers"),
     ("processes", "processes"),
+    ("seed", "seed"),
     ("final accuracy", "final_accuracy"),
     ("best accuracy", "best_accuracy"),
     ("final test loss", "final_loss"),
     ("steps", "steps"),
     ("rounds", "rounds"),
     ("wall seconds", "wall_seconds"),
+    ("startup seconds", "startup_seconds"),
     ("train seconds", "train_seconds"),
     ("samples/s", "samples_per_second"),
     ("bytes/step measured", "bytes_per_step_measured"),
     ("bytes/step analytic", "bytes_per_step_analytic"),
     ("bytes/round logical", "bytes_per_round_logical"),
     ("bytes/round measured", "bytes_per_round_measured"),
+    ("stale gradients dropped", "stale_gradients_dropped"),
     ("peak RSS MB", "peak_rss_mb"),
 ]
+# Counts that are 0 only because the strategy does not have them (a fedavg run has no steps).
+HIDDEN_WHEN_ZERO = ("rounds", "steps")
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path | None = None) -> None:
@@ -213,13 +303,30 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None = None) -> None:
     table.add_column("value", justify="right")
     for label, key in SUMMARY_ROWS:
         value = summary.get(key)
-        if value in (None, 0) and key in ("rounds", "steps", "bytes_per_step_measured"):
+        if value is None or (value == 0 and key in HIDDEN_WHEN_ZERO):
             continue
-        if value is not None:
-            table.add_row(label, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(label, format_number(value))
+    threads = (summary.get("environment") or {}).get("threads_per_process")
+    if threads is not None:
+        table.add_row("threads/process", str(threads))
     out.print(table)
+    if summary.get("error"):
+        out.print(f"cause: {summary['error']}", soft_wrap=True)
     if run_dir is not None:
         out.print(f"run directory: {run_dir}", soft_wrap=True)
+
+
+def format_number(value: Any) -> str:
+    """Four significant decimals for fractions, no trailing zeros: 0.917, 2.3, 1,421,696."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or (value.is_integer() and abs(value) >= 1000):
+        return f"{int(value):,}"
+    if abs(value) >= 1000:
+        return f"{value:,.1f}"
+    if value and abs(value) < 1e-3:
+        return f"{value:.3g}"
+    return f"{value:.4f}".rstrip("0").rstrip(".")
 
 
 @app.command()
@@ -262,26 +369,29 @@ def datasets(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("name", "shape", "classes", "train", "test", "description")
+    table = Table("name", "shape", "classes", "train", "test")
+    table.add_column("description", overflow="fold")
     for r in rows:
         table.add_row(
             r["name"],
-            str(tuple(r.get("shape", ()))) if "shape" in r else "-",
+            str(tuple(r["shape"])) if "shape" in r else "missing",
             str(r.get("classes", "-")),
             str(r.get("train", "-")),
             str(r.get("test", "-")),
-            r.get("missing", r["description"]),
+            r["description"],
         )
     out.print(table)
+    # Whole lines, never folded into a cell: the user copies the directory from them.
+    for r in rows:
+        if "missing" in r:
+            out.print(f"{r['name']}: {r['missing']}", soft_wrap=True)
 
 
 @app.command("partition")
 def partition_data(
     dataset: str = typer.Option("mnist-sample", help=_help("dataset")),
     clients: int = typer.Option(10, help="Number of clients (parts); >= 1."),
-    scheme: str = typer.Option(
-        "iid", help="Partition scheme: iid, dirichlet, shards, classes, quantity."
-    ),
+    scheme: str = typer.Option("iid", help=f"Partition scheme: {_names('partition')}."),
     alpha: float = typer.Option(None, help=_help("partition.alpha")),
     min_size: int = typer.Option(None, "--min-size", help=_help("partition.min_size")),
     balance: bool = typer.Option(None, "--balance/--no-balance", help=_help("partition.balance")),
@@ -367,23 +477,32 @@ def strategies(
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare."),
-    out: Path = typer.Option(Path("report"), "--out", "-o", help="Directory for the report."),
+    # Named out_dir, not out: `out` is the module's stdout console, used below.
+    out_dir: Path = typer.Option(
+        Path("report"), "--out", "-o", help="Directory for the report (created if missing)."
+    ),
     target: float = typer.Option(None, help="Report seconds to reach this test accuracy."),
 ) -> None:
-    """Compare runs: curves.png (loss and accuracy over steps and seconds), bytes.png, and a
-    table with speedup T(1)/T(N) and efficiency against the one-process run of the set.
+    """Compare runs: curves.png (loss and accuracy per step, per round on separate panels,
+    and over seconds), bytes.png, and a table with speedup T(1)/T(N) and efficiency against
+    a completed one-process run with the same dataset, model, samples and batch meaning
+    (speedup_note says why a run has none).
 
     Example: distlab report runs/centralized runs/allreduce --out report --target 0.9
     """
-    from distlab.report import write_report
+    from distlab.report import CONSOLE_COLUMNS, write_report
 
-    if target is not None and not 0 < target <= 1:
-        raise ValueError(f"--target must be in (0, 1] (got {target})")
-    rows = write_report(run_dirs, out, target)
-    table = Table(*rows[0].keys(), title=f"report written to {out}")
+    # write_report checks --target, --out and every run directory before writing anything.
+    rows = write_report(run_dirs, out_dir, target)
+    title = f"report written to {out_dir} (every column in summary.md)"
+    table = Table(*CONSOLE_COLUMNS.values(), title=title)
     for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row.values()))
-    Console(width=max(200, out.width)).print(table)
+        table.add_row(*("-" if row[k] is None else str(row[k]) for k in CONSOLE_COLUMNS))
+    console = Console(width=max(200, out.width))
+    console.print(table)
+    for row in rows:
+        if row["speedup_note"]:
+            console.print(f"{row['run']}: {row['speedup_note']}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,22 +12,30 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from distlab.data.datasets import DATASETS
 from distlab.data.partition import PartitionConfig
-from distlab.models import MODELS
-from distlab.strategies import StrategyParams
+from distlab.strategies import STRATEGIES, StrategyBase, params_for
+
+# Longest file name on Linux file systems (ext4, xfs, tmpfs), in bytes.
+NAME_MAX = 255
 
 
 class Frozen(BaseModel):
     """Base for every config model: immutable, unknown keys rejected, docstrings kept."""
 
+    # allow_inf_nan=False: `--lr inf` or `--lr 1e400` (which parses as inf) would train on
+    # NaN; they are refused like any other bad number.
     model_config = ConfigDict(
-        frozen=True, extra="forbid", use_attribute_docstrings=True, coerce_numbers_to_str=True
+        frozen=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        coerce_numbers_to_str=True,
+        allow_inf_nan=False,
     )
 
 
@@ -75,7 +83,7 @@ class RunConfig(Frozen):
     """Download missing dataset files (checked by SHA-256) where a network exists."""
     model: str = "lenet"
     """Model name: lenet, cnn-dropout, mlp or logreg."""
-    strategy: StrategyParams = Field(default_factory=lambda: _default_strategy())
+    strategy: SerializeAsAny[StrategyBase] = Field(default_factory=lambda: _default_strategy())
     """Training paradigm and its parameters (strategy.name selects it)."""
     workers: int = Field(1, ge=1)
     """Number of data-parallel workers, or client hosts for federated strategies; >= 1."""
@@ -90,8 +98,9 @@ class RunConfig(Frozen):
     """Batch size: global under split-batch, per worker or client otherwise; >= 1."""
     epochs: int = Field(3, ge=1)
     """Passes over the training data (data-parallel strategies); >= 1."""
-    seed: int = 0
-    """Seed for every random choice: model init, shuffling, partitioning, sampling."""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """Seed for every random choice: model init, shuffling, partitioning, sampling, dropout;
+    in [0, 2**32 - 1]."""
     eval_every: int = Field(0, ge=0)
     """Evaluate every this many steps (rounds for federated); 0 = once per epoch."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -106,15 +115,28 @@ class RunConfig(Frozen):
     """Fault injection for robustness checks, e.g. --set fault.rank=1 --set fault.kind=hang."""
     save_model: bool = True
     """Save the final model's state_dict as model.pt in the run directory."""
+    oversubscribe: bool = False
+    """Allow more local processes than OVERSUBSCRIBE_FACTOR x the cores (slow, but legal)."""
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _strategy_params(cls, value: Any) -> Any:
+        # Each strategy's Params is looked up by name when a config names it, so importing
+        # this module loads no strategy (and no torch).
+        return strategy_params(value)
 
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
+        from distlab.data.datasets import DATASETS
+
         return _check_choice("dataset", value, DATASETS)
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
+        from distlab.models import MODELS
+
         return _check_choice("model", value, MODELS)
 
     @field_validator("name")
@@ -124,16 +146,36 @@ class RunConfig(Frozen):
         # '..' or a path would put a run (or a deletion) outside its own directory.
         if value is not None and (value in (".", "..") or "/" in value or "\\" in value):
             raise ValueError(f"name must be a plain directory name, without '/' (got {value!r})")
+        if value is not None and len(value.encode()) > NAME_MAX:
+            raise ValueError(
+                f"name must be at most {NAME_MAX} bytes, the file system's limit "
+                f"(got {len(value.encode())})"
+            )
         return value
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
 
-def _default_strategy() -> StrategyParams:
-    from distlab.strategies import params_for
-
+def _default_strategy() -> StrategyBase:
     return params_for("centralized")()
+
+
+def strategy_params(value: Any) -> Any:
+    """A strategy given as a name or a mapping -> that strategy's Params; ValueError names
+    the bad key or value."""
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        return value  # a Params instance, or a type error reported by pydantic
+    name = value.get("name", "centralized")
+    if name not in STRATEGIES:
+        allowed = ", ".join(STRATEGIES)
+        raise ValueError(f"unknown strategy.name {name!r} (allowed: {allowed})")
+    try:
+        return params_for(name).model_validate(value)
+    except ValidationError as exc:
+        raise ValueError(describe_error(exc, ("strategy", name))) from None
 
 
 def _default_partition() -> PartitionConfig:
@@ -246,8 +288,6 @@ def _normalize_shorthands(data: dict[str, Any]) -> dict[str, Any]:
 def validate_config(data: dict[str, Any]) -> RunConfig:
     """Validate a plain dict into a RunConfig; any problem becomes a one-line ValueError."""
     data = _normalize_shorthands(data)
-    if isinstance(data.get("strategy"), dict):
-        data["strategy"] = {"name": "centralized", **data["strategy"]}
     if isinstance(data.get("partition"), dict):
         data["partition"] = {"scheme": "iid", **data["partition"]}
     try:
@@ -260,18 +300,22 @@ def validate_config(data: dict[str, Any]) -> RunConfig:
     return config
 
 
-def describe_error(exc: ValidationError) -> str:
-    """One line naming the bad key, the bad value and what is allowed."""
+def describe_error(exc: ValidationError, prefix: tuple = ()) -> str:
+    """One line naming the bad key, the bad value and what is allowed; `prefix` is where
+    the validated model sits in the RunConfig (("strategy", name) for a strategy's Params)."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
+    where = (*prefix, *err["loc"])
+    loc = ".".join(str(p) for p in where if not _is_union_tag(p))
     kind, value = err["type"], err.get("input")
     if kind == "extra_forbidden":
-        return f"unknown config key {loc!r}{_allowed_keys(err['loc'])}"
+        return f"unknown config key {loc!r}{_allowed_keys(where)}"
     if kind == "union_tag_invalid":
         tags, key = err["ctx"]["expected_tags"].replace("'", ""), err["ctx"]["discriminator"]
         return f"unknown {loc}.{key.strip(chr(39))} {err['ctx']['tag']!r} (allowed: {tags})"
     if kind == "value_error":
         return str(err["ctx"]["error"])
+    if kind == "finite_number":
+        return f"{loc} must be a finite number (got {value!r})"
     bounds = {
         "greater_than_equal": ">=",
         "greater_than": ">",
@@ -288,14 +332,12 @@ def describe_error(exc: ValidationError) -> str:
 
 def _is_union_tag(part: Any) -> bool:
     from distlab.data.partition import PARTITION_SCHEMES
-    from distlab.strategies import STRATEGIES
 
     return isinstance(part, str) and (part in STRATEGIES or part in PARTITION_SCHEMES)
 
 
 def _allowed_keys(loc: tuple) -> str:
     from distlab.data.partition import PARTITION_SCHEMES
-    from distlab.strategies import params_for
 
     section, choice = loc[0], loc[1] if len(loc) >= 2 else None
     if section == "partition" and choice:

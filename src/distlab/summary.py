@@ -1,57 +1,112 @@
-"""summary.json: the numbers every run reports, derived from its events alone."""
+"""summary.json: the numbers every run reports, derived from its events alone.
+
+A figure that the events cannot support is null, never 0: a run that failed before its
+first step has no samples per second, and a run without communication has no bytes.
+"""
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
+from pathlib import Path
 from typing import Any
 
 from distlab.config import RunConfig
-from distlab.strategies import strategy_module
+from distlab.strategies import StrategySpec
 
 
 def summarize(
-    cfg: RunConfig, events: list[dict[str, Any]], processes: int, wall: float, status: str
+    cfg: RunConfig,
+    spec: StrategySpec,
+    events: list[dict[str, Any]],
+    processes: int,
+    wall: float,
+    status: str,
+    run_dir: Path | None = None,
 ) -> dict[str, Any]:
-    lead = [e for e in events if e["rank"] == 0]
+    lead_rank = spec.lead(cfg)
+    lead = [e for e in events if e["rank"] == lead_rank]
     steps = [e for e in lead if e["kind"] == "step"]
     rounds = [e for e in lead if e["kind"] == "round"]
     evals = [e for e in lead if e["kind"] == "eval"]
     units = rounds or steps
-    params = next((e["params"] for e in lead if e.get("phase") == "start"), 0)
+    params = next((e["params"] for e in lead if e.get("phase") == "start"), None)
     summary: dict[str, Any] = {
         "status": status,
+        "run_dir": str(run_dir) if run_dir is not None else None,
         "strategy": cfg.strategy.name,
         "dataset": cfg.dataset,
         "model": cfg.model,
         "params": params,
         "workers": cfg.workers,
         "processes": processes,
-        "sampler": cfg.sampler,
-        "batch_size_meaning": batch_meaning(cfg),
+        "lead_rank": lead_rank,
+        **hyperparameters(cfg),
+        "batch_size_meaning": spec.batch_meaning(cfg),
         "final_accuracy": evals[-1]["accuracy"] if evals else None,
         "best_accuracy": max(e["accuracy"] for e in evals) if evals else None,
         "final_loss": evals[-1]["loss"] if evals else None,
         "final_train_loss": units[-1].get("loss") if units else None,
         "per_class_accuracy": evals[-1].get("per_class") if evals else None,
         "wall_seconds": round(wall, 3),
+        "startup_seconds": startup_seconds(lead),
         "train_seconds": train_seconds(lead),
-        "steps": len(steps),
+        # a step event is an optimizer update; an async server's dropped gradient is not
+        "steps": sum(1 for e in steps if not e.get("dropped")),
         "rounds": len(rounds),
     }
-    samples = sum(e.get("samples", 0) for e in units)
+    samples = sum(e.get("samples", 0) for e in units) if units else None
     summary["samples"] = samples
     summary["samples_per_second"] = _ratio(samples, summary["train_seconds"])
-    summary["peak_rss_mb"] = max((e.get("peak_rss_mb", 0) for e in events), default=None)
-    summary.update(comm_summary(cfg, events, params, len(units)))
+    rss = [e["peak_rss_mb"] for e in events if e.get("peak_rss_mb") is not None]
+    summary["peak_rss_mb"] = max(rss) if rss else None
+    summary.update(comm_summary(cfg, spec, events, params, len(units), processes))
+    summary.update(spec.extra_summary(cfg, lead))
+    summary["environment"] = environment(events)
     return summary
 
 
-def batch_meaning(cfg: RunConfig) -> str:
-    module = strategy_module(cfg.strategy.name)
-    if hasattr(module, "batch_meaning"):
-        return module.batch_meaning(cfg)
-    if cfg.sampler == "split-batch":
-        return "global (split across workers)"
-    return "per worker"
+def hyperparameters(cfg: RunConfig) -> dict[str, Any]:
+    """The settings a reader of a results table asks for first."""
+    return {
+        "seed": cfg.seed,
+        "sampler": cfg.sampler,
+        "batch_size": cfg.batch_size,
+        "epochs": cfg.epochs,
+        "optimizer": cfg.optimizer.name,
+        "lr": cfg.optimizer.lr,
+        "partition": cfg.partition.scheme,
+    }
+
+
+def environment(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the numbers came from: results depend on the torch thread count (float
+    summation order) and on the versions, so they are part of the record."""
+    import numpy
+    import torch
+
+    import distlab
+
+    starts = [e for e in events if e.get("phase") == "start"]
+    threads = sorted({e["threads"] for e in starts if "threads" in e})
+    return {
+        "threads_per_process": threads[0] if len(threads) == 1 else threads or None,
+        "cores": os.cpu_count(),
+        "devices": sorted({e["device"] for e in starts if "device" in e}) or None,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "distlab": distlab.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def startup_seconds(lead: list[dict[str, Any]]) -> float | None:
+    """Seconds from the start of the run to the lead rank's first training step (process
+    start, data loading, process-group rendezvous, model building)."""
+    train = next((e["seconds"] for e in lead if e.get("phase") == "train"), None)
+    return round(train, 4) if train is not None else None
 
 
 def train_seconds(lead: list[dict[str, Any]]) -> float | None:
@@ -65,20 +120,25 @@ def train_seconds(lead: list[dict[str, Any]]) -> float | None:
 
 
 def comm_summary(
-    cfg: RunConfig, events: list[dict[str, Any]], params: int, units: int
+    cfg: RunConfig,
+    spec: StrategySpec,
+    events: list[dict[str, Any]],
+    params: int | None,
+    units: int,
+    processes: int,
 ) -> dict[str, Any]:
-    """Per-rank totals, and the strategy's own measured-vs-analytic comparison."""
+    """Per-rank totals, and the strategy's own measured-vs-analytic comparison (when the
+    run got as far as one step and every rank reported its totals)."""
     totals = {e["rank"]: e for e in events if e["kind"] == "comm"}
     per_rank = {
         str(r): {k: e[k] for k in ("bytes_sent", "bytes_recv", "calls", "comm_seconds")}
         for r, e in sorted(totals.items())
     }
-    out: dict[str, Any] = {"bytes_per_rank": per_rank}
-    module = strategy_module(cfg.strategy.name)
-    if hasattr(module, "comm_analysis") and units:
-        out.update(module.comm_analysis(cfg, per_rank, params, units))
+    out: dict[str, Any] = {"bytes_per_rank": per_rank or None}
+    if units and params and len(per_rank) == processes:
+        out.update(spec.comm_analysis(cfg, per_rank, params, units))
     return out
 
 
-def _ratio(a: float, b: float | None) -> float | None:
-    return round(a / b, 2) if b else None
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None

@@ -1,13 +1,11 @@
-"""Shared training pieces: optimizer factory, local training, gradients and evaluation."""
+"""Shared training pieces: optimizer factory, gradients, flat buffers and evaluation."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,40 +31,6 @@ def compute_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> flo
     loss = batch_loss(model, x, y)
     loss.backward()
     return float(loss.detach())
-
-
-@dataclass
-class StepResult:
-    loss: float
-    samples: int
-    duration: float
-
-
-def train_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-    start = time.perf_counter()
-    loss = compute_gradients(model, x, y)
-    opt.step()
-    return StepResult(loss, len(y), time.perf_counter() - start)
-
-
-def local_train(
-    model: nn.Module,
-    opt,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batches: Iterable[np.ndarray],
-    on_step: Callable[[StepResult], None] | None = None,
-) -> list[float]:
-    """Plain SGD over the given index batches; returns the per-step losses."""
-    model.train()
-    losses = []
-    for idx in batches:
-        index = torch.from_numpy(np.asarray(idx))
-        result = train_step(model, opt, x[index], y[index])
-        losses.append(result.loss)
-        if on_step is not None:
-            on_step(result)
-    return losses
 
 
 @dataclass

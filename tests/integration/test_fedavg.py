@@ -13,6 +13,7 @@ from distlab.config import validate_config
 from distlab.data.datasets import load_dataset, make_synthetic
 from distlab.models import build_model
 from distlab.runtime.launch import RunFailed, run_inline
+from distlab.strategies import get_spec
 
 # Process runs: 4 clients on 4 client hosts plus the server, 5 rounds of 2 local epochs.
 FED = {"clients": 4, "rounds": 5, "local_epochs": 2}
@@ -187,7 +188,7 @@ def test_ten_thousand_virtual_clients_fit_in_one_process(tmp_path):
     start = time.time()
     # the registered synthetic set has 2000 samples; 10,000 clients need more
     run_inline(cfg, run_dir, start, make_synthetic(samples=20_000))
-    finish_run(cfg, run_dir, 1, start, "completed")
+    finish_run(cfg, get_spec("fedavg"), run_dir, 1, start, "completed")
     summary = load_run(run_dir).summary
 
     assert summary["rounds"] == 2 and summary["status"] == "completed"

@@ -10,16 +10,15 @@ import torch
 from torch import nn
 
 from distlab.config import OptimizerConfig
+from distlab.federated.clients import LocalSpec, train_client
 from distlab.training import (
     compute_gradients,
     evaluate,
     flat_grads,
     flat_params,
-    local_train,
     make_optimizer,
     set_flat_grads,
     set_flat_params,
-    train_step,
 )
 
 
@@ -106,17 +105,18 @@ def test_make_optimizer_adam():
     assert (opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == (0.001, 0.01)
 
 
-def test_train_step_is_one_hand_worked_sgd_step():
+def test_one_local_step_is_a_hand_worked_sgd_step():
     # Zero weights: softmax (1/2, 1/2), loss ln 2, dloss/dlogits = (1/2 - 1, 1/2) for label 0,
     # so the weight gradient is x * (-1/2, 1/2) and SGD moves by -lr times that.
     model = zero_model(1, 2)
-    opt = make_optimizer(model.parameters(), OptimizerConfig(lr=0.1))
+    spec = LocalSpec(OptimizerConfig(lr=0.1), batch=1, epochs=1)
 
-    result = train_step(model, opt, torch.tensor([[2.0]]), torch.tensor([0]))
+    params, losses = train_client(
+        model, torch.zeros(2), torch.tensor([[2.0]]), torch.tensor([0]), [np.array([0])], spec
+    )
 
-    assert result.loss == pytest.approx(math.log(2))
-    assert result.samples == 1
-    assert torch.allclose(model.weight, torch.tensor([[0.1], [-0.1]]))
+    assert losses == [pytest.approx(math.log(2))]
+    assert torch.allclose(params, torch.tensor([0.1, -0.1]))
 
 
 def test_compute_gradients_replaces_old_gradients():
@@ -129,17 +129,15 @@ def test_compute_gradients_replaces_old_gradients():
     assert torch.allclose(model.weight.grad, torch.tensor([[-1.0], [1.0]]))
 
 
-def test_local_train_walks_the_given_batches():
+def test_local_training_walks_the_given_batches():
     model = zero_model(1, 2)
-    opt = make_optimizer(model.parameters(), OptimizerConfig(lr=0.1))
+    spec = LocalSpec(OptimizerConfig(lr=0.1), batch=2, epochs=1)
     x, y = torch.tensor([[2.0], [2.0], [2.0]]), torch.tensor([0, 0, 0])
-    seen = []
 
-    losses = local_train(model, opt, x, y, [np.array([0, 1]), np.array([2])], seen.append)
+    _, losses = train_client(model, torch.zeros(2), x, y, [np.array([0, 1]), np.array([2])], spec)
 
     assert len(losses) == 2 and losses[0] == pytest.approx(math.log(2))
     assert losses[1] < losses[0]
-    assert [s.samples for s in seen] == [2, 1]
 
 
 # ---------------------------------------------------------------- flat buffers

@@ -68,3 +68,13 @@ def balanced_share(labels: np.ndarray, rng, rank: int, world: int) -> np.ndarray
     )
     own = np.resize(dealt, -(-len(dealt) // world) * world)[rank::world]
     return own[rng.permutation(len(own))]
+
+
+def subset_batches(
+    indices: np.ndarray, batch_size: int, epoch: int, seed: int, stream: int = 0
+) -> list[np.ndarray]:
+    """A worker's own index subset (its partition), permuted every epoch from (seed, epoch,
+    stream) and cut into batches of `batch_size` (the last one may be smaller)."""
+    rng = np.random.default_rng([seed, epoch, stream])
+    order = np.asarray(indices)[rng.permutation(len(indices))]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

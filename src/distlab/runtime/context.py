@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,16 +34,17 @@ class WorkerContext:
     data: Dataset
     recorder: Recorder
     run_dir: Path | None = None
-    state: dict = field(default_factory=dict)
+    lead: int = 0
+    """The rank whose events are the run's record and that writes model.pt."""
+
+    @property
+    def is_lead(self) -> bool:
+        return self.rank == self.lead
 
     def build_model(self) -> nn.Module:
         """The run's model with the same seeded initial weights on every rank."""
         model = build_model(self.cfg.model, self.data.input_shape, self.data.classes, self.cfg.seed)
         return model.to(self.device)
-
-    def rng(self, *stream: int) -> np.random.Generator:
-        """A generator for one named purpose, derived from the run seed."""
-        return np.random.default_rng([self.cfg.seed, *stream])
 
     def evaluate(self, model: nn.Module, **where: int) -> EvalResult:
         """Evaluate on the test set and record an eval event (lead rank only)."""
@@ -60,7 +62,7 @@ class WorkerContext:
     def save_model(self, model: nn.Module) -> None:
         """The lead rank writes the final weights (a plain state_dict, read back with
         torch.load(..., weights_only=True))."""
-        if self.rank == 0 and self.run_dir is not None and self.cfg.save_model:
+        if self.is_lead and self.run_dir is not None and self.cfg.save_model:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             torch.save(state, self.run_dir / "model.pt")
 
@@ -77,6 +79,15 @@ class WorkerContext:
         while True:  # hang: a rank that stops answering
             time.sleep(1)
 
+    def check_loss(self, loss: float, step: int) -> None:
+        """Stop at the first non-finite loss: every later step would train on NaN."""
+        if not math.isfinite(loss):
+            value = "NaN" if math.isnan(loss) else "Inf"
+            raise FloatingPointError(
+                f"loss became {value} at step {step} on rank {self.rank}; lower --lr or "
+                "check the data"
+            )
+
     def labels(self) -> np.ndarray:
         return self.data.y_train.cpu().numpy()
 
@@ -92,3 +103,9 @@ def move_dataset(data: Dataset, device: torch.device) -> Dataset:
         data.y_test.to(device),
         data.classes,
     )
+
+
+def seed_generators(seed: int, rank: int) -> None:
+    """Seed torch's global generator (dropout and anything else drawing from it) from the run
+    seed and the rank, so a run is repeatable and ranks do not share a dropout stream."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))

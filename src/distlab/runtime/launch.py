@@ -29,8 +29,8 @@ from distlab.data.datasets import Dataset, load_dataset
 from distlab.metrics import Recorder
 from distlab.models import count_parameters
 from distlab.runtime.comm import Communicator
-from distlab.runtime.context import WorkerContext, move_dataset
-from distlab.strategies import strategy_module
+from distlab.runtime.context import WorkerContext, move_dataset, seed_generators
+from distlab.strategies import get_spec, register, spec_ref
 
 STOP_GRACE_SECONDS = 3.0
 PEER_ERROR_HINTS = ("connection", "timed out", "timeout", "socket", "peer", "gloo", "closed")
@@ -68,32 +68,34 @@ def run_worker(
     on_event: Callable | None = None,
 ) -> None:
     """The entry point every process enters once its process group is up."""
-    module = strategy_module(cfg.strategy.name)
+    spec = get_spec(cfg.strategy.name)
     device = resolve_device(cfg, local_rank)
     data = move_dataset(data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download), device)
     comm = Communicator()
     events = run_dir / "events" / f"rank-{rank}.jsonl" if run_dir else None
-    role = module.role(cfg, rank)
+    role, lead = spec.role(cfg, rank), spec.lead(cfg)
     recorder = Recorder(
         events,
         run_name(run_dir),
         rank,
         role,
-        lead=rank == 0,
+        lead=rank == lead,
         start=start,
         comm=comm,
         on_event=on_event,
     )
-    ctx = WorkerContext(cfg, rank, world, role, comm, device, data, recorder, run_dir)
+    ctx = WorkerContext(cfg, rank, world, role, comm, device, data, recorder, run_dir, lead)
+    seed_generators(cfg.seed, rank)
     try:
         recorder.phase(
             "start",
             pid=os.getpid(),
             device=str(device),
             threads=torch.get_num_threads(),
-            params=count_parameters(ctx.build_model()) if rank == 0 else None,
+            lead_rank=lead,
+            params=count_parameters(ctx.build_model()) if rank == lead else None,
         )
-        module.run(ctx, cfg.strategy)
+        spec.run(ctx, cfg.strategy)
         recorder.comm_totals()
         recorder.phase("end", peak_rss_mb=peak_rss_mb())
     finally:
@@ -122,7 +124,9 @@ def run_inline(
         "gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timedelta(seconds=cfg.timeout)
     )
     try:
-        run_worker(cfg, 0, 1, run_dir, start, data=data, on_event=on_event)
+        # The run seeds torch's global generator; the caller's stream is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            run_worker(cfg, 0, 1, run_dir, start, data=data, on_event=on_event)
     except Exception as exc:  # the same one-line report as a failed rank of a larger run
         write_error(run_dir, 0, exc)
         raise RunFailed(f"rank 0 failed: {read_error(run_dir, 0)}") from exc
@@ -151,7 +155,16 @@ def launch_local(
         timeout=timedelta(seconds=cfg.timeout),
     )
     ctx = get_context("spawn")
-    args = (world, cfg.model_dump_json(), str(run_dir), start, store.port, thread_count(cfg, world))
+    ref = spec_ref(cfg.strategy.name)  # the reference travels: a child has its own registry
+    args = (
+        world,
+        cfg.model_dump_json(),
+        str(run_dir),
+        start,
+        store.port,
+        thread_count(cfg, world),
+        ref,
+    )
     procs = [ctx.Process(target=_child, args=(rank, *args), daemon=True) for rank in range(world)]
     for proc in procs:
         proc.start()
@@ -244,11 +257,21 @@ def _die_with_parent() -> None:
 
 
 def _child(
-    rank: int, world: int, cfg_json: str, run_dir: str, start: float, port: int, threads: int
+    rank: int,
+    world: int,
+    cfg_json: str,
+    run_dir: str,
+    start: float,
+    port: int,
+    threads: int,
+    ref: str,
 ) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how Ctrl-C ends a run
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A strategy registered at run time (a test, a plugin) is unknown to this fresh
+    # interpreter until its reference is registered here too.
+    register(json.loads(cfg_json)["strategy"]["name"], ref)
     cfg = RunConfig.model_validate_json(cfg_json)
     torch.set_num_threads(threads)
     try:

@@ -1,61 +1,73 @@
-"""Registry of strategies: the name typed on the command line -> the module that runs it.
+"""Registry of strategies: the name typed on the command line -> where its StrategySpec lives.
 
-A strategy module defines `Params` (a frozen pydantic model whose `name` field is a Literal
-of the strategy's name), `processes(cfg) -> int`, `role(cfg, rank) -> str` and
-`run(ctx, params)`. It may define `check(cfg)` for rules that span several config fields,
-`data_partition(cfg, labels)` for the record of who trains on what, and `USES_PARTITION =
-True` when it divides the data by the `partition` config.
-Adding a paradigm means adding its module and one line below.
+Each entry is "module:attribute", imported only when that strategy is used, so reading the
+registry (the CLI, the config layer) does not load torch. A new paradigm is one module that
+builds a `StrategySpec` (see spec.py) plus one line below; `register` adds one from
+elsewhere (a test, a plugin) under the same rules.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Union
+from typing import TYPE_CHECKING
 
-from pydantic import Field
+from distlab.strategies.spec import StrategyBase, StrategySpec
 
 if TYPE_CHECKING:
     from distlab.config import RunConfig
 
+__all__ = ["STRATEGIES", "StrategyBase", "StrategySpec", "get_spec", "register", "spec_ref"]
+
 STRATEGIES: dict[str, str] = {
-    "centralized": "distlab.strategies.centralized",
-    "allreduce": "distlab.strategies.allreduce",
-    "ddp": "distlab.strategies.ddp",
-    "param-server": "distlab.strategies.param_server",
-    "fedavg": "distlab.strategies.fedavg",
+    "centralized": "distlab.strategies.centralized:SPEC",
+    "allreduce": "distlab.strategies.allreduce:SPEC",
+    "ddp": "distlab.strategies.ddp:SPEC",
+    "param-server": "distlab.strategies.param_server:SPEC",
+    "fedavg": "distlab.strategies.fedavg:SPEC",
 }
 
 
-def strategy_module(name: str) -> ModuleType:
+def register(name: str, ref: str) -> None:
+    """Add a strategy whose spec is at `ref` ("package.module:ATTRIBUTE"). The reference,
+    not the object, travels to spawned processes, so the module must be importable there."""
+    if name in STRATEGIES and STRATEGIES[name] != ref:
+        raise ValueError(f"strategy {name!r} is already registered ({STRATEGIES[name]})")
+    STRATEGIES[name] = ref
+
+
+def spec_ref(name: str) -> str:
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r} (allowed: {', '.join(STRATEGIES)})")
-    return importlib.import_module(STRATEGIES[name])
+    return STRATEGIES[name]
 
 
-def params_for(name: str):
-    return strategy_module(name).Params
+def load_spec(ref: str) -> StrategySpec:
+    """The StrategySpec at "module:attribute"."""
+    module, _, attr = ref.partition(":")
+    spec = getattr(importlib.import_module(module), attr)
+    if not isinstance(spec, StrategySpec):
+        raise ValueError(f"{ref} is not a StrategySpec")
+    return spec
 
 
-StrategyParams = Annotated[
-    Union[tuple(params_for(n) for n in STRATEGIES)],  # noqa: UP007
-    Field(discriminator="name"),
-]
+def get_spec(name: str) -> StrategySpec:
+    spec = load_spec(spec_ref(name))
+    if spec.name != name:
+        raise ValueError(f"{STRATEGIES[name]} holds strategy {spec.name!r}, not {name!r}")
+    return spec
 
 
-def check_config(cfg: RunConfig) -> None:
+def params_for(name: str) -> type[StrategyBase]:
+    return get_spec(name).params
+
+
+def check_config(cfg: RunConfig, spec: StrategySpec | None = None) -> None:
     """Run the chosen strategy's cross-field checks; they raise ValueError."""
-    module = strategy_module(cfg.strategy.name)
-    if cfg.partition.scheme != "iid" and not getattr(module, "USES_PARTITION", False):
+    spec = spec or get_spec(cfg.strategy.name)
+    if cfg.partition.scheme != "iid" and not spec.uses_partition:
         raise ValueError(
             f"--partition {cfg.partition.scheme} applies to federated strategies; under "
             f"{cfg.strategy.name} workers share the data through --sampler "
             "(split-batch, random or balanced)"
         )
-    if hasattr(module, "check"):
-        module.check(cfg)
-
-
-def processes_for(cfg: RunConfig) -> int:
-    return strategy_module(cfg.strategy.name).processes(cfg)
+    spec.check(cfg)

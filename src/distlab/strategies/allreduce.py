@@ -9,14 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from distlab.strategies.common import (
-    StrategyBase,
-    data_parallel_comm,
-    one_worker_per_rank,
-    sampler_partition,
-    train_epochs,
-    worker_role,
-)
+from distlab.strategies.common import sampler_schedule, train_epochs
+from distlab.strategies.spec import StrategyBase, StrategySpec
 from distlab.training import attach_flat_grads, compute_gradients, make_optimizer
 
 if TYPE_CHECKING:
@@ -27,12 +21,6 @@ class Params(StrategyBase):
     """Gradient allreduce over one flattened buffer per step."""
 
     name: Literal["allreduce"] = "allreduce"
-
-
-processes = one_worker_per_rank
-
-
-role = worker_role
 
 
 def run(ctx: WorkerContext, params: Params) -> None:
@@ -54,12 +42,7 @@ def run(ctx: WorkerContext, params: Params) -> None:
         opt.step()
         return float(buf[-2]) / total, int(total)
 
-    train_epochs(ctx, model, step, ctx.rank, ctx.world)
+    train_epochs(ctx, model, step, sampler_schedule(ctx, ctx.rank, ctx.world))
 
 
-def comm_analysis(cfg, per_rank: dict, params: int, steps: int) -> dict:
-    return data_parallel_comm(cfg, per_rank, params, steps)
-
-
-def data_partition(cfg, labels):
-    return sampler_partition(cfg, labels)
+SPEC = StrategySpec("allreduce", Params, run)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from distlab.strategies.common import StrategyBase, single_process, train_epochs, worker_role
+from distlab.strategies.common import sampler_schedule, train_epochs
+from distlab.strategies.spec import StrategyBase, StrategySpec, single_process
 from distlab.training import compute_gradients, make_optimizer
 
 if TYPE_CHECKING:
@@ -15,12 +16,6 @@ class Params(StrategyBase):
     """Plain minibatch SGD in one process."""
 
     name: Literal["centralized"] = "centralized"
-
-
-processes = single_process
-
-
-role = worker_role
 
 
 def check(cfg) -> None:
@@ -40,4 +35,7 @@ def run(ctx: WorkerContext, params: Params) -> None:
         opt.step()
         return loss, len(y)
 
-    train_epochs(ctx, model, step, rank=0, world=1)
+    train_epochs(ctx, model, step, sampler_schedule(ctx, 0, 1))
+
+
+SPEC = StrategySpec("centralized", Params, run, processes=single_process, check=check)

@@ -13,13 +13,12 @@ import torch
 from pydantic import Field
 from torch.nn.parallel import DistributedDataParallel
 
-from distlab.strategies.common import (
+from distlab.strategies.common import sampler_schedule, train_epochs
+from distlab.strategies.spec import (
     StrategyBase,
+    StrategySpec,
+    check_data_parallel,
     data_parallel_comm,
-    one_worker_per_rank,
-    sampler_partition,
-    train_epochs,
-    worker_role,
 )
 from distlab.training import compute_gradients, make_optimizer
 
@@ -37,13 +36,8 @@ class Params(StrategyBase):
     """Compress gradients to fp16 for the allreduce (DDP's fp16_compress_hook)."""
 
 
-processes = one_worker_per_rank
-
-
-role = worker_role
-
-
 def check(cfg) -> None:
+    check_data_parallel(cfg)
     if cfg.sampler == "split-batch" and cfg.batch_size % cfg.workers:
         raise ValueError(
             f"ddp averages ranks equally, so under split-batch --batch-size must be a multiple "
@@ -66,15 +60,16 @@ def run(ctx: WorkerContext, params: Params) -> None:
         ctx.comm.all_reduce(stats)
         return float(stats[0] / stats[1]), int(stats[1])
 
-    train_epochs(ctx, base, step, ctx.rank, ctx.world)
+    train_epochs(ctx, base, step, sampler_schedule(ctx, ctx.rank, ctx.world))
 
 
 def comm_analysis(cfg, per_rank: dict, params: int, steps: int) -> dict:
+    """fp16 compression halves what travels: the payload and the ring's wire bytes."""
     out = data_parallel_comm(cfg, per_rank, params, steps)
     if cfg.strategy.fp16:
         out["bytes_per_step_analytic"] //= 2
+        out["ring_wire_bytes_per_step"] = round(out["ring_wire_bytes_per_step"] / 2, 1)
     return out
 
 
-def data_partition(cfg, labels):
-    return sampler_partition(cfg, labels)
+SPEC = StrategySpec("ddp", Params, run, check=check, comm_analysis=comm_analysis)

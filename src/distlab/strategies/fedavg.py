@@ -25,14 +25,13 @@ from distlab.federated.evaluation import local_accuracy, personalized_accuracy
 from distlab.federated.processes import ProcessExecutor, client_hosts, host_clients
 from distlab.federated.server import train_rounds
 from distlab.federated.vectorized import VectorExecutor, VectorTrainer
-from distlab.strategies.common import StrategyBase
+from distlab.strategies.spec import StrategyBase, StrategySpec
 from distlab.training import flat_params, set_flat_params
 
 if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
 
 SERVER = 0
-USES_PARTITION = True  # clients own partitions made by the `partition` config
 
 
 class Params(StrategyBase):
@@ -236,3 +235,17 @@ def batch_meaning(cfg) -> str:
 def data_partition(cfg, labels):
     """The clients' partition (before local test splits), for partition.json."""
     return partition(labels, cfg.strategy.clients, cfg.partition, cfg.seed)
+
+
+SPEC = StrategySpec(
+    "fedavg",
+    Params,
+    run,
+    processes=processes,
+    role=role,
+    check=check,
+    data_partition=data_partition,
+    comm_analysis=comm_analysis,
+    batch_meaning=batch_meaning,
+    uses_partition=True,  # clients own partitions made by the `partition` config
+)

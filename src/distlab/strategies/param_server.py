@@ -16,12 +16,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
-from distlab.strategies.common import (
-    StrategyBase,
-    sampler_partition,
-    steps_per_epoch,
-    train_epochs,
-)
+from distlab.strategies.common import sampler_schedule, train_epochs
+from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
 from distlab.training import (
     compute_gradients,
     flat_grads,
@@ -58,6 +54,7 @@ def role(cfg, rank: int) -> str:
 
 
 def check(cfg) -> None:
+    check_data_parallel(cfg)
     if cfg.strategy.max_staleness is not None and cfg.strategy.mode == "sync":
         raise ValueError("strategy.max_staleness applies to mode 'async' only (mode is 'sync')")
 
@@ -87,7 +84,8 @@ def work(ctx: WorkerContext, model) -> None:
         version.fill_(incoming[-1])
         return loss, len(y)
 
-    train_epochs(ctx, model, step, ctx.rank - 1, ctx.world - 1, evaluate=False)
+    schedule = sampler_schedule(ctx, ctx.rank - 1, ctx.world - 1)
+    train_epochs(ctx, model, step, schedule, evaluate=False)
 
 
 # --- server ------------------------------------------------------------------------------------
@@ -97,7 +95,7 @@ def serve(ctx: WorkerContext, model, params: Params) -> None:
     cfg = ctx.cfg
     opt = make_optimizer(model.parameters(), cfg.optimizer)
     workers = ctx.world - 1
-    per_worker = cfg.epochs * steps_per_epoch(ctx, 0, workers)
+    per_worker = cfg.epochs * len(sampler_schedule(ctx, 0, workers)(0))
     sync = params.mode == "sync"
     total = per_worker if sync else per_worker * workers
     ctx.recorder.phase("train", total=total, unit="step")
@@ -182,5 +180,24 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
     }
 
 
-def data_partition(cfg, labels):
-    return sampler_partition(cfg, labels)
+def stale_summary(cfg, lead: list[dict]) -> dict:
+    """Async mode: how many gradients were dropped as too stale, and the worst staleness."""
+    if cfg.strategy.mode != "async":
+        return {}
+    steps = [e for e in lead if e["kind"] == "step"]
+    return {
+        "stale_gradients_dropped": sum(1 for e in steps if e.get("dropped")),
+        "max_staleness_seen": max((e.get("staleness", 0) for e in steps), default=None),
+    }
+
+
+SPEC = StrategySpec(
+    "param-server",
+    Params,
+    run,
+    processes=processes,
+    role=role,
+    check=check,
+    comm_analysis=comm_analysis,
+    extra_summary=stale_summary,
+)

@@ -1,0 +1,147 @@
+"""StrategySpec: the contract between a training paradigm and the rest of distlab.
+
+A strategy is one module that builds a `StrategySpec`: its name, its `Params` model and its
+`run(ctx, params)` function, plus the answers the layers above need before any process
+starts (how many processes, each rank's role, which rank leads the record, cross-field
+checks) and after the run (who trained on what, the communication analysis, what a batch
+means). The defaults describe the data-parallel family (one worker per rank, data shared
+through the sampler, gradients averaged every step), so a new data-parallel strategy is a
+Params class, a run function and one `StrategySpec(...)` line.
+
+This module imports pydantic and numpy only: the config layer and the CLI read specs without
+loading torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from distlab.config import RunConfig
+    from distlab.data.partition import Partition
+
+
+class StrategyBase(BaseModel):
+    """Base of every strategy's Params: frozen, unknown keys refused, docstrings as help."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False
+    )
+
+    name: str
+
+
+# --- defaults: the data-parallel family ---------------------------------------------------------
+
+
+def one_worker_per_rank(cfg: RunConfig) -> int:
+    return cfg.workers
+
+
+def single_process(cfg: RunConfig) -> int:
+    return 1
+
+
+def worker_role(cfg: RunConfig, rank: int) -> str:
+    """Every rank trains: the role of each process of a data-parallel strategy."""
+    return "worker"
+
+
+def lead_rank_zero(cfg: RunConfig) -> int:
+    return 0
+
+
+def check_data_parallel(cfg: RunConfig) -> None:
+    """Split-batch cuts every global batch into one chunk per worker: a batch smaller than
+    the worker count would leave a worker without data."""
+    if cfg.sampler == "split-batch" and cfg.batch_size < cfg.workers:
+        raise ValueError(
+            f"--batch-size ({cfg.batch_size}) must be >= --workers ({cfg.workers}) under "
+            "sampler split-batch, which splits each global batch across the workers"
+        )
+
+
+def sampler_partition(cfg: RunConfig, labels: np.ndarray) -> Partition:
+    """What each worker trains on in the first epoch, as a Partition (for partition.json)."""
+    import numpy as np
+
+    from distlab.data.partition import Partition, count_classes
+    from distlab.data.samplers import epoch_batches
+
+    parts = []
+    for rank in range(cfg.workers):
+        batches = epoch_batches(cfg.sampler, labels, cfg.batch_size, 0, cfg.seed, rank, cfg.workers)
+        parts.append(np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64))
+    return Partition(parts, count_classes(labels, parts, int(labels.max()) + 1))
+
+
+def data_parallel_comm(cfg: RunConfig, per_rank: dict, params: int, steps: int) -> dict:
+    """Measured payload per worker per step next to the analytic 2 * P * 4 bytes, and the
+    wire bytes a ring allreduce would send: 2 (N-1)/N * P * 4 per worker per step."""
+    workers = list(per_rank.values())
+    measured = sum(w["bytes_sent"] + w["bytes_recv"] for w in workers) / max(len(workers), 1)
+    n = cfg.workers
+    return {
+        "bytes_per_step_measured": round(measured / steps, 1) if workers else None,
+        "bytes_per_step_analytic": 2 * params * 4,
+        "ring_wire_bytes_per_step": round(2 * (n - 1) / n * params * 4, 1),
+    }
+
+
+def no_extra_summary(cfg: RunConfig, lead: list[dict]) -> dict:
+    return {}
+
+
+def sampler_batch_meaning(cfg: RunConfig) -> str:
+    if cfg.sampler == "split-batch":
+        return "global (split across workers)"
+    return "per worker"
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """Everything distlab needs to know about one training paradigm.
+
+    - name: the name typed after --strategy; equals the Literal default of Params.name.
+    - params: the pydantic model of the strategy's `strategy.*` keys.
+    - run: run(ctx, params), the body every process executes (branching on ctx.role).
+    - processes(cfg): how many processes the run needs.
+    - role(cfg, rank): "worker", "server", "client-host" or "stage".
+    - lead(cfg): the rank whose events are the run's record (steps, rounds, evals, model.pt).
+    - check(cfg): rules spanning several config fields; raises ValueError with one line.
+    - data_partition(cfg, labels): who trains on what, for partition.json; None for no record.
+    - comm_analysis(cfg, per_rank, params, units): measured next to analytic bytes.
+    - batch_meaning(cfg): what --batch-size means under this strategy.
+    - extra_summary(cfg, lead_events): figures of the strategy's own for summary.json.
+    - uses_partition: whether the `partition` config divides the data (federated strategies).
+    - launcher: "auto" (inline for one process, spawn for more, or the external launcher
+      that started the processes); a strategy with other needs names its own launcher.
+    """
+
+    name: str
+    params: type[StrategyBase]
+    run: Callable[[Any, Any], None]
+    processes: Callable[[RunConfig], int] = one_worker_per_rank
+    role: Callable[[RunConfig, int], str] = worker_role
+    lead: Callable[[RunConfig], int] = lead_rank_zero
+    check: Callable[[RunConfig], None] = check_data_parallel
+    data_partition: Callable[[RunConfig, Any], Partition | None] = sampler_partition
+    comm_analysis: Callable[[RunConfig, dict, int, int], dict] = data_parallel_comm
+    batch_meaning: Callable[[RunConfig], str] = sampler_batch_meaning
+    extra_summary: Callable[[RunConfig, list[dict]], dict] = no_extra_summary
+    uses_partition: bool = False
+    launcher: str = "auto"
+
+    def __post_init__(self) -> None:
+        default = self.params.model_fields["name"].default
+        if default != self.name:
+            raise ValueError(
+                f"strategy spec {self.name!r}: Params.name defaults to {default!r}, "
+                "it must default to the spec's name"
+            )
