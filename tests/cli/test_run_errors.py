@@ -75,6 +75,26 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
         (["--name", "..", "--overwrite"], ["name must be a plain directory name", "'..'"]),
         (["--lr", "fast"], ["'--lr'", "(got 'fast')"]),
         (["--epohcs", "2"], ["No such option: --epohcs"]),
+        (["--lr", "inf"], ["optimizer.lr must be a finite number (got inf)"]),
+        (["--lr", "1e400"], ["optimizer.lr must be a finite number"]),
+        (["--set", "strategy.server_lr=.nan", "--strategy", "fedavg"], ["server_lr", "finite"]),
+        (["--seed", "-1"], ["seed must be >= 0 (got -1)"]),
+        (["--seed", "4294967296"], ["seed must be <= 4294967295 (got 4294967296)"]),
+        (["--name", "n" * 256], ["name must be at most 255 bytes", "(got 256)"]),
+        (["--model", "lenet", "--dataset", "synthetic"], ["LeNet needs image input", "(20,)"]),
+        (["--strategy", "fedavg", "--clients", "100000"], ["clients (100000) must be <= samples"]),
+        (
+            ["--strategy", "fedavg", "--partition", "classes", "--classes-per-client", "20"],
+            ["classes_per_client must be in [1, 10] (got 20)"],
+        ),
+        (
+            ["--strategy", "allreduce", "--workers", "3", "--batch-size", "2"],
+            ["--batch-size (2) must be >= --workers (3)", "split-batch"],
+        ),
+        (
+            ["--strategy", "allreduce", "--workers", "5000", "--sampler", "random"],
+            ["5000 processes on", "--set oversubscribe=true"],
+        ),
     ],
 )
 def test_config_error_is_one_line_and_writes_nothing(tmp_path, capsys, args, parts):
