@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distlab.runtime.comm import Communicator
+from distlab.runtime.comm import TorchCommunicator
 
 
 def _worker(rank: int, world: int, store_path: str, out: str) -> None:
@@ -19,7 +19,7 @@ def _worker(rank: int, world: int, store_path: str, out: str) -> None:
     dist.init_process_group(
         "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=30)
     )
-    comm = Communicator()
+    comm = TorchCommunicator()
     values = torch.arange(5, dtype=torch.float32) * (rank + 1) + 0.1 * rank
     comm.all_reduce(values)
     gathered = comm.gather(torch.tensor([float(rank)]), dst=0)

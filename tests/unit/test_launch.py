@@ -51,3 +51,26 @@ def test_partition_schemes_other_than_iid_are_for_federated_strategies(tmp_path)
             workers=2,
             partition={"scheme": "dirichlet", "alpha": 0.1},
         )
+
+
+def test_a_context_without_a_process_group_trains_a_strategy():
+    import torch.distributed as dist
+
+    from distlab.config import validate_config
+    from distlab.data.datasets import load_dataset
+    from distlab.metrics import Recorder
+    from distlab.runtime.comm import SoloCommunicator
+    from distlab.runtime.context import WorkerContext
+    from distlab.strategies import get_spec
+
+    cfg = validate_config({"dataset": "synthetic", "model": "logreg", "epochs": 1})
+    events = []
+    ctx = WorkerContext.solo(cfg, load_dataset("synthetic"))
+    ctx.recorder = Recorder(None, "solo", 0, "worker", comm=ctx.comm, on_event=events.append)
+
+    get_spec("allreduce").run(ctx, get_spec("allreduce").params())
+
+    assert not dist.is_initialized()
+    assert isinstance(ctx.comm, SoloCommunicator) and ctx.comm.stats()["bytes_sent"] == 0
+    assert sum(e["kind"] == "step" for e in events) == 63  # ceil(2000 / 32)
+    assert [e for e in events if e["kind"] == "eval"][-1]["accuracy"] > 0.5

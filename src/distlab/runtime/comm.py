@@ -1,5 +1,11 @@
 """Communicator: every collective and point-to-point call goes through here and is counted.
 
+`Communicator` is the interface and the counting; a transport implements the calls.
+`TorchCommunicator` moves tensors through a torch.distributed process group (gloo, NCCL);
+`SoloCommunicator` is a rank alone, for a context without a process group (one Hogwild
+thread, a Flower client, a board on a serial line). Every transport reports through the same
+`stats()`, so bytes are comparable across paradigms.
+
 Counting rule (payload, not wire bytes): for send/recv the tensor's bytes; for a collective,
 the bytes this rank hands in plus the bytes it gets back.
 """
@@ -7,19 +13,18 @@ the bytes this rank hands in plus the bytes it gets back.
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 
 
-class Communicator:
-    """Counted wrapper around one torch.distributed process group."""
+class Communicator(ABC):
+    """The counted transport every strategy talks through."""
 
-    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.world = dist.get_world_size(group)
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
         self.bytes_sent = 0
         self.bytes_recv = 0
         self.calls = 0
@@ -29,17 +34,81 @@ class Communicator:
     def _counted(self, sent: int, recv: int):
         start = time.perf_counter()
         yield
-        self.seconds += time.perf_counter() - start
-        self.bytes_sent += sent
-        self.bytes_recv += recv
-        self.calls += 1
+        self.count(sent, recv, time.perf_counter() - start)
 
     def count(self, sent: int, recv: int, seconds: float = 0.0) -> None:
-        """Count traffic made by a call outside this class (the DDP comm hook)."""
+        """Count traffic made by a call outside this class (the DDP comm hook, a transport
+        that moves bytes its own way)."""
         self.bytes_sent += sent
         self.bytes_recv += recv
         self.seconds += seconds
         self.calls += 1
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "bytes_sent": self.bytes_sent,
+            "bytes_recv": self.bytes_recv,
+            "calls": self.calls,
+            "comm_seconds": round(self.seconds, 6),
+        }
+
+    @abstractmethod
+    def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> None:
+        """Reduce `tensor` across ranks in place (sum by default)."""
+
+    @abstractmethod
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+        """Overwrite `tensor` on every rank with rank `src`'s."""
+
+    @abstractmethod
+    def send(self, tensor: torch.Tensor, dst: int) -> None:
+        """Send `tensor` to rank `dst` (blocking)."""
+
+    @abstractmethod
+    def recv(self, tensor: torch.Tensor, src: int | None = None) -> int:
+        """Receive into `tensor`; src=None takes the first sender. Returns the sender."""
+
+    @abstractmethod
+    def gather(self, tensor: torch.Tensor, dst: int = 0) -> list[torch.Tensor] | None:
+        """Every rank's `tensor`, on rank `dst` (None elsewhere)."""
+
+    @abstractmethod
+    def barrier(self) -> None:
+        """Wait until every rank reaches this point."""
+
+
+class SoloCommunicator(Communicator):
+    """A rank alone: collectives over one rank return the input unchanged and move nothing;
+    point-to-point calls have no peer and raise."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 1)
+
+    def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> None:
+        return None
+
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+        return None
+
+    def send(self, tensor: torch.Tensor, dst: int) -> None:
+        raise RuntimeError(f"a solo rank has no peer to send to (dst {dst})")
+
+    def recv(self, tensor: torch.Tensor, src: int | None = None) -> int:
+        raise RuntimeError(f"a solo rank has no peer to receive from (src {src})")
+
+    def gather(self, tensor: torch.Tensor, dst: int = 0) -> list[torch.Tensor] | None:
+        return [tensor.clone()]
+
+    def barrier(self) -> None:
+        return None
+
+
+class TorchCommunicator(Communicator):
+    """Counted calls over one torch.distributed process group."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        super().__init__(dist.get_rank(group), dist.get_world_size(group))
+        self.group = group
 
     def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> None:
         n = _nbytes(tensor)
@@ -123,14 +192,6 @@ class Communicator:
     def barrier(self) -> None:
         with self._counted(0, 0):
             dist.barrier(group=self.group)
-
-    def stats(self) -> dict[str, float]:
-        return {
-            "bytes_sent": self.bytes_sent,
-            "bytes_recv": self.bytes_recv,
-            "calls": self.calls,
-            "comm_seconds": round(self.seconds, 6),
-        }
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

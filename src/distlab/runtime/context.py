@@ -16,7 +16,7 @@ from torch import nn
 from distlab.data.datasets import Dataset
 from distlab.metrics import Recorder
 from distlab.models import build_model
-from distlab.runtime.comm import Communicator
+from distlab.runtime.comm import Communicator, SoloCommunicator
 from distlab.training import EvalResult, evaluate
 
 if TYPE_CHECKING:
@@ -40,6 +40,21 @@ class WorkerContext:
     @property
     def is_lead(self) -> bool:
         return self.rank == self.lead
+
+    @classmethod
+    def solo(
+        cls,
+        cfg: RunConfig,
+        data: Dataset,
+        role: str = "worker",
+        recorder: Recorder | None = None,
+        run_dir: Path | None = None,
+    ) -> WorkerContext:
+        """A context with no process group: one rank alone, its traffic counted by a
+        SoloCommunicator (a Hogwild thread, a Flower client, a board's host side)."""
+        comm = SoloCommunicator()
+        recorder = recorder or Recorder(None, "solo", 0, role, comm=comm)
+        return cls(cfg, 0, 1, role, comm, torch.device("cpu"), data, recorder, run_dir)
 
     def build_model(self) -> nn.Module:
         """The run's model with the same seeded initial weights on every rank."""

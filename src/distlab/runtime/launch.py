@@ -28,7 +28,7 @@ from distlab.config import RunConfig
 from distlab.data.datasets import Dataset, load_dataset
 from distlab.metrics import Recorder
 from distlab.models import count_parameters
-from distlab.runtime.comm import Communicator
+from distlab.runtime.comm import TorchCommunicator
 from distlab.runtime.context import WorkerContext, move_dataset, seed_generators
 from distlab.strategies import get_spec, register, spec_ref
 
@@ -71,7 +71,7 @@ def run_worker(
     spec = get_spec(cfg.strategy.name)
     device = resolve_device(cfg, local_rank)
     data = move_dataset(data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download), device)
-    comm = Communicator()
+    comm = TorchCommunicator()
     events = run_dir / "events" / f"rank-{rank}.jsonl" if run_dir else None
     role, lead = spec.role(cfg, rank), spec.lead(cfg)
     recorder = Recorder(
