@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from distlab.data.partition import Partition, partition_metrics
 
@@ -175,61 +178,160 @@ def write_partition_record(run_dir: str | Path, partition: Partition) -> Path:
 
 # --- comparing runs ---------------------------------------------------------------------------
 
+# A one-process run is a fair baseline only when it did the same work: same data, same model,
+# as many samples, and the same meaning of --batch-size (global batch vs per worker/client).
+BASELINE_KEYS = ("dataset", "model", "samples", "batch_size_meaning")
+NO_BASELINE = "no one-process run with the same dataset, model, samples and batch meaning"
+# The columns `distlab report` prints, with short headers so they fit a terminal; summary.md
+# and summary.json have every column.
+CONSOLE_COLUMNS = {
+    "run": "run",
+    "status": "status",
+    "strategy": "strategy",
+    "workers": "workers",
+    "samples": "samples",
+    "final_accuracy": "final acc",
+    "train_seconds": "train s",
+    "baseline": "baseline",
+    "speedup": "speedup",
+    "efficiency": "efficiency",
+    "bytes_per_step_measured": "bytes/step",
+    "seconds_to_target": "s to target",
+}
+# Training progress is counted in optimizer steps or in federated rounds; the two are not on
+# one scale, so each gets its own panels.
+UNITS = ("step", "round")
+
+
+def check_target(target: float | None) -> float | None:
+    """The target accuracy, or ValueError when it is not in (0, 1]."""
+    if target is not None and not 0 < target <= 1:
+        raise ValueError(f"--target must be in (0, 1] (got {target})")
+    return target
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """The report directory, or ValueError when it cannot be a writable directory; checks
+    without creating anything, so a bad run directory later leaves no trace."""
+    out = Path(out)
+    reason = None
+    if out.exists() and not out.is_dir():
+        reason = "it is an existing file"
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if reason is None and not probe.is_dir():
+        reason = f"{str(probe)!r} is a file"
+    elif reason is None and not os.access(probe, os.W_OK | os.X_OK):
+        reason = f"{str(probe)!r} is not writable"
+    if reason:
+        raise ValueError(
+            f"--out must be a directory that exists or can be created (got {str(out)!r}: {reason})"
+        )
+    return out
+
 
 def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """Summary and lead-rank events of each run directory; ValueError for a bad one."""
     from distlab.api import load_run
 
+    if not run_dirs:
+        raise ValueError("give at least one run directory (got none)")
     runs = []
     for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir():
+            raise ValueError(f"run directory {str(run_dir)!r} does not exist")
         result = load_run(run_dir)
-        lead = [e for e in result.events if e["rank"] == 0]
-        runs.append({"name": run_dir.name, "summary": result.summary, "events": lead})
+        lead = result.summary.get("lead_rank")
+        lead = 0 if lead is None else lead
+        events = [e for e in result.events if e.get("rank") == lead]
+        runs.append({"name": run_dir.name, "summary": result.summary, "events": events})
     return runs
 
 
 def comparison_rows(runs: list[dict[str, Any]], target: float | None = None) -> list[dict]:
-    """One row per run. Speedup is T(1)/T(N) against the one-process run of the set (the
-    baseline does the same total work), efficiency is speedup / workers."""
-    base = baseline_seconds(runs)
+    """One row per run. Speedup is T(1)/T(N) against a completed one-process run that did the
+    same work (see BASELINE_KEYS); efficiency is speedup / workers. Where no speedup can be
+    given, speedup_note says why. Unknown figures stay None."""
     rows = []
     for run in runs:
         s = run["summary"]
+        base, note = find_baseline(run, runs)
         seconds = s.get("train_seconds")
-        speedup = round(base / seconds, 3) if base and seconds else None
+        speedup = round(base["summary"]["train_seconds"] / seconds, 3) if base else None
+        workers = s.get("workers")
         rows.append(
             {
                 "run": run["name"],
-                "strategy": s["strategy"],
-                "workers": s["workers"],
+                "status": s.get("status"),
+                "strategy": s.get("strategy"),
+                "workers": workers,
+                "processes": s.get("processes"),
+                "samples": s.get("samples"),
                 "final_accuracy": s.get("final_accuracy"),
                 "best_accuracy": s.get("best_accuracy"),
                 "train_seconds": seconds,
                 "samples_per_second": s.get("samples_per_second"),
+                "baseline": base["name"] if base else None,
                 "speedup": speedup,
-                "efficiency": round(speedup / s["workers"], 3) if speedup else None,
+                "efficiency": efficiency(speedup, workers),
+                "speedup_note": note,
                 "bytes_per_step_measured": s.get("bytes_per_step_measured"),
                 "bytes_per_step_analytic": s.get("bytes_per_step_analytic"),
-                "seconds_to_target": time_to_accuracy(run["events"], target) if target else None,
+                "seconds_to_target": (
+                    time_to_accuracy(run["events"], target) if target is not None else None
+                ),
             }
         )
     return rows
 
 
-def baseline_seconds(runs: list[dict[str, Any]]) -> float | None:
-    singles = [
-        r["summary"]["train_seconds"]
-        for r in runs
-        if r["summary"].get("processes") == 1 and r["summary"].get("train_seconds")
-    ]
-    return min(singles) if singles else None
+def efficiency(speedup: float | None, workers: int | None) -> float | None:
+    return round(speedup / workers, 3) if speedup is not None and workers else None
+
+
+def find_baseline(
+    run: dict[str, Any], runs: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The fastest fair one-process baseline for `run`, or None and the reason there is
+    none."""
+    s = run["summary"]
+    if s.get("status") != "completed":
+        return None, f"run {s.get('status') or 'status unknown'}: left out of speedup"
+    if not is_positive(s.get("train_seconds")):
+        return None, "train seconds unknown: no speedup"
+    unknown = [k for k in BASELINE_KEYS if s.get(k) is None]
+    if unknown:
+        return None, f"{', '.join(unknown)} unknown: no comparable baseline"
+    same = [r for r in runs if is_one_process_twin(r["summary"], s)]
+    timed = [r for r in same if is_positive(r["summary"].get("train_seconds"))]
+    if not same:
+        return None, NO_BASELINE
+    if not timed:
+        return None, "the comparable one-process run has no train seconds"
+    return min(timed, key=lambda r: r["summary"]["train_seconds"]), None
+
+
+def is_one_process_twin(candidate: dict[str, Any], summary: dict[str, Any]) -> bool:
+    """A completed one-process run that did the same work as `summary`."""
+    return (
+        candidate.get("status") == "completed"
+        and candidate.get("processes") == 1
+        and all(candidate.get(k) == summary[k] for k in BASELINE_KEYS)
+    )
+
+
+def is_positive(value: Any) -> bool:
+    return isinstance(value, int | float) and value > 0
 
 
 def time_to_accuracy(events: list[dict[str, Any]], target: float) -> float | None:
-    """Seconds from the start of training to the first eval at or above `target`."""
-    start = next((e["seconds"] for e in events if e.get("phase") == "train"), 0.0)
-    hit = next((e for e in events if e["kind"] == "eval" and e["accuracy"] >= target), None)
-    return round(hit["seconds"] - start, 3) if hit else None
+    """Seconds from the start of training to the first eval at or above `target`; None when
+    no eval got there or the start of training is unknown."""
+    start = next((e.get("seconds") for e in events if e.get("phase") == "train"), None)
+    evals = [e for e in events if e.get("kind") == "eval" and e.get("seconds") is not None]
+    hit = next((e for e in evals if (e.get("accuracy") or 0.0) >= target), None)
+    return round(hit["seconds"] - start, 3) if hit and start is not None else None
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -240,49 +342,98 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_unit(run: dict[str, Any]) -> str | None:
+    """'round' for a federated run, 'step' for one that counts optimizer steps, None for a
+    run that stopped before either."""
+    kinds = {e.get("kind") for e in run["events"]}
+    return next((u for u in reversed(UNITS) if u in kinds), None)
+
+
+def run_label(run: dict[str, Any]) -> str:
+    s = run["summary"]
+    parts = [str(s.get("strategy") or "?"), f"{s.get('workers') or '?'}w"]
+    if s.get("status") != "completed":
+        parts.append(str(s.get("status") or "status unknown"))
+    return f"{run['name']} ({', '.join(parts)})"
+
+
+def panel_layout(runs: list[dict[str, Any]]) -> list[list[str]]:
+    """Rows of panel names: loss and accuracy for each unit some run counts in, next to one
+    accuracy-over-seconds panel that spans the rows (seconds mean the same for every run)."""
+    units = [u for u in UNITS if any(run_unit(r) == u for r in runs)]
+    return [[f"loss-{u}", f"acc-{u}", "time"] for u in units] or [["time"]]
+
+
 def plot_curves(runs: list[dict[str, Any]], path: str | Path) -> Path:
-    """Training loss per step (or round), and test accuracy against steps and against
-    seconds, one line per run."""
+    """Training loss and test accuracy per step, the same per round on their own panels (each
+    drawn only when some run counts in that unit), and test accuracy over seconds of training
+    for all runs. Runs that did not complete are dashed."""
     path = check_plot(path)
-    fig = new_figure(15, 4.2)
-    loss_ax, acc_ax, time_ax = fig.subplots(1, 3)
-    for run in runs:
-        draw_run(run, loss_ax, acc_ax, time_ax)
-    loss_ax.set(xlabel="step / round", ylabel="training loss", yscale="log", title="Training loss")
-    acc_ax.set(xlabel="step / round", ylabel="test accuracy", title="Test accuracy")
-    time_ax.set(
+    mosaic = panel_layout(runs)
+    fig = new_figure(15 if len(mosaic[0]) > 1 else 7, 1.2 + 3.6 * len(mosaic))
+    axes = fig.subplot_mosaic(mosaic)
+    handles = []
+    for run, color in zip(runs, class_colors(len(runs)), strict=True):
+        style = {"color": color, "ls": "-" if run["summary"].get("status") == "completed" else "--"}
+        draw_run(run, axes, style)
+        handles.append(Line2D([], [], marker="o", ms=3, label=run_label(run), **style))
+    for loss_name, acc_name, _ in (row for row in mosaic if len(row) == 3):
+        label_unit_axes(axes[loss_name], axes[acc_name], loss_name.removeprefix("loss-"))
+    axes["time"].set(
         xlabel="seconds of training", ylabel="test accuracy", title="Test accuracy over wall time"
     )
-    for ax in (loss_ax, acc_ax, time_ax):
-        ax.grid(alpha=0.3)
-    loss_ax.legend(fontsize=8)
+    for ax in axes.values():
+        finish_axes(ax)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8)
     fig.savefig(path, dpi=120)
     return path
 
 
-def draw_run(run: dict[str, Any], loss_ax: Axes, acc_ax: Axes, time_ax: Axes) -> None:
-    units = [e for e in run["events"] if e["kind"] in ("step", "round") and e.get("loss")]
-    label = f"{run['name']} ({run['summary']['strategy']}, {run['summary']['workers']}w)"
-    if units:
-        x = np.arange(1, len(units) + 1)
-        loss_ax.plot(x, smooth([e["loss"] for e in units]), label=label, lw=1.2)
-    evals = [e for e in run["events"] if e["kind"] == "eval"]
-    start = next((e["seconds"] for e in run["events"] if e.get("phase") == "train"), 0.0)
-    if evals:
-        acc_ax.plot(
-            [e.get("step", e.get("round", i)) for i, e in enumerate(evals)],
-            [e["accuracy"] for e in evals],
-            marker="o",
-            ms=3,
-            label=label,
-        )
-        time_ax.plot(
-            [e["seconds"] - start for e in evals],
-            [e["accuracy"] for e in evals],
-            marker="o",
-            ms=3,
-            label=label,
-        )
+def label_unit_axes(loss_ax: Axes, acc_ax: Axes, unit: str) -> None:
+    name = "round (federated)" if unit == "round" else "step"
+    loss_ax.set(
+        xlabel=name, ylabel="training loss", yscale="log", title=f"Training loss per {unit}"
+    )
+    acc_ax.set(xlabel=name, ylabel="test accuracy", title=f"Test accuracy per {unit}")
+    for ax in (loss_ax, acc_ax):
+        # Steps and rounds are counts: no tick at round 2.5.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+
+
+def draw_run(run: dict[str, Any], axes: dict[str, Axes], style: dict[str, Any]) -> None:
+    """One run's lines: loss and accuracy on its unit's panels, accuracy over seconds."""
+    events, unit = run["events"], run_unit(run)
+    evals = [e for e in events if e.get("kind") == "eval" and e.get("accuracy") is not None]
+    if unit is not None:
+        units = [e for e in events if e.get("kind") == unit and e.get("loss") is not None]
+        # Numbered by the event's own count; the position stands in where it is missing.
+        x = [e.get(unit) or i for i, e in enumerate(units, 1)]
+        if units:
+            axes[f"loss-{unit}"].plot(x, smooth([e["loss"] for e in units]), lw=1.2, **style)
+        counted = [e for e in evals if e.get(unit) is not None]
+        if counted:
+            axes[f"acc-{unit}"].plot(
+                [e[unit] for e in counted], [e["accuracy"] for e in counted], marker="o", ms=3,
+                **style,
+            )  # fmt: skip
+    start = next((e.get("seconds") for e in events if e.get("phase") == "train"), None) or 0.0
+    timed = [e for e in evals if e.get("seconds") is not None]
+    if timed:
+        axes["time"].plot(
+            [e["seconds"] - start for e in timed], [e["accuracy"] for e in timed], marker="o",
+            ms=3, **style,
+        )  # fmt: skip
+
+
+def finish_axes(ax: Axes) -> None:
+    """Grid, and a note on a panel no run drew on, so an empty panel is not read as a bug."""
+    ax.grid(alpha=0.3)
+    if ax.get_ylabel() == "test accuracy":
+        # Autoscaling around runs that all reach 1.0 would show accuracies above 1.
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, 0.0), min(high, 1.01))
+    if not ax.lines:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
 
 
 def smooth(values: list[float], window: int = 10) -> np.ndarray:
@@ -296,17 +447,25 @@ def smooth(values: list[float], window: int = 10) -> np.ndarray:
 
 
 def plot_bytes(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Measured against analytic bytes per worker per step (or round), one pair per run."""
+    """Measured against analytic bytes per worker per step, one pair per run; an unknown
+    analytic figure is left out, not drawn as 0."""
     path = check_plot(path)
     rows = [r for r in rows if r["bytes_per_step_measured"] is not None]
     fig = new_figure(max(5, 1.2 * len(rows) + 2), 4)
     ax = fig.subplots()
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["bytes_per_step_measured"] for r in rows], 0.4, label="measured")
-    ax.bar(x + 0.2, [r["bytes_per_step_analytic"] or 0 for r in rows], 0.4, label="analytic")
-    ax.set_xticks(x, [r["run"] for r in rows], rotation=20, ha="right", fontsize=8)
+    known = [(i, r["bytes_per_step_analytic"]) for i, r in enumerate(rows)]
+    known = [(i, v) for i, v in known if v is not None]
+    if known:
+        ax.bar([i + 0.2 for i, _ in known], [v for _, v in known], 0.4, label="analytic")
+    # A run that did not complete measured part of its traffic: its label says so.
+    names = [
+        r["run"] if r["status"] == "completed" else f"{r['run']}\n({r['status']})" for r in rows
+    ]
+    ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="bytes per worker per step", title="Communication")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.savefig(path, dpi=120)
     return path
 
@@ -314,11 +473,16 @@ def plot_bytes(rows: list[dict[str, Any]], path: str | Path) -> Path:
 def write_report(
     run_dirs: list[str | Path], out: str | Path, target: float | None = None
 ) -> list[dict[str, Any]]:
-    """curves.png, bytes.png, summary.md and summary.json for a set of runs."""
+    """curves.png, bytes.png (when some run measured bytes per step), summary.md and
+    summary.json for a set of runs. Every input is checked before anything is written."""
+    check_target(target)
+    out = check_out_dir(out)
     runs = load_runs(run_dirs)
     rows = comparison_rows(runs, target)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {str(out)!r} cannot be created: {exc.strerror}") from None
     plot_curves(runs, out / "curves.png")
     if any(r["bytes_per_step_measured"] is not None for r in rows):
         plot_bytes(rows, out / "bytes.png")

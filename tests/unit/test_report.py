@@ -1,42 +1,154 @@
-"""Run comparison: speedup, efficiency, time to target, and the files the report writes."""
+"""Run comparison: fair baselines, speedup, efficiency, time to target, unknown figures, and
+the files the report writes."""
 
 from __future__ import annotations
 
 import json
+import struct
 
+import pytest
 from tests.conftest import run_small
 
-from distlab.report import comparison_rows, markdown_table, smooth, time_to_accuracy, write_report
+from distlab.report import (
+    NO_BASELINE,
+    comparison_rows,
+    load_runs,
+    markdown_table,
+    panel_layout,
+    plot_curves,
+    smooth,
+    time_to_accuracy,
+    write_report,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_run(name, workers, processes, seconds, evals):
-    summary = {
+def fake_run(name, workers, processes, seconds, evals, **summary):
+    """A run as load_runs returns it: one-epoch synthetic MLP work unless `summary` says
+    otherwise."""
+    base = {
+        "status": "completed",
         "strategy": "allreduce",
+        "dataset": "synthetic",
+        "model": "mlp",
+        "samples": 2000,
+        "batch_size_meaning": "global (split across workers)",
         "workers": workers,
         "processes": processes,
         "train_seconds": seconds,
-        "final_accuracy": evals[-1][1],
+        "final_accuracy": evals[-1][1] if evals else None,
     }
     events = [{"kind": "phase", "phase": "train", "seconds": 1.0, "rank": 0}]
-    events += [{"kind": "eval", "seconds": t, "accuracy": a, "rank": 0} for t, a in evals]
-    return {"name": name, "summary": summary, "events": events}
+    events += [
+        {"kind": "eval", "seconds": t, "accuracy": a, "step": i, "rank": 0}
+        for i, (t, a) in enumerate(evals, 1)
+    ]
+    return {"name": name, "summary": {**base, **summary}, "events": events}
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data.startswith(PNG)
+    return struct.unpack(">II", data[16:24])
 
 
 def test_speedup_and_efficiency_are_against_the_one_process_run():
     runs = [fake_run("one", 1, 1, 8.0, [(3.0, 0.9)]), fake_run("four", 4, 4, 2.5, [(2.0, 0.9)])]
+
     rows = comparison_rows(runs)
+
     assert rows[0]["speedup"] == 1.0 and rows[0]["efficiency"] == 1.0
     assert rows[1]["speedup"] == 3.2  # 8 / 2.5
     assert rows[1]["efficiency"] == 0.8  # 3.2 / 4
+    assert [r["baseline"] for r in rows] == ["one", "one"]
+    assert [r["speedup_note"] for r in rows] == [None, None]
 
 
-def test_no_baseline_means_no_speedup():
+def test_the_fastest_of_several_fair_baselines_is_used():
+    runs = [
+        fake_run("slow", 1, 1, 10.0, [(3.0, 0.9)]),
+        fake_run("fast", 1, 1, 6.0, [(3.0, 0.9)]),
+        fake_run("two", 2, 2, 3.0, [(2.0, 0.9)]),
+    ]
+
+    rows = comparison_rows(runs)
+
+    assert (rows[2]["baseline"], rows[2]["speedup"]) == ("fast", 2.0)
+
+
+def test_no_baseline_means_no_speedup_and_a_note():
     rows = comparison_rows([fake_run("two", 2, 2, 4.0, [(2.0, 0.5)])])
+
     assert rows[0]["speedup"] is None and rows[0]["efficiency"] is None
+    assert rows[0]["speedup_note"] == NO_BASELINE
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("dataset", "digits"),
+        ("model", "lenet"),
+        ("samples", 6000),  # 3 epochs against 1: the issue's 4.28x "speedup"
+        ("batch_size_meaning", "per worker"),
+    ],
+)
+def test_a_one_process_run_that_did_other_work_is_no_baseline(key, value):
+    single = fake_run("one", 1, 1, 8.0, [(3.0, 0.9)], strategy="centralized", **{key: value})
+    ddp = fake_run("ddp", 2, 2, 2.0, [(2.0, 0.9)], strategy="ddp")
+
+    rows = comparison_rows([single, ddp])
+
+    assert rows[1]["speedup"] is None and rows[1]["efficiency"] is None
+    assert rows[1]["baseline"] is None
+    assert rows[1]["speedup_note"] == NO_BASELINE
+    assert rows[0]["speedup"] == 1.0  # the single run is still its own baseline
+
+
+@pytest.mark.parametrize("status", ["failed", "interrupted"])
+def test_unfinished_runs_are_marked_and_left_out_of_speedup(status):
+    broken_single = fake_run("one-" + status, 1, 1, 1.0, [(1.5, 0.5)], status=status)
+    good = fake_run("two", 2, 2, 4.0, [(2.0, 0.9)])
+    broken = fake_run("four-" + status, 4, 4, 1.0, [(2.0, 0.9)], status=status)
+
+    rows = comparison_rows([broken_single, good, broken])
+
+    assert [r["status"] for r in rows] == [status, "completed", status]
+    assert [r["speedup"] for r in rows] == [None, None, None]
+    assert rows[0]["speedup_note"] == f"run {status}: left out of speedup"
+    assert rows[1]["speedup_note"] == NO_BASELINE  # the failed single is no baseline
+    assert rows[2]["speedup_note"] == f"run {status}: left out of speedup"
+
+
+def test_unknown_figures_stay_unknown():
+    bare = {"name": "bare", "summary": {"status": "completed"}, "events": []}
+    nulls = fake_run("nulls", None, None, None, [], samples=None, dataset=None)
+    nulls["events"].append({"kind": "eval", "seconds": None, "accuracy": None, "rank": 0})
+    single = fake_run("one", 1, 1, 8.0, [(3.0, 0.9)], samples=None)
+
+    rows = comparison_rows([bare, nulls, single], target=0.5)
+
+    assert all(r["speedup"] is None and r["efficiency"] is None for r in rows)
+    assert rows[0]["strategy"] is None and rows[0]["workers"] is None
+    assert rows[0]["speedup_note"] == "train seconds unknown: no speedup"
+    assert rows[2]["speedup_note"] == "samples unknown: no comparable baseline"
+    assert [r["seconds_to_target"] for r in rows] == [None, None, 2.0]
+    assert "| bare | completed | - |" in markdown_table(rows)
+
+
+def test_a_baseline_without_train_seconds_is_named_as_the_reason():
+    single = fake_run("one", 1, 1, None, [(3.0, 0.9)])
+    two = fake_run("two", 2, 2, 4.0, [(2.0, 0.9)])
+
+    rows = comparison_rows([single, two])
+
+    assert rows[1]["speedup"] is None
+    assert rows[1]["speedup_note"] == "the comparable one-process run has no train seconds"
 
 
 def test_time_to_accuracy_counts_from_the_start_of_training():
     run = fake_run("r", 1, 1, 5.0, [(2.0, 0.5), (3.5, 0.91), (4.0, 0.95)])
+
     assert time_to_accuracy(run["events"], 0.9) == 2.5  # 3.5 - 1.0
     assert time_to_accuracy(run["events"], 0.99) is None
 
@@ -47,18 +159,65 @@ def test_smooth_is_a_running_mean():
 
 def test_markdown_table_shows_missing_values_as_dashes():
     text = markdown_table([{"a": 1, "b": None}])
+
     assert text.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | - |"]
+
+
+def test_curves_of_runs_with_unknown_figures_still_draw(tmp_path):
+    bare = {"name": "bare", "summary": {}, "events": [{"kind": "step", "loss": None}]}
+    evals = fake_run("evals", 1, 1, 1.0, [(2.0, 0.5), (3.0, 0.7)])
+
+    path = plot_curves([bare, evals], tmp_path / "curves.png")
+
+    assert path.read_bytes().startswith(PNG)
 
 
 def test_report_from_real_runs_writes_plots_and_tables(tmp_path):
     one = run_small(tmp_path / "1", strategy="centralized")
     two = run_small(tmp_path / "2", strategy="allreduce", workers=2)
+
     rows = write_report([one.run_dir, two.run_dir], tmp_path / "rep", target=0.5)
-    assert (tmp_path / "rep" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "rep" / "bytes.png").exists()
+
+    assert (tmp_path / "rep" / "curves.png").read_bytes().startswith(PNG)
+    assert (tmp_path / "rep" / "bytes.png").read_bytes().startswith(PNG)
+    assert "| speedup_note |" in (tmp_path / "rep" / "summary.md").read_text()
     saved = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert saved == rows
+    assert rows[1]["baseline"] == one.run_dir.name
     assert rows[1]["speedup"] == round(
         one.summary["train_seconds"] / two.summary["train_seconds"], 3
     )
     assert rows[1]["bytes_per_step_measured"] == two.summary["bytes_per_step_measured"]
+
+
+def test_steps_and_rounds_get_their_own_panels(tmp_path):
+    steps = run_small(tmp_path / "s", strategy="centralized")
+    rounds = run_small(tmp_path / "r", strategy={"name": "fedavg", "clients": 2, "rounds": 2})
+    both = load_runs([steps.run_dir, rounds.run_dir])
+
+    layouts = [panel_layout(both[:1]), panel_layout(both[1:]), panel_layout(both)]
+    one_row = png_size(plot_curves(both[:1], tmp_path / "steps.png"))
+    two_rows = png_size(plot_curves(both, tmp_path / "both.png"))
+
+    assert layouts == [
+        [["loss-step", "acc-step", "time"]],
+        [["loss-round", "acc-round", "time"]],
+        [["loss-step", "acc-step", "time"], ["loss-round", "acc-round", "time"]],
+    ]
+    assert one_row[0] == two_rows[0] and two_rows[1] > 1.5 * one_row[1]
+    # A federated run is never its one-process centralized neighbour's baseline.
+    rows = comparison_rows(both)
+    assert [r["baseline"] for r in rows] == [steps.run_dir.name, rounds.run_dir.name]
+
+
+def test_events_are_those_of_the_lead_rank_named_in_the_summary(tmp_path):
+    result = run_small(tmp_path, strategy="centralized")
+    summary = {**result.summary, "lead_rank": 3}
+    (result.run_dir / "summary.json").write_text(json.dumps(summary))
+    lines = [json.dumps({**e, "rank": 3}) for e in result.events]
+    (result.run_dir / "events.jsonl").write_text("\n".join(lines) + "\n")
+
+    [run] = load_runs([result.run_dir])
+
+    assert len(run["events"]) == len(result.events)
+    assert time_to_accuracy(run["events"], 0.01) is not None

@@ -1,0 +1,139 @@
+"""`distlab report` run as a user would: on real small runs, its files and table, fair
+speedups only, failed runs marked, and one-line errors that leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from tests.conftest import cli, run_small
+
+from distlab.report import NO_BASELINE
+from distlab.runtime.launch import RunFailed
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One-epoch runs: centralized, allreduce on 2 workers, and a 2-epoch centralized one."""
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "central": run_small(root / "c", strategy="centralized", name="central").run_dir,
+        "allreduce": run_small(root / "a", strategy="allreduce", workers=2, name="ar").run_dir,
+        "central-2": run_small(root / "c2", epochs=2, name="central-2").run_dir,
+    }
+
+
+def files_under(path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_report_compares_real_runs_and_writes_its_files(runs, tmp_path):
+    out = tmp_path / "rep"
+
+    done = cli("report", str(runs["central"]), str(runs["allreduce"]), "--out", str(out),
+               "--target", "0.5")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert f"report written to {out}" in done.stdout
+    assert "central" in done.stdout and "ar" in done.stdout
+    assert files_under(out) == ["bytes.png", "curves.png", "summary.json", "summary.md"]
+    assert (out / "curves.png").read_bytes().startswith(PNG)
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["baseline"] for r in rows] == ["central", "central"]
+    assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] > 0
+    assert rows[1]["efficiency"] == round(rows[1]["speedup"] / 2, 3)
+
+
+def test_runs_that_did_other_work_get_no_speedup(runs, tmp_path):
+    out = tmp_path / "rep"
+
+    done = cli("report", str(runs["central-2"]), str(runs["allreduce"]), "--out", str(out))
+
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["samples"] for r in rows] == [4000, 2000]
+    assert (rows[1]["speedup"], rows[1]["efficiency"], rows[1]["baseline"]) == (None,) * 3
+    assert rows[1]["speedup_note"] == NO_BASELINE
+    assert f"ar: {NO_BASELINE}" in done.stdout
+
+
+def test_a_failed_run_is_marked_and_left_out_of_speedup(runs, tmp_path):
+    fault = {"rank": 1, "step": 5, "kind": "raise"}
+    with pytest.raises(RunFailed):
+        run_small(tmp_path, strategy="allreduce", workers=2, name="broken", fault=fault)
+    out = tmp_path / "rep"
+
+    done = cli("report", str(runs["central"]), str(tmp_path / "runs" / "broken"),
+               "--out", str(out))  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((out / "summary.json").read_text())
+    assert (rows[1]["status"], rows[1]["speedup"]) == ("failed", None)
+    assert rows[1]["speedup_note"] == "run failed: left out of speedup"
+    assert "| broken | failed |" in (out / "summary.md").read_text()
+    assert (out / "curves.png").read_bytes().startswith(PNG)
+
+
+def bad_out_file(tmp_path):
+    (tmp_path / "taken").write_text("not a directory")
+    return ["--out", str(tmp_path / "taken")], ["--out", "taken", "existing file"]
+
+
+def bad_out_under_file(tmp_path):
+    # Nothing can be created below a regular file, not even by root.
+    (tmp_path / "plain").write_text("x")
+    return ["--out", str(tmp_path / "plain" / "sub")], ["--out", "plain", "is a file"]
+
+
+def bad_out_read_only(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("this user can write to a read-only directory (root)")
+    return ["--out", str(locked / "rep")], ["--out", "locked", "not writable"]
+
+
+def bad_missing_run(tmp_path):
+    return [str(tmp_path / "nowhere")], ["run directory", "nowhere", "does not exist"]
+
+
+def bad_not_a_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return [str(tmp_path / "empty")], ["empty", "not a finished run directory"]
+
+
+def bad_target_zero(tmp_path):
+    return ["--target", "0"], ["--target", "(0, 1]", "(got 0.0)"]
+
+
+def bad_target_above_one(tmp_path):
+    return ["--target", "1.5"], ["--target", "(0, 1]", "(got 1.5)"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        bad_out_file,
+        bad_out_under_file,
+        bad_out_read_only,
+        bad_missing_run,
+        bad_not_a_run,
+        bad_target_zero,
+        bad_target_above_one,
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, case):
+    args, words = case(tmp_path)
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "rep")]
+    before = files_under(tmp_path)
+
+    done = cli("report", str(runs["central"]), *args)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert all(w in done.stderr for w in words), done.stderr
+    assert files_under(tmp_path) == before
