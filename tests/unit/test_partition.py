@@ -22,7 +22,9 @@ from distlab.data.partition import (
     partition,
     partition_metrics,
 )
-from distlab.report import partition_table_rows, plot_partition, write_partition_record
+from distlab.plots import plot_partition
+from distlab.report import partition_table_rows
+from distlab.rundir import write_partition_record
 
 FAST = settings(max_examples=50, deadline=None)
 

@@ -1,0 +1,142 @@
+"""The run directory: create it, write its records, read it back.
+
+`OUT_DIR/NAME/` holds config.json, events/ (one JSONL file per rank while the run is live),
+events.jsonl (merged), summary.json, model.pt, partition.json and partition.png, and
+errors/ (one report per failed rank). Everything that reads runs (report, show, sweeps)
+goes through `load_run` here, never through the API that launches them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from distlab.metrics import read_events
+
+if TYPE_CHECKING:
+    from distlab.config import RunConfig
+    from distlab.data.partition import Partition
+
+
+@dataclass
+class RunResult:
+    """A finished (or failed) run: its directory, summary and events."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    events: list[dict[str, Any]]
+    config: dict[str, Any]
+
+    def frame(self):
+        """Events as a pandas DataFrame (pandas is needed for this one method)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.events)
+
+
+def default_name(cfg: RunConfig) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.strategy.name}-{cfg.dataset}-{cfg.model}-{stamp}"
+
+
+def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
+    """Create OUT_DIR/NAME and write config.json; refuse an existing one unless overwrite."""
+    out = Path(cfg.out_dir)
+    name = cfg.name or default_name(cfg)
+    run_dir = out / name
+    if run_dir.exists() and cfg.name is None:
+        run_dir = unique_dir(out, name)
+    elif run_dir.exists() and not overwrite:
+        raise ValueError(f"run directory {str(run_dir)!r} exists (use --overwrite to replace it)")
+    elif run_dir.exists() and not (run_dir / "config.json").is_file():
+        # --overwrite deletes the directory: never one that is not a run (a typo in --name).
+        raise ValueError(f"{str(run_dir)!r} is not a run directory; --overwrite replaces runs only")
+    check_writable(out)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    (run_dir / "events").mkdir(parents=True)
+    (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+    return run_dir
+
+
+def unique_dir(out: Path, name: str) -> Path:
+    n = 2
+    while (out / f"{name}-{n}").exists():
+        n += 1
+    return out / f"{name}-{n}"
+
+
+def check_writable(out: Path) -> None:
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"out_dir {str(out)!r} is not writable")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"out_dir {str(out)!r} is not writable: {exc.strerror}") from None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a summary."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    # A run directory copied in part or cut off by a crash gets one line, not a traceback.
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({exc})") from None
+
+
+def load_run(path: str | Path) -> RunResult:
+    """Read a run directory written by `distlab.run`."""
+    run_dir = Path(path)
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():
+        raise ValueError(f"{str(run_dir)!r} is not a finished run directory (no summary.json)")
+    summary, config = read_json(summary_file), read_json(run_dir / "config.json")
+    return RunResult(run_dir, summary, read_events(run_dir / "events.jsonl"), config)
+
+
+def partition_record(p: Partition) -> dict[str, Any]:
+    """JSON-ready description: scheme and its parameters, sizes, counts and metrics."""
+    from distlab.data.partition import partition_metrics
+
+    params = p.config.model_dump(exclude={"scheme"}) if p.config is not None else {}
+    return {
+        "scheme": p.scheme,
+        "params": params,
+        "clients": len(p.indices),
+        "sizes": [int(s) for s in p.sizes],
+        "counts": np.asarray(p.counts).astype(int).tolist(),
+        "metrics": partition_metrics(p),
+    }
+
+
+def write_partition_record(run_dir: str | Path, partition: Partition) -> Path:
+    """Write run_dir/partition.json and run_dir/partition.png (stacked bars); returns the
+    JSON path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = partition_record(partition)
+    path = run_dir / "partition.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    title = f"{partition.scheme} partition, TV distance {record['metrics']['tv_distance']:.3f}"
+    from distlab.plots import plot_partition  # matplotlib: only when there is a partition
+
+    plot_partition(partition.counts, run_dir / "partition.png", "bar", title)
+    return path
