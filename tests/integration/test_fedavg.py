@@ -89,6 +89,46 @@ def test_vectorized_executor_matches_processes(process_runs, tmp_path, which):
     assert vectorized.summary["processes"] == 1
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_sequential_executor_reproduces_the_process_run_bit_for_bit(process_runs, tmp_path, which):
+    reference = process_runs[which]
+    host_threads = {
+        e["threads"] for e in reference.events if e.get("phase") == "start" and e["rank"] > 0
+    }
+    cfg = dict(reference.config)
+    # the hosts' thread count: a convolution's or matmul's sum order depends on it
+    cfg.update(workers=1, threads=host_threads.pop(), out_dir=str(tmp_path), name="sequential")
+    cfg["strategy"] = {**cfg["strategy"], "executor": "sequential"}
+
+    sequential = run(cfg)
+
+    assert max_diff(final_state(sequential.run_dir), final_state(reference.run_dir)) == 0
+    mine, theirs = round_events(sequential), round_events(reference)
+    assert [(e["clients"], e["samples"]) for e in mine] == [
+        (e["clients"], e["samples"]) for e in theirs
+    ]
+    # hosts send each client's mean loss as float32
+    assert [e["loss"] for e in mine] == pytest.approx([e["loss"] for e in theirs], rel=1e-6)
+
+
+def round_events(result):
+    return [e for e in result.events if e["kind"] == "round"]
+
+
+def test_diverging_clients_are_named_in_the_round_failure(tmp_path):
+    with pytest.raises(RunFailed, match=r"rejected: 0 \(NaN/Inf\), 1 \(NaN/Inf\)"):
+        run(
+            {
+                "dataset": "synthetic",
+                "model": "logreg",
+                "strategy": {"name": "fedavg", "clients": 2, "rounds": 1, "max_retries": 0},
+                "optimizer": {"lr": 1e38},
+                "out_dir": str(tmp_path),
+                "name": "diverge",
+            }
+        )
+
+
 def synthetic_run(tmp_path, name, **strategy):
     return run(
         {
@@ -129,6 +169,19 @@ def test_fedprox_with_mu_zero_is_fedavg_and_mu_changes_it(tmp_path):
 
     assert max_diff(final_state(prox0.run_dir), final_state(fedavg.run_dir)) == 0
     assert max_diff(final_state(prox1.run_dir), final_state(fedavg.run_dir)) > 1e-4
+
+
+def test_adaptive_server_optimizers_differ_in_their_second_moment(tmp_path):
+    base = {"clients": 4, "rounds": 3, "server_lr": 0.01}
+    runs = {
+        algorithm: synthetic_run(tmp_path, algorithm, algorithm=algorithm, **base)
+        for algorithm in ("fedadam", "fedadagrad", "fedyogi")
+    }
+    states = {name: final_state(result.run_dir) for name, result in runs.items()}
+
+    assert all(r.summary["status"] == "completed" for r in runs.values())
+    assert max_diff(states["fedadagrad"], states["fedadam"]) > 1e-6
+    assert max_diff(states["fedyogi"], states["fedadam"]) > 1e-6
 
 
 def test_client_failures_are_injected_logged_and_excluded(tmp_path):

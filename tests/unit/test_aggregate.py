@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from distlab.strategies.aggregate import krum, median, trimmed_mean, weighted_mean
+from distlab.strategies.aggregate import (
+    AGGREGATORS,
+    AggregatorOptions,
+    get_aggregator,
+    krum,
+    median,
+    needed_updates,
+    trimmed_mean,
+    weighted_mean,
+)
 
 
 def vecs(*rows):
@@ -88,3 +97,25 @@ def test_multi_krum_averages_the_m_best():
 def test_krum_needs_more_than_2f_plus_2_clients():
     with pytest.raises(ValueError, match="clients > 2"):
         krum(vecs([0.0], [1.0], [2.0], [3.0]), f=1)
+
+
+def test_aggregator_table_passes_each_rule_its_options():
+    updates = torch.tensor([[0.0], [1.0], [2.0], [100.0]])
+    counts = np.array([1, 1, 1, 1])
+    options = AggregatorOptions(trim_ratio=0.25, krum_f=0)
+
+    out = {name: rule(updates, counts, options).tolist() for name, rule in AGGREGATORS.items()}
+
+    # mean 103 / 4; median of 1 and 2; trimmed: drop 0 and 100; krum: 1 is nearest to 0, 2
+    assert out == {"mean": [25.75], "median": [1.5], "trimmed-mean": [1.5], "krum": [1.0]}
+
+
+def test_needed_updates_is_more_than_2f_plus_2_for_krum_only():
+    options = AggregatorOptions(krum_f=2)
+
+    assert [needed_updates(name, options) for name in AGGREGATORS] == [1, 1, 1, 7]
+
+
+def test_unknown_aggregator_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="unknown aggregator 'mode' .*mean, median"):
+        get_aggregator("mode")

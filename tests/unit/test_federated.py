@@ -1,5 +1,8 @@
 """Federated building blocks: sampling, failures, screening, server optimizers, client
-training (sequential and vectorized agree, FedProx's term by hand)."""
+training (sequential and vectorized agree, FedProx's term by hand), the round loop's
+contract with executors and strategies."""
+
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -13,17 +16,22 @@ from distlab.federated.clients import (
     split_clients,
     train_client,
 )
+from distlab.federated.optimizers import SERVER_OPTIMIZERS, ServerOptimizer, ServerOptions
 from distlab.federated.processes import client_hosts
 from distlab.federated.server import (
-    ServerOptimizer,
-    Updates,
+    RoundFailed,
+    RoundPlan,
     draw_failures,
+    run_round,
     sample_clients,
     screen_updates,
+    usable_in_client_order,
 )
+from distlab.federated.types import Layout, Updates
 from distlab.federated.vectorized import VectorTrainer, pad_schedules
 from distlab.models import build_model
-from distlab.strategies.fedavg import Params
+from distlab.strategies.aggregate import AGGREGATORS
+from distlab.strategies.fedavg import EXECUTORS, SERVER_OPTIMIZER, Params, make_server_step
 from distlab.training import flat_params
 
 
@@ -55,18 +63,21 @@ def test_failure_rate_zero_fails_nobody_and_rate_draws_are_seeded():
 
 def test_screen_rejects_non_finite_and_wrong_shape():
     params = torch.tensor([[1.0, 2.0], [float("nan"), 0.0], [0.0, float("inf")], [3.0, 4.0]])
-    updates = Updates(np.array([5, 6, 7, 8]), params, np.array([1, 1, 1, 1]), np.zeros(4))
+    clients, counts = np.array([5, 6, 7, 8]), np.array([1, 1, 1, 1])
+    updates = Updates(clients, params, counts, {"loss": np.zeros(4)})
 
     keep, rejected = screen_updates(updates, size=2)
     keep_wrong, rejected_wrong = screen_updates(updates, size=3)
 
     assert keep.tolist() == [True, False, False, True]
-    assert rejected == [6, 7]
-    assert not keep_wrong.any() and rejected_wrong == [5, 6, 7, 8]
+    assert rejected == {6: "NaN/Inf", 7: "NaN/Inf"}
+    assert not keep_wrong.any() and list(rejected_wrong) == [5, 6, 7, 8]
+    assert set(rejected_wrong.values()) == {"wrong shape"}
 
 
 def test_fedavgm_accumulates_server_momentum_by_hand():
-    opt = ServerOptimizer(Params(algorithm="fedavgm", server_lr=1.0, server_momentum=0.5))
+    p = Params(algorithm="fedavgm", server_lr=1.0, server_momentum=0.5)
+    opt = ServerOptimizer(make_server_step(p))
     w = torch.tensor([0.0])
 
     w1 = opt.step(w, torch.tensor([1.0]))  # v = 1, w = 1
@@ -77,12 +88,116 @@ def test_fedavgm_accumulates_server_momentum_by_hand():
 
 def test_fedadam_first_step_by_hand():
     p = Params(algorithm="fedadam", server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.2)
-    opt = ServerOptimizer(p)
+    opt = ServerOptimizer(make_server_step(p))
 
     w1 = opt.step(torch.tensor([0.0]), torch.tensor([2.0]))
 
     # delta 2: m = 0.1 * 2 = 0.2, v = 0.01 * 4 = 0.04, step = 0.2 / (0.2 + 0.2) = 0.5
     assert w1.tolist() == pytest.approx([0.05])
+
+
+def test_fedadagrad_sums_squared_steps_by_hand():
+    opt = ServerOptimizer(make_server_step(Params(algorithm="fedadagrad", server_lr=0.1, tau=0.2)))
+
+    w1 = opt.step(torch.tensor([0.0]), torch.tensor([2.0]))
+    w2 = opt.step(w1, w1 + 1.0)
+
+    # delta 2: m = 0.1 * 2 = 0.2, v = 0 + 4 = 4, w1 = 0.1 * 0.2 / (2 + 0.2) = 1/110
+    # delta 1: m = 0.9 * 0.2 + 0.1 * 1 = 0.28, v = 4 + 1 = 5, w2 = w1 + 0.028 / (sqrt 5 + 0.2)
+    assert w1.tolist() == pytest.approx([1 / 110])
+    assert w2.tolist() == pytest.approx([1 / 110 + 0.028 / (5**0.5 + 0.2)], rel=1e-6)
+
+
+def test_fedyogi_moves_v_by_a_fixed_fraction_of_the_squared_step():
+    yogi, options = SERVER_OPTIMIZERS["yogi"], ServerOptions(lr=0.1, beta2=0.99, tau=0.2)
+    state = {"m": torch.tensor([0.2]), "v": torch.tensor([0.04])}
+
+    up, up_state = yogi(torch.tensor([0.0]), torch.tensor([1.0]), state, options)
+    _, down_state = yogi(torch.tensor([0.0]), torch.tensor([0.1]), up_state, options)
+
+    # delta 1, v < delta^2: v = 0.04 + 0.01 * 1 = 0.05 (Adam: 0.99 * 0.04 + 0.01 = 0.0496)
+    # m = 0.9 * 0.2 + 0.1 = 0.28; w = 0.1 * 0.28 / (sqrt 0.05 + 0.2)
+    assert up_state["v"].tolist() == pytest.approx([0.05])
+    assert up.tolist() == pytest.approx([0.028 / (0.05**0.5 + 0.2)], rel=1e-6)
+    # delta 0.1, v > delta^2: v = 0.05 - 0.01 * 0.01 = 0.0499
+    assert down_state["v"].tolist() == pytest.approx([0.0499])
+    assert state["v"].tolist() == pytest.approx([0.04])  # the step left its input alone
+
+
+def test_fedavg_tables_cover_exactly_the_names_params_accept():
+    fields = Params.model_fields
+
+    assert set(get_args(fields["executor"].annotation)) == {"auto", *EXECUTORS}
+    assert set(get_args(fields["aggregator"].annotation)) == set(AGGREGATORS)
+    assert set(get_args(fields["algorithm"].annotation)) == set(SERVER_OPTIMIZER)
+    assert set(SERVER_OPTIMIZER.values()) == set(SERVER_OPTIMIZERS)
+
+
+def test_updates_from_named_arrays_mark_replies_that_do_not_fit():
+    layout = Layout(("w", "b"), ((2, 2), (2,)))
+    good = {"w": np.arange(4.0).reshape(2, 2), "b": np.array([7.0, 8.0])}
+    bad = {"w": np.zeros((2, 3)), "b": np.zeros(2)}
+
+    updates = Updates.from_named([3, 9], [good, bad], [5, 6], {"loss": [0.5, 0.25]}, layout)
+
+    assert updates.params[0].tolist() == [0.0, 1.0, 2.0, 3.0, 7.0, 8.0]
+    assert updates.named(0)["b"].tolist() == [7.0, 8.0]
+    assert updates.malformed.tolist() == [False, True]
+    assert screen_updates(updates, 6)[1] == {9: "wrong shape"}
+
+
+def test_usable_updates_are_sorted_by_client_for_one_summation_order():
+    params = torch.tensor([[7.0], [3.0], [5.0]])
+    updates = Updates(np.array([7, 3, 5]), params, np.array([1, 2, 3]), {"loss": np.zeros(3)})
+
+    kept = usable_in_client_order(updates, np.array([True, False, True]))
+
+    assert kept.clients.tolist() == [5, 7]
+    assert kept.params.flatten().tolist() == [5.0, 7.0]
+    assert kept.num_examples.tolist() == [3, 1]
+
+
+class NamedArrayExecutor:
+    """A transport that hands back named arrays, as a Flower or a serial-line executor
+    would: client 1 replies with a wrong shape, client 2 with NaN, the others with `start`."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def train(self, round_, start, clients):
+        replies = []
+        for client in clients.tolist():
+            reply = {k: v.clone() for k, v in self.layout.split(start).items()}
+            if client == 1:
+                reply["w"] = torch.zeros(3)
+            if client == 2:
+                reply["w"] = torch.full((2,), float("nan"))
+            replies.append(reply)
+        ones = [1] * len(clients)
+        return Updates.from_named(clients, replies, ones, {"loss": ones}, self.layout)
+
+    def close(self) -> None:
+        pass
+
+
+def test_round_failed_names_failed_and_rejected_clients():
+    executor = NamedArrayExecutor(Layout(("w",), ((2,),)))
+    # seed 4 at rate 0.3 fails clients 2, 5 in attempt 1 and 3, 5 in attempt 2
+    plan = RoundPlan(
+        rounds=1, clients=6, clients_per_round=6, seed=4, needed=6, max_retries=1, failure_rate=0.3
+    )
+
+    with pytest.raises(RoundFailed) as failure:
+        run_round(plan, executor, 1, torch.zeros(2))
+
+    message = str(failure.value)
+    assert "fewer than 6 usable client updates after 2 attempts" in message
+    assert "failed clients: 2, 3, 5; rejected: 1 (wrong shape), 2 (NaN/Inf);" in message
+
+
+def test_round_plan_rejects_more_needed_updates_than_sampled_clients():
+    with pytest.raises(ValueError, match=r"needed <= clients_per_round .*\(got 5, 4, 10\)"):
+        RoundPlan(rounds=1, clients=10, clients_per_round=4, needed=5)
 
 
 def test_split_clients_holds_out_a_fraction_and_keeps_every_sample():

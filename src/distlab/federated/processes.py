@@ -2,20 +2,19 @@
 
 Each host owns a contiguous block of client ids. Per round the server sends each host that
 has sampled clients a header (round, count), the client ids and the global parameters; the
-host trains those clients one after another and answers with one (count, P + 2) float32
-tensor: each client's parameters, its sample count and its mean loss. A header with a
-negative round tells the host to stop. Everything moves as flat tensors through the
-Communicator, so it is counted.
+host trains those clients one after another (a SequentialExecutor) and answers with one
+(count, P + 2) float32 tensor: each client's parameters, its sample count and its mean loss.
+A header with a negative round tells the host to stop. Everything moves as flat tensors
+through the Communicator, so it is counted.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
-from distlab.federated.clients import ClientData, LocalSpec, client_batches, train_client
-from distlab.federated.server import Updates
+from distlab.federated.sequential import SequentialExecutor
+from distlab.federated.types import Layout, Updates
 from distlab.runtime.comm import Communicator
 
 SERVER = 0
@@ -33,8 +32,9 @@ def client_hosts(clients: int, hosts: int) -> np.ndarray:
 class ProcessExecutor:
     """Server side: ships sampled clients' work to their hosts and collects the results."""
 
-    def __init__(self, comm: Communicator, owner: np.ndarray, size: int) -> None:
-        self.comm, self.owner, self.size = comm, owner, size
+    def __init__(self, comm: Communicator, owner: np.ndarray, layout: Layout) -> None:
+        self.comm, self.owner, self.layout = comm, owner, layout
+        self.size = layout.size
 
     def train(self, round_: int, start: torch.Tensor, clients: np.ndarray) -> Updates:
         hosts = [h for h in np.unique(self.owner[clients])]
@@ -54,7 +54,8 @@ class ProcessExecutor:
             order,
             out[:, : self.size],
             out[:, self.size].round().numpy().astype(np.int64),
-            out[:, self.size + 1].numpy().astype(np.float64),
+            {"loss": out[:, self.size + 1].numpy().astype(np.float64)},
+            self.layout,
         )
 
     def close(self) -> None:
@@ -62,18 +63,10 @@ class ProcessExecutor:
             self.comm.send(torch.tensor([STOP, 0], dtype=torch.int64), int(h))
 
 
-def host_clients(
-    comm: Communicator,
-    model: nn.Module,
-    data: ClientData,
-    spec: LocalSpec,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    seed: int,
-) -> int:
+def host_clients(comm: Communicator, local: SequentialExecutor) -> int:
     """Client-host side: train whatever the server asks for until it says stop; returns the
     number of client trainings done."""
-    size = sum(p.numel() for p in model.parameters())
+    size = local.layout.size
     header = torch.empty(2, dtype=torch.int64)
     done = 0
     while True:
@@ -85,13 +78,10 @@ def host_clients(
         comm.recv(ids, SERVER)
         start = torch.empty(size)
         comm.recv(start, SERVER)
+        updates = local.train(round_, start, ids.numpy())
         out = torch.empty(count, size + 2)
-        for i, client in enumerate(ids.tolist()):
-            batches = client_batches(
-                data.train[client], spec.batch, spec.epochs, seed, round_, client
-            )
-            out[i, :size], losses = train_client(model, start, x, y, batches, spec)
-            out[i, size] = len(data.train[client])
-            out[i, size + 1] = float(np.mean(losses)) if losses else float("nan")
+        out[:, :size] = updates.params
+        out[:, size] = torch.from_numpy(updates.num_examples)
+        out[:, size + 1] = torch.from_numpy(updates.losses)
         comm.send(out, SERVER)
         done += count

@@ -1,28 +1,32 @@
-"""The federated round loop, kept apart from where clients execute.
+"""The federated round loop, kept apart from where clients execute and from any strategy.
 
 The server decides: which clients take part (seeded sampling), which of them fail (seeded
-failure injection), which returned updates are usable, how they are aggregated and how the
-server optimizer applies the result. An executor only trains the clients it is handed and
-returns their parameters; the same loop drives the process and the vectorized executors.
+failure injection), which returned updates are usable, and in which order they are
+combined. What the round does with them comes from outside: a `RoundPlan` (how many rounds,
+clients, retries...), an `aggregate(updates) -> tensor` function, a pure `server_step` and
+an `Executor` (types.py) that trains the clients it is handed. A strategy (fedavg.py) maps
+its parameters to these; a new executor or aggregation rule plugs in without touching this
+module, which imports no strategy.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
-from distlab.strategies import aggregate as agg
-
-if TYPE_CHECKING:
-    from distlab.strategies.fedavg import Params
+from distlab.federated.optimizers import ServerOptimizer, ServerStep
+from distlab.federated.types import Executor, Updates
 
 # Stream tags for the server's generators (the clients' streams are in clients.py).
 SAMPLE_STREAM = 11
 FAILURE_STREAM = 12
+
+# Client ids a RoundFailed message lists before it only counts the rest.
+LISTED = 10
 
 
 class RoundFailed(ValueError):
@@ -30,29 +34,37 @@ class RoundFailed(ValueError):
     rate and min_clients cannot be met (a ValueError, so the CLI prints one line)."""
 
 
-@dataclass
-class Updates:
-    """What came back from the clients of one round, one row per client."""
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the round loop needs to know of a federated run.
 
-    clients: np.ndarray
-    params: torch.Tensor
-    num_examples: np.ndarray
-    losses: np.ndarray
+    needed: usable updates a round needs (min_clients, or more for a robust aggregator);
+    local_epochs only scales the samples a round event reports; eval_every 0 = every round.
+    """
 
+    rounds: int
+    clients: int
+    clients_per_round: int
+    seed: int = 0
+    needed: int = 1
+    max_retries: int = 3
+    failure_rate: float = 0.0
+    local_epochs: int = 1
+    eval_every: int = 0
 
-class Executor(Protocol):
-    def train(self, round_: int, start: torch.Tensor, clients: np.ndarray) -> Updates:
-        """Train `clients` from the global parameters `start`; one row per client."""
-
-    def close(self) -> None:
-        """Release the clients (tell remote hosts to stop)."""
+    def __post_init__(self) -> None:
+        if not 1 <= self.needed <= self.clients_per_round <= self.clients:
+            raise ValueError(
+                "round plan needs 1 <= needed <= clients_per_round <= clients (got "
+                f"{self.needed}, {self.clients_per_round}, {self.clients})"
+            )
 
 
 @dataclass
 class RoundOutcome:
     sampled: np.ndarray
     failed: np.ndarray
-    rejected: list[int]
+    rejected: dict[int, str]
     updates: Updates
     attempts: int
     retried_failed: list[int] = field(default_factory=list)
@@ -74,15 +86,20 @@ def draw_failures(seed: int, round_: int, attempt: int, sampled: np.ndarray, rat
     return rng.random(len(sampled)) < rate
 
 
-def screen_updates(updates: Updates, size: int) -> tuple[np.ndarray, list[int]]:
-    """Keep updates of the right shape whose values are all finite; returns (keep mask, ids
-    of the rejected clients)."""
-    params = updates.params
+def screen_updates(updates: Updates, size: int) -> tuple[np.ndarray, dict[int, str]]:
+    """Keep updates of the right shape whose values are all finite; returns (keep mask,
+    rejected client -> why: "wrong shape", "NaN/Inf" or "no samples")."""
+    params, clients = updates.params, updates.clients
     if params.ndim != 2 or params.shape[1] != size:
-        return np.zeros(len(updates.clients), dtype=bool), [int(c) for c in updates.clients]
-    keep = finite_rows(params).numpy() & np.isfinite(updates.losses)
-    keep &= updates.num_examples > 0
-    return keep, [int(c) for c in updates.clients[~keep]]
+        return np.zeros(len(clients), dtype=bool), {int(c): "wrong shape" for c in clients}
+    shape_ok = np.ones(len(clients), dtype=bool)
+    if updates.malformed is not None:
+        shape_ok = ~updates.malformed
+    finite = finite_rows(params).numpy() & np.isfinite(updates.losses)
+    counted = updates.num_examples > 0
+    why = np.where(~shape_ok, "wrong shape", np.where(~finite, "NaN/Inf", "no samples"))
+    keep = shape_ok & finite & counted
+    return keep, {int(c): str(w) for c, w in zip(clients[~keep], why[~keep], strict=True)}
 
 
 def finite_rows(params: torch.Tensor) -> torch.Tensor:
@@ -93,85 +110,53 @@ def finite_rows(params: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(params.abs().amax(dim=1))
 
 
-def select(updates: Updates, keep: np.ndarray) -> Updates:
-    if keep.all():  # the usual round: no copy
+def usable_in_client_order(updates: Updates, keep: np.ndarray) -> Updates:
+    """The kept updates sorted by client id: the aggregate sums them in one order whatever
+    order the executor's replies arrived in (a float sum depends on its order)."""
+    clients = updates.clients
+    if keep.all() and (np.diff(clients) > 0).all():  # the usual round: no copy
         return updates
-    rows = torch.from_numpy(np.flatnonzero(keep))
-    return Updates(
-        updates.clients[keep],
-        updates.params[rows],
-        updates.num_examples[keep],
-        updates.losses[keep],
-    )
+    rows = np.flatnonzero(keep)
+    return updates.select(rows[np.argsort(clients[rows], kind="stable")])
 
 
-def aggregate_updates(params: Params, updates: Updates) -> torch.Tensor:
-    """The configured aggregator over the client models, weighted by sample counts."""
-    if params.aggregator == "median":
-        return agg.median(updates.params, updates.num_examples)
-    if params.aggregator == "trimmed-mean":
-        return agg.trimmed_mean(updates.params, updates.num_examples, params.trim_ratio)
-    if params.aggregator == "krum":
-        return agg.krum(updates.params, updates.num_examples, params.krum_f)
-    return agg.weighted_mean(updates.params, updates.num_examples)
-
-
-def needed_clients(params: Params) -> int:
-    """Usable updates a round needs: min_clients, and more than 2f + 2 for Krum."""
-    if params.aggregator == "krum":
-        return max(params.min_clients, 2 * params.krum_f + 3)
-    return params.min_clients
-
-
-def run_round(
-    params: Params, executor: Executor, seed: int, round_: int, start: torch.Tensor
-) -> RoundOutcome:
+def run_round(plan: RoundPlan, executor: Executor, round_: int, start: torch.Tensor):
     """Sample, inject failures, train, screen; retry with a fresh sample (at most
-    params.max_retries times) while fewer than the needed updates are usable."""
-    per_round = params.clients_per_round or params.clients
-    earlier: list[int] = []
-    for attempt in range(params.max_retries + 1):
-        sampled = sample_clients(seed, round_, attempt, params.clients, per_round)
-        failed = draw_failures(seed, round_, attempt, sampled, params.client_failure_rate)
+    plan.max_retries times) while fewer than plan.needed updates are usable."""
+    earlier: list[int] = []  # failed or rejected in an earlier attempt, in that order
+    failed_before: dict[int, None] = {}  # a dict: ordered, each client once
+    rejected_before: dict[int, str] = {}
+    for attempt in range(plan.max_retries + 1):
+        sampled = sample_clients(plan.seed, round_, attempt, plan.clients, plan.clients_per_round)
+        failed = draw_failures(plan.seed, round_, attempt, sampled, plan.failure_rate)
         updates = executor.train(round_, start, sampled[~failed])
         keep, rejected = screen_updates(updates, start.numel())
-        if keep.sum() >= needed_clients(params):
-            kept = select(updates, keep)
+        if keep.sum() >= plan.needed:
+            kept = usable_in_client_order(updates, keep)
             return RoundOutcome(sampled, sampled[failed], rejected, kept, attempt + 1, earlier)
-        earlier += [int(c) for c in sampled[failed]] + rejected
-    raise RoundFailed(
-        f"round {round_}: fewer than {needed_clients(params)} usable client updates after "
-        f"{params.max_retries + 1} attempts (client_failure_rate {params.client_failure_rate}); "
-        "lower client_failure_rate or min_clients, or raise max_retries"
+        earlier += [int(c) for c in sampled[failed]] + list(rejected)
+        failed_before.update(dict.fromkeys(int(c) for c in sampled[failed]))
+        rejected_before.update(rejected)
+    raise RoundFailed(failure_message(plan, round_, list(failed_before), rejected_before))
+
+
+def failure_message(plan: RoundPlan, round_: int, failed: list[int], rejected: dict) -> str:
+    """One line: what was missing, which clients failed and which were rejected and why."""
+    reasons = [f"{c} ({why})" for c, why in sorted(rejected.items())]
+    return (
+        f"round {round_}: fewer than {plan.needed} usable client updates after "
+        f"{plan.max_retries + 1} attempts (client failure rate {plan.failure_rate}); "
+        f"failed clients: {listing(sorted(failed))}; rejected: {listing(reasons)}; "
+        "lower the client failure rate or min_clients, or raise max_retries"
     )
 
 
-class ServerOptimizer:
-    """Applies the aggregate to the global model, as in Reddi et al. 2021, "Adaptive
-    Federated Optimization": delta = aggregate - global is a pseudo-gradient step.
-    fedavg/fedsgd/fedprox: w += server_lr * delta. FedAvgM (Hsu et al. 2019, "Measuring the
-    Effects of Non-Identical Data Distribution"): v = beta * v + delta; w += server_lr * v.
-    FedAdam: m, v moments of delta; w += server_lr * m / (sqrt(v) + tau)."""
-
-    def __init__(self, params: Params) -> None:
-        self.p = params
-        self.state: dict[str, torch.Tensor] = {}
-
-    def step(self, current: torch.Tensor, aggregate: torch.Tensor) -> torch.Tensor:
-        p = self.p
-        if p.algorithm in ("fedavg", "fedsgd", "fedprox") and p.server_lr == 1:
-            return aggregate.clone()
-        delta = aggregate - current
-        if p.algorithm == "fedavgm":
-            v = self.state.get("v", torch.zeros_like(delta))
-            delta = self.state["v"] = p.server_momentum * v + delta
-        elif p.algorithm == "fedadam":
-            m = self.state.get("m", torch.zeros_like(delta))
-            v = self.state.get("v", torch.zeros_like(delta))
-            self.state["m"] = p.beta1 * m + (1 - p.beta1) * delta
-            self.state["v"] = p.beta2 * v + (1 - p.beta2) * delta * delta
-            delta = self.state["m"] / (self.state["v"].sqrt() + p.tau)
-        return current + p.server_lr * delta
+def listing(items: list) -> str:
+    """At most LISTED items, then how many more; 'none' for none."""
+    if not items:
+        return "none"
+    shown = ", ".join(str(i) for i in items[:LISTED])
+    return shown if len(items) <= LISTED else f"{shown} and {len(items) - LISTED} more"
 
 
 def round_fields(outcome: RoundOutcome) -> dict:
@@ -179,7 +164,7 @@ def round_fields(outcome: RoundOutcome) -> dict:
     fields = {
         "clients": [int(c) for c in outcome.sampled],
         "failed": [int(c) for c in outcome.failed],
-        "rejected": outcome.rejected,
+        "rejected": list(outcome.rejected),
         "attempts": outcome.attempts,
     }
     if outcome.retried_failed:
@@ -188,27 +173,32 @@ def round_fields(outcome: RoundOutcome) -> dict:
 
 
 def train_rounds(
-    ctx, params: Params, executor: Executor, start: torch.Tensor, on_eval
+    plan: RoundPlan,
+    executor: Executor,
+    aggregate: Callable[[Updates], torch.Tensor],
+    server_step: ServerStep,
+    start: torch.Tensor,
+    recorder,
+    on_eval: Callable[[int, torch.Tensor], None],
 ) -> torch.Tensor:
     """The round loop: returns the final global parameters. `on_eval(round, global)` runs
-    every cfg.eval_every rounds (0 = every round) and after the last one."""
-    cfg, opt = ctx.cfg, ServerOptimizer(params)
-    current = start.clone()
-    every = cfg.eval_every or 1
-    ctx.recorder.phase("train", total=params.rounds, unit="round")
-    for round_ in range(1, params.rounds + 1):
+    every plan.eval_every rounds (0 = every round) and after the last one."""
+    server, current = ServerOptimizer(server_step), start.clone()
+    every = plan.eval_every or 1
+    recorder.phase("train", total=plan.rounds, unit="round")
+    for round_ in range(1, plan.rounds + 1):
         begin = time.perf_counter()
-        outcome = run_round(params, executor, cfg.seed, round_, current)
-        current = opt.step(current, aggregate_updates(params, outcome.updates))
+        outcome = run_round(plan, executor, round_, current)
+        current = server.step(current, aggregate(outcome.updates))
         ups = outcome.updates
-        ctx.recorder.round(
+        recorder.round(
             round_,
             loss=float(np.mean(ups.losses)),
-            samples=int(ups.num_examples.sum()) * params.local_epochs,
+            samples=int(ups.num_examples.sum()) * plan.local_epochs,
             duration=time.perf_counter() - begin,
             **round_fields(outcome),
         )
-        if round_ % every == 0 or round_ == params.rounds:
+        if round_ % every == 0 or round_ == plan.rounds:
             on_eval(round_, current)
-    ctx.recorder.phase("train_end", rounds=params.rounds)
+    recorder.phase("train_end", rounds=plan.rounds)
     return current

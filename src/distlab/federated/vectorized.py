@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from distlab.federated.clients import LocalSpec, client_batches
-from distlab.federated.server import Updates
+from distlab.federated.clients import ClientData, LocalSpec, client_batches
+from distlab.federated.types import Layout, Updates
 
 # Clients trained together; bounds the stacked state (chunk x P x a few copies).
 CHUNK = 128
@@ -313,18 +313,19 @@ def pad_schedules(schedules: list[list[np.ndarray]]) -> tuple[np.ndarray, np.nda
 class VectorExecutor:
     """In-process executor: a round's sampled clients train together on a VectorTrainer."""
 
-    def __init__(self, trainer: VectorTrainer, data, seed: int) -> None:
+    def __init__(self, trainer: VectorTrainer, data: ClientData, seed: int) -> None:
         self.trainer, self.data, self.seed = trainer, data, seed
         self.sizes = data.sizes
+        self.layout = Layout.of(trainer.model)
 
-    def train(self, round_: int, start: torch.Tensor, clients: np.ndarray):
+    def train(self, round_: int, start: torch.Tensor, clients: np.ndarray) -> Updates:
         spec = self.trainer.spec
         schedules = [
             client_batches(self.data.train[c], spec.batch, spec.epochs, self.seed, round_, c)
             for c in clients
         ]
         params, losses = self.trainer.train(start, schedules)
-        return Updates(clients, params, self.sizes[clients], losses)
+        return Updates(clients, params, self.sizes[clients], {"loss": losses}, self.layout)
 
     def close(self) -> None:
         pass

@@ -3,19 +3,24 @@
 Every function takes `updates` as a list of equal-length 1-D tensors or arrays, or as one
 (clients, P) tensor, and returns a float32 tensor of shape (P,). Robust aggregators ignore
 `num_examples` where their paper does (median, trimmed mean, Krum's choice).
+
+`AGGREGATORS` maps each name a strategy accepts to one signature, (updates, num_examples,
+AggregatorOptions) -> tensor, so a strategy picks a rule by name and the round loop only
+sees a function; `needed_updates` says how many updates a rule needs at least.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-Updates = torch.Tensor | Sequence[torch.Tensor] | Sequence[np.ndarray]
+ClientVectors = torch.Tensor | Sequence[torch.Tensor] | Sequence[np.ndarray]
 
 
-def stack_updates(updates: Updates) -> torch.Tensor:
+def stack_updates(updates: ClientVectors) -> torch.Tensor:
     """One (clients, P) float tensor from a list of flat vectors or an already stacked tensor."""
     if isinstance(updates, torch.Tensor):
         stacked = updates
@@ -30,7 +35,7 @@ def stack_updates(updates: Updates) -> torch.Tensor:
     return stacked.float()
 
 
-def weighted_mean(updates: Updates, num_examples: Sequence[float]) -> torch.Tensor:
+def weighted_mean(updates: ClientVectors, num_examples: Sequence[float]) -> torch.Tensor:
     """Sum of n_k / n * w_k: the FedAvg aggregate (McMahan et al. 2017, "Communication-
     Efficient Learning of Deep Networks from Decentralized Data").
 
@@ -47,7 +52,7 @@ def weighted_mean(updates: Updates, num_examples: Sequence[float]) -> torch.Tens
     return (weights / weights.sum()) @ stacked
 
 
-def median(updates: Updates, num_examples: Sequence[float] | None = None) -> torch.Tensor:
+def median(updates: ClientVectors, num_examples: Sequence[float] | None = None) -> torch.Tensor:
     """Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed Learning:
     Towards Optimal Statistical Rates"). With an even count, the mean of the two middle values.
 
@@ -59,7 +64,7 @@ def median(updates: Updates, num_examples: Sequence[float] | None = None) -> tor
 
 
 def trimmed_mean(
-    updates: Updates, num_examples: Sequence[float] | None = None, trim_ratio: float = 0.1
+    updates: ClientVectors, num_examples: Sequence[float] | None = None, trim_ratio: float = 0.1
 ) -> torch.Tensor:
     """Coordinate-wise trimmed mean (Yin et al. 2018): per coordinate, drop the
     floor(trim_ratio * n) largest and as many smallest values, average the rest.
@@ -85,7 +90,7 @@ def krum_scores(stacked: torch.Tensor, f: int) -> torch.Tensor:
 
 
 def krum(
-    updates: Updates, num_examples: Sequence[float] | None = None, f: int = 0, m: int = 1
+    updates: ClientVectors, num_examples: Sequence[float] | None = None, f: int = 0, m: int = 1
 ) -> torch.Tensor:
     """Krum (Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine Tolerant
     Gradient Descent"): the update with the smallest sum of squared distances to its
@@ -109,4 +114,37 @@ def krum(
     return weighted_mean(stacked[best], weights)
 
 
-AGGREGATORS = ("mean", "median", "trimmed-mean", "krum")
+@dataclass(frozen=True)
+class AggregatorOptions:
+    """The robust aggregators' settings (a rule ignores those it does not use)."""
+
+    trim_ratio: float = 0.1
+    krum_f: int = 0
+    krum_m: int = 1
+
+
+Aggregator = Callable[[ClientVectors, Sequence[float], AggregatorOptions], torch.Tensor]
+
+AGGREGATORS: dict[str, Aggregator] = {
+    "mean": lambda updates, counts, options: weighted_mean(updates, counts),
+    "median": lambda updates, counts, options: median(updates, counts),
+    "trimmed-mean": lambda updates, counts, o: trimmed_mean(updates, counts, o.trim_ratio),
+    "krum": lambda updates, counts, o: krum(updates, counts, o.krum_f, o.krum_m),
+}
+
+
+def get_aggregator(name: str) -> Aggregator:
+    if name not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {name!r} (allowed: {', '.join(AGGREGATORS)})")
+    return AGGREGATORS[name]
+
+
+def needed_updates(name: str, options: AggregatorOptions) -> int:
+    """The fewest updates rule `name` is defined on: Krum needs more than 2f + 2.
+
+    >>> options = AggregatorOptions(krum_f=1)
+    >>> needed_updates("krum", options), needed_updates("mean", options)
+    (5, 1)
+    """
+    get_aggregator(name)
+    return 2 * options.krum_f + 3 if name == "krum" else 1

@@ -1,11 +1,14 @@
-"""Federated averaging and its family: FedAvg, FedSGD, FedProx, FedAvgM, FedAdam.
+"""Federated averaging and its family: FedAvg, FedSGD, FedProx, FedAvgM, FedAdam, FedAdagrad,
+FedYogi.
 
 McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from Decentralized
 Data": each round the server sends the global model to a sample of clients, each trains
 locally on its own partition, and the server averages the returned models weighted by
-sample counts. The round loop lives in distlab.federated.server; where clients run is the
-executor's business: `processes` (server on rank 0, clients hosted on ranks 1..N) or
-`vectorized` (all sampled clients at once in one process, torch.func).
+sample counts. The round loop lives in distlab.federated.server and knows no strategy: this
+module maps its Params to a RoundPlan, an aggregate function (strategies/aggregate.py), a
+server step (federated/optimizers.py) and an executor from the EXECUTORS table: `processes`
+(server on rank 0, clients hosted on ranks 1..N), `vectorized` (all sampled clients at once
+in one process) or `sequential` (one after another in one process, as a host does).
 
     distlab run --strategy fedavg --clients 100 --rounds 50 --set strategy.clients_per_round=10
     distlab run --strategy fedavg --clients 4 --workers 4 --partition dirichlet --alpha 0.1
@@ -13,22 +16,31 @@ executor's business: `processes` (server on rank 0, clients hosted on ranks 1..N
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
+from torch import nn
 
 from distlab.data.partition import partition
 from distlab.federated.clients import ClientData, LocalSpec, split_clients
 from distlab.federated.evaluation import local_accuracy, personalized_accuracy
+from distlab.federated.optimizers import ServerOptions, ServerStep, server_step
 from distlab.federated.processes import ProcessExecutor, client_hosts, host_clients
-from distlab.federated.server import train_rounds
+from distlab.federated.sequential import SequentialExecutor
+from distlab.federated.server import RoundPlan, train_rounds
+from distlab.federated.types import Executor, Layout, Updates
 from distlab.federated.vectorized import VectorExecutor, VectorTrainer
+from distlab.strategies.aggregate import AggregatorOptions, get_aggregator, needed_updates
 from distlab.strategies.spec import StrategyBase, StrategySpec
 from distlab.training import flat_params, set_flat_params
 
 if TYPE_CHECKING:
+    from distlab.config import RunConfig
     from distlab.runtime.context import WorkerContext
 
 SERVER = 0
@@ -49,12 +61,16 @@ class Params(StrategyBase):
     local_batch: int | Literal["full"] | None = None
     """Local batch B: a size, 'full' (the whole local set; with E=1 this is FedSGD), or
     None = the run's batch_size."""
-    executor: Literal["auto", "processes", "vectorized"] = "auto"
+    executor: Literal["auto", "processes", "vectorized", "sequential"] = "auto"
     """Where clients train: processes (server on rank 0, clients on ranks 1..workers),
-    vectorized (one process, torch.func), auto = processes when workers > 1 else vectorized."""
-    algorithm: Literal["fedavg", "fedsgd", "fedprox", "fedavgm", "fedadam"] = "fedavg"
+    vectorized (one process, all sampled clients at once), sequential (one process, one
+    client after another, as a host does), auto = processes when workers > 1 else
+    vectorized."""
+    algorithm: Literal[
+        "fedavg", "fedsgd", "fedprox", "fedavgm", "fedadam", "fedadagrad", "fedyogi"
+    ] = "fedavg"
     """fedavg, fedsgd (one full-batch local step), fedprox (proximal term mu), fedavgm
-    (server momentum) or fedadam (server Adam)."""
+    (server momentum), fedadam, fedadagrad or fedyogi (adaptive server optimizers)."""
     aggregator: Literal["mean", "median", "trimmed-mean", "krum"] = "mean"
     """How client models are combined: sample-weighted mean, coordinate-wise median,
     coordinate-wise trimmed mean, or Krum."""
@@ -65,11 +81,11 @@ class Params(StrategyBase):
     server_momentum: float = Field(0.9, ge=0, lt=1)
     """FedAvgM server momentum beta in [0, 1)."""
     beta1: float = Field(0.9, ge=0, lt=1)
-    """FedAdam first-moment decay."""
+    """FedAdam, FedAdagrad, FedYogi first-moment decay."""
     beta2: float = Field(0.99, ge=0, lt=1)
-    """FedAdam second-moment decay."""
+    """FedAdam, FedYogi second-moment decay."""
     tau: float = Field(1e-3, gt=0)
-    """FedAdam adaptivity (the epsilon of Reddi et al. 2021)."""
+    """FedAdam, FedAdagrad, FedYogi adaptivity (the epsilon of Reddi et al. 2021)."""
     trim_ratio: float = Field(0.1, ge=0, lt=0.5)
     """Trimmed mean: fraction of largest and of smallest values dropped per coordinate."""
     krum_f: int = Field(0, ge=0)
@@ -87,22 +103,22 @@ class Params(StrategyBase):
     """Fraction of each client's partition held out as its local test split (0 = none)."""
 
 
-def executor_kind(cfg) -> str:
+def executor_kind(cfg: RunConfig) -> str:
     kind = cfg.strategy.executor
     if kind == "auto":
         return "processes" if cfg.workers > 1 else "vectorized"
     return kind
 
 
-def processes(cfg) -> int:
-    return cfg.workers + 1 if executor_kind(cfg) == "processes" else 1
+def processes(cfg: RunConfig) -> int:
+    return EXECUTORS[executor_kind(cfg)].processes(cfg)
 
 
-def role(cfg, rank: int) -> str:
+def role(cfg: RunConfig, rank: int) -> str:
     return "server" if rank == SERVER else "client-host"
 
 
-def check(cfg) -> None:
+def check(cfg: RunConfig) -> None:
     """Rules that span several fields."""
     p = cfg.strategy
     per_round = p.clients_per_round or p.clients
@@ -110,15 +126,7 @@ def check(cfg) -> None:
         raise ValueError(
             f"strategy.clients_per_round ({p.clients_per_round}) must be <= clients ({p.clients})"
         )
-    kind = executor_kind(cfg)
-    if kind == "processes" and cfg.workers > p.clients:
-        raise ValueError(
-            f"--workers ({cfg.workers}) must be <= clients ({p.clients}): each host needs a client"
-        )
-    if kind == "vectorized" and cfg.workers != 1:
-        raise ValueError(
-            f"executor vectorized runs in one process; --workers must be 1 (got {cfg.workers})"
-        )
+    EXECUTORS[executor_kind(cfg)].check(cfg)
     if p.algorithm == "fedsgd" and (p.local_epochs != 1 or p.local_batch not in (None, "full")):
         raise ValueError(
             "algorithm fedsgd takes one full-batch local step: local_epochs must be 1 and "
@@ -143,7 +151,7 @@ def check(cfg) -> None:
         raise ValueError(f"strategy.local_batch must be >= 1 or 'full' (got {p.local_batch})")
 
 
-def local_spec(cfg) -> LocalSpec:
+def local_spec(cfg: RunConfig) -> LocalSpec:
     p = cfg.strategy
     if p.algorithm == "fedsgd" or p.local_batch == "full":
         batch = None
@@ -160,37 +168,177 @@ def client_data(ctx: WorkerContext, params: Params) -> ClientData:
     return split_clients(parts.indices, params.local_test_fraction, ctx.cfg.seed)
 
 
+# --- the server's rules: Params -> plan, aggregate, server step ---------------------------------
+
+# Each algorithm's server optimizer (federated/optimizers.py); local training differs by
+# local_spec (FedProx's mu, FedSGD's one full batch).
+SERVER_OPTIMIZER = {
+    "fedavg": "sgd",
+    "fedsgd": "sgd",
+    "fedprox": "sgd",
+    "fedavgm": "momentum",
+    "fedadam": "adam",
+    "fedadagrad": "adagrad",
+    "fedyogi": "yogi",
+}
+
+
+def aggregator_options(params: Params) -> AggregatorOptions:
+    return AggregatorOptions(trim_ratio=params.trim_ratio, krum_f=params.krum_f)
+
+
+def round_plan(cfg: RunConfig, params: Params) -> RoundPlan:
+    """The round loop's plan: a round needs min_clients usable updates, and more than
+    2f + 2 under Krum."""
+    needed = needed_updates(params.aggregator, aggregator_options(params))
+    return RoundPlan(
+        rounds=params.rounds,
+        clients=params.clients,
+        clients_per_round=params.clients_per_round or params.clients,
+        seed=cfg.seed,
+        needed=max(params.min_clients, needed),
+        max_retries=params.max_retries,
+        failure_rate=params.client_failure_rate,
+        local_epochs=params.local_epochs,
+        eval_every=cfg.eval_every,
+    )
+
+
+def make_aggregate(params: Params) -> Callable[[Updates], torch.Tensor]:
+    """The configured aggregator over the client models, weighted by sample counts."""
+    rule, options = get_aggregator(params.aggregator), aggregator_options(params)
+
+    def aggregate(updates: Updates) -> torch.Tensor:
+        return rule(updates.params, updates.num_examples, options)
+
+    return aggregate
+
+
+def make_server_step(params: Params) -> ServerStep:
+    options = ServerOptions(
+        lr=params.server_lr,
+        momentum=params.server_momentum,
+        beta1=params.beta1,
+        beta2=params.beta2,
+        tau=params.tau,
+    )
+    return server_step(SERVER_OPTIMIZER[params.algorithm], options)
+
+
+# --- where clients train: one entry per executor ----------------------------------------------
+
+
+@dataclass
+class ClientSetup:
+    """What an executor is built from on its rank: the run's context, the model, the
+    clients' data and how they train locally."""
+
+    ctx: WorkerContext
+    model: nn.Module
+    data: ClientData
+    spec: LocalSpec
+
+    @cached_property
+    def trainer(self) -> VectorTrainer:
+        """Trains many clients at once: the vectorized executor and personalization."""
+        return VectorTrainer(self.model, self.spec, self.ctx.data.x_train, self.ctx.data.y_train)
+
+    def sequential(self) -> SequentialExecutor:
+        x, y = self.ctx.data.x_train, self.ctx.data.y_train
+        return SequentialExecutor(self.model, self.data, self.spec, x, y, self.ctx.cfg.seed)
+
+
+@dataclass(frozen=True)
+class ExecutorKind:
+    """One executor: the processes a run needs, its config rules, the executor the server
+    rank builds, and what every other rank runs (None for a one-process executor)."""
+
+    processes: Callable[[RunConfig], int]
+    check: Callable[[RunConfig], None]
+    start: Callable[[ClientSetup], Executor]
+    host: Callable[[ClientSetup], object] | None = None
+
+
+def one_process(cfg: RunConfig) -> int:
+    return 1
+
+
+def server_and_hosts(cfg: RunConfig) -> int:
+    return cfg.workers + 1
+
+
+def check_one_process(cfg: RunConfig) -> None:
+    if cfg.workers != 1:
+        raise ValueError(
+            f"executor {executor_kind(cfg)} runs in one process; --workers must be 1 "
+            f"(got {cfg.workers})"
+        )
+
+
+def check_hosts(cfg: RunConfig) -> None:
+    clients = cfg.strategy.clients
+    if cfg.workers > clients:
+        raise ValueError(
+            f"--workers ({cfg.workers}) must be <= clients ({clients}): each host needs a client"
+        )
+
+
+def start_processes(setup: ClientSetup) -> ProcessExecutor:
+    owner = client_hosts(setup.ctx.cfg.strategy.clients, setup.ctx.world - 1)
+    return ProcessExecutor(setup.ctx.comm, owner, Layout.of(setup.model))
+
+
+def host_processes(setup: ClientSetup) -> int:
+    return host_clients(setup.ctx.comm, setup.sequential())
+
+
+def start_vectorized(setup: ClientSetup) -> VectorExecutor:
+    return VectorExecutor(setup.trainer, setup.data, setup.ctx.cfg.seed)
+
+
+EXECUTORS: dict[str, ExecutorKind] = {
+    "processes": ExecutorKind(server_and_hosts, check_hosts, start_processes, host_processes),
+    "vectorized": ExecutorKind(one_process, check_one_process, start_vectorized),
+    "sequential": ExecutorKind(one_process, check_one_process, ClientSetup.sequential),
+}
+
+
 def run(ctx: WorkerContext, params: Params) -> None:
-    cfg, data = ctx.cfg, ctx.data
-    model = ctx.build_model()
-    clients = client_data(ctx, params)
-    spec = local_spec(cfg)
-    if executor_kind(cfg) == "processes" and ctx.rank != SERVER:
-        host_clients(ctx.comm, model, clients, spec, data.x_train, data.y_train, cfg.seed)
+    setup = client_setup(ctx, params)
+    if ctx.rank != SERVER:
+        EXECUTORS[executor_kind(ctx.cfg)].host(setup)
         return
-    trainer = VectorTrainer(model, spec, data.x_train, data.y_train)
-    if executor_kind(cfg) == "processes":
-        owner = client_hosts(params.clients, ctx.world - 1)
-        executor = ProcessExecutor(ctx.comm, owner, flat_params(model).numel())
-    else:
-        executor = VectorExecutor(trainer, clients, cfg.seed)
+    final = serve(setup, params, make_evaluator(setup, params))
+    set_flat_params(setup.model, final.clone())
+    ctx.save_model(setup.model)
+
+
+def client_setup(ctx: WorkerContext, params: Params) -> ClientSetup:
+    return ClientSetup(ctx, ctx.build_model(), client_data(ctx, params), local_spec(ctx.cfg))
+
+
+def serve(setup: ClientSetup, params: Params, on_eval) -> torch.Tensor:
+    """The server's rounds on the configured executor; returns the final global parameters."""
+    ctx = setup.ctx
+    executor = EXECUTORS[executor_kind(ctx.cfg)].start(setup)
     try:
-        final = train_rounds(
-            ctx,
-            params,
+        return train_rounds(
+            round_plan(ctx.cfg, params),
             executor,
-            flat_params(model).clone(),
-            make_evaluator(ctx, model, clients, trainer, params),
+            make_aggregate(params),
+            make_server_step(params),
+            flat_params(setup.model).clone(),
+            ctx.recorder,
+            on_eval,
         )
     finally:
         executor.close()
-    set_flat_params(model, final.clone())
-    ctx.save_model(model)
 
 
-def make_evaluator(ctx: WorkerContext, model, clients: ClientData, trainer, params: Params):
+def make_evaluator(setup: ClientSetup, params: Params):
     """on_eval(round, global): test-set eval event with the clients' mean local accuracy and,
     after the last round, their mean accuracy after `finetune` personalization steps."""
+    ctx, model, clients = setup.ctx, setup.model, setup.data
     x, y = ctx.data.x_train, ctx.data.y_train
     local = params.local_test_fraction > 0
 
@@ -200,7 +348,9 @@ def make_evaluator(ctx: WorkerContext, model, clients: ClientData, trainer, para
         if local:
             extra["client_accuracy"] = nanmean(local_accuracy(model, clients, x, y))
         if local and params.finetune and round_ == params.rounds:
-            acc = personalized_accuracy(trainer, current, clients, params.finetune, ctx.cfg.seed)
+            acc = personalized_accuracy(
+                setup.trainer, current, clients, params.finetune, ctx.cfg.seed
+            )
             extra["personalized_accuracy"] = nanmean(acc)
         ctx.evaluate(model, round=round_, **extra)
 
