@@ -14,7 +14,7 @@ from typing import Any
 
 from distlab.config import RunConfig, validate_config
 from distlab.data.datasets import load_dataset
-from distlab.metrics import EventTail, merge_events, read_events
+from distlab.metrics import merge_events, read_events
 from distlab.runtime import launch
 from distlab.strategies import StrategySpec, get_spec
 from distlab.summary import summarize
@@ -44,7 +44,11 @@ def run(
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Validate, launch and summarize one run. Bad input raises ValueError before anything
-    is written; a failed rank raises launch.RunFailed after the run directory is finalized."""
+    is written; a failed rank raises launch.RunFailed after the run directory is finalized;
+    Ctrl-C and SIGTERM raise launch.RunInterrupted and launch.RunTerminated after it is.
+    `on_event` gets the lead rank's events and {"kind": "status", "text": ...} lines while
+    the run starts."""
+    launch.refuse_worker_import()
     # A RunConfig built directly skipped the strategy's cross-field checks: validate again.
     data = config.model_dump() if isinstance(config, RunConfig) else dict(config)
     cfg = validate_config(data)
@@ -60,12 +64,13 @@ def run(
     if external is None:
         check_process_count(cfg, world)
     launch.resolve_device(cfg)
+    launch.notify(on_event if _leads(external) else None, "loading data")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     check_model_input(cfg, data)
     # Partitioning can refuse the config (more clients than samples): before any writing.
     split = spec.data_partition(cfg, data.y_train.cpu().numpy())
     if external is not None:
-        return _run_external(cfg, spec, external, overwrite, start)
+        return _run_external(cfg, spec, external, overwrite, start, data, split, on_event)
     run_dir = prepare_run_dir(cfg, overwrite)
     record_partition(run_dir, split)
     return _run_local(cfg, spec, world, run_dir, start, data, on_event)
@@ -107,50 +112,94 @@ def check_model_input(cfg: RunConfig, data) -> None:
 def record_partition(run_dir: Path, split) -> None:
     """partition.json and its plot, for every run whose data is divided among workers."""
     if split is not None and len(split.indices) > 1:
-        from distlab.report import write_partition_record
+        from distlab.rundir import write_partition_record
 
         write_partition_record(run_dir, split)
 
 
 def _run_local(cfg, spec, world, run_dir, start, data, on_event) -> RunResult:
-    status = "failed"
-    try:
-        if world == 1:
-            launch.run_inline(cfg, run_dir, start, data, on_event)
-        else:
-            tail = EventTail(run_dir / "events" / "rank-0.jsonl", on_event)
-            launch.launch_local(cfg, world, run_dir, start, on_poll=tail.poll)
-            tail.poll()
-        status = "completed"
-    except (KeyboardInterrupt, launch.RunInterrupted):
-        status = "interrupted"
-        raise launch.RunInterrupted(f"interrupted; partial run kept in {run_dir}") from None
-    finally:
-        finish_run(cfg, spec, run_dir, world, start, status)
+    status, failure = "failed", None
+    with launch.sigterm_raises():
+        try:
+            if world == 1:
+                launch.run_inline(cfg, run_dir, start, data, on_event)
+            else:
+                launch.launch_local(cfg, world, run_dir, start, on_event)
+            status = "completed"
+        except launch.RunFailed as exc:
+            failure = exc
+            raise
+        except (KeyboardInterrupt, launch.Terminated, launch.RunInterrupted) as exc:
+            stopped = launch.stopped_error(exc, run_dir)
+            status = stopped.status
+            raise stopped from None
+        except launch.MainNotGuarded:
+            status = None  # no run took place: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            launch.hold_sigterm()
+            if status is not None:
+                finish_run(cfg, spec, run_dir, world, start, status, failure)
     return load_run(run_dir)
 
 
-def _run_external(cfg, spec, external, overwrite, start) -> RunResult:
+def _leads(external: tuple[int, int, int] | None) -> bool:
+    """Whether this process speaks for the run (prints, reports status): rank 0 of a
+    launcher-started run, or the only caller of a local one."""
+    return external is None or external[0] == 0
+
+
+def _run_external(cfg, spec, external, overwrite, start, data, split, on_event) -> RunResult:
     rank, world, local_rank = external
-    run_dir = launch.join_external(
-        cfg, rank, world, local_rank, lambda: prepare_run_dir(cfg, overwrite), start
-    )
-    if rank == 0:
-        finish_run(cfg, spec, run_dir, world, start, "completed")
+
+    def prepare() -> Path:
+        run_dir = prepare_run_dir(cfg, overwrite)
+        record_partition(run_dir, split)
+        return run_dir
+
+    def finish(run_dir: Path, status: str, failure: launch.RunFailed | None) -> None:
+        finish_run(cfg, spec, run_dir, world, start, status, failure)
+
+    with launch.sigterm_raises(ignore_after_error=_leads(external)):
+        run_dir = launch.join_external(
+            cfg,
+            rank,
+            world,
+            local_rank,
+            prepare,
+            finish,
+            start,
+            data,
+            on_event if _leads(external) else None,
+        )
+    if _leads(external):
         return load_run(run_dir)
+    # rank 0 holds the record: this rank's result has no summary or events
     return RunResult(run_dir, {}, [], json.loads(cfg.to_json()))
 
 
 def finish_run(
-    cfg: RunConfig, spec: StrategySpec, run_dir: Path, world: int, start: float, status: str
+    cfg: RunConfig,
+    spec: StrategySpec,
+    run_dir: Path,
+    world: int,
+    start: float,
+    status: str,
+    failure: launch.RunFailed | None = None,
 ) -> None:
-    """Merge the ranks' events and write summary.json, whatever the run's outcome."""
+    """Merge the ranks' events and write summary.json, whatever the run's outcome. A failed
+    run's `error` is the one-line cause (the rank that caused it); `rank_errors` keeps what
+    each rank reported, its peers' connection errors included."""
     files = sorted((run_dir / "events").glob("rank-*.jsonl"))
     events = merge_events(files, run_dir / "events.jsonl")
     summary = summarize(cfg, spec, events, world, time.time() - start, status, run_dir)
-    errors = sorted((run_dir / "errors").glob("rank-*.json"))
-    if errors:
-        summary["errors"] = [json.loads(p.read_text())["message"] for p in errors]
+    if failure is not None:
+        summary["error"] = str(failure)
+        summary["rank_errors"] = [
+            {"rank": rank, "message": message}
+            for rank, message in sorted(failure.rank_errors.items())
+        ]
     _write_json(run_dir / "summary.json", summary)
 
 

@@ -203,7 +203,11 @@ def run(
 
     flags = {FLAG_KEYS[k]: v for k, v in locals().items() if k in FLAG_KEYS}
     cfg = build_config(config, flags, set_ or [])
-    progress = None if (quiet or as_json) else _progress()
+    from distlab.runtime.launch import is_follower
+
+    # Under torchrun, mpirun or Slurm every rank runs this command; rank 0 speaks for the run.
+    follower = is_follower()
+    progress = None if (quiet or as_json or follower) else _progress()
     try:
         result = run_api(
             cfg, overwrite=overwrite, on_event=_progress_hook(progress) if progress else None
@@ -211,6 +215,8 @@ def run(
     finally:
         if progress is not None and progress.live.is_started:
             progress.stop()
+    if follower:
+        return
     if as_json:
         print(json.dumps(result.summary, indent=2))
     elif not quiet:
@@ -416,7 +422,7 @@ def partition_data(
     from distlab.config import describe_error
     from distlab.data.datasets import load_dataset
     from distlab.data.partition import make_scheme, partition, partition_metrics
-    from distlab.report import check_plot, plot_partition
+    from distlab.plots import check_plot, plot_partition
 
     if plot is not None:
         check_plot(plot, kind)
@@ -514,7 +520,9 @@ def main(argv: list[str] | None = None) -> None:
     # With no arguments show the full help (exit 0), not a usage error squeezed into one line.
     try:
         code = command.main(args=args or ["--help"], prog_name="distlab", standalone_mode=False)
-    except (typer.Abort, KeyboardInterrupt, RunInterrupted) as exc:
+    except RunInterrupted as exc:  # Ctrl-C exits 130, SIGTERM 143, as the shell reports them
+        _fail(str(exc), exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt) as exc:
         _fail(str(exc) or "interrupted", 130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -547,7 +555,11 @@ def _usage_message(exc: Exception) -> str:
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    from distlab.runtime.launch import is_follower
+
+    # Under a launcher every rank reaches the same error; rank 0 prints it once.
+    if not is_follower():
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
 
 

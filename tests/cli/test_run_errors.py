@@ -285,6 +285,13 @@ def test_api_refuses_existing_run_directory(tmp_path):
     (tmp_path / "runs" / "r1").mkdir(parents=True)
 
     with pytest.raises(ValueError, match=r"run directory .*r1' exists"):
-        run({"dataset": "synthetic", "out_dir": str(tmp_path / "runs"), "name": "r1"})
+        run(
+            {
+                "dataset": "synthetic",
+                "model": "mlp",
+                "out_dir": str(tmp_path / "runs"),
+                "name": "r1",
+            }
+        )
 
     assert list((tmp_path / "runs" / "r1").iterdir()) == []

@@ -58,6 +58,20 @@ def finish(proc: subprocess.Popen, limit: float = 30) -> tuple[int, str, float]:
     return proc.returncode, err, time.monotonic() - begin
 
 
+def read_summary(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "r" / "summary.json").read_text())
+
+
+def assert_error_recorded(summary: dict, err: str) -> None:
+    """summary.json names the same cause as the one line on stderr, and keeps the ranks' own
+    messages apart from it (no bare exit codes of ranks that were stopped)."""
+    assert err.strip() == f"error: run failed: {summary['error']}"
+    assert "errors" not in summary
+    for entry in summary["rank_errors"]:
+        assert set(entry) == {"rank", "message"}
+        assert "143" not in entry["message"]
+
+
 def assert_no_orphans(pids: list[int]) -> None:
     time.sleep(0.5)
     alive = [
@@ -79,9 +93,12 @@ def test_sigkill_of_a_worker_names_the_rank(tmp_path):
     assert seconds < 30
     assert "rank 1" in err and "SIGKILL" in err
     assert_no_orphans([victim, other])
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    summary = read_summary(tmp_path)
     assert summary["status"] == "failed"
     assert summary["steps"] > 0  # events written before the failure are kept
+    assert summary["error"] == "rank 1 died (killed by SIGKILL)"
+    assert_error_recorded(summary, err)
+    assert all(e["rank"] != 1 for e in summary["rank_errors"])  # the dead rank said nothing
 
 
 def test_a_rank_that_raises_is_named(tmp_path):
@@ -90,6 +107,12 @@ def test_a_rank_that_raises_is_named(tmp_path):
     assert code == 1
     assert "rank 1 failed: RuntimeError: injected fault at step 5" in err
     assert len(err.strip().splitlines()) == 1
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "failed"
+    assert summary["error"] == "rank 1 failed: RuntimeError: injected fault at step 5"
+    assert_error_recorded(summary, err)
+    own = {"rank": 1, "message": "RuntimeError: injected fault at step 5"}
+    assert own in summary["rank_errors"]
 
 
 def test_a_rank_that_exits_at_once_is_named(tmp_path):
@@ -120,6 +143,11 @@ def test_a_stuck_rank_is_named_after_the_collective_timeout(tmp_path):
     assert seconds < 30
     assert "rank 1 is stuck" in err
     assert_no_orphans(pids)
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith("rank 1 is stuck: no response within the 4 s")
+    assert_error_recorded(summary, err)
+    assert all(e["rank"] != 1 for e in summary["rank_errors"])  # the stuck rank said nothing
 
 
 def test_ctrl_c_stops_every_process_and_marks_the_run(tmp_path):
@@ -130,8 +158,10 @@ def test_ctrl_c_stops_every_process_and_marks_the_run(tmp_path):
     assert code == 130
     assert "interrupted" in err
     assert_no_orphans(pids)
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    summary = read_summary(tmp_path)
     assert summary["status"] == "interrupted"
+    # stopping the ranks is no error of theirs: no list of their exit codes
+    assert not {"error", "errors", "rank_errors"} & set(summary)
 
 
 def test_killing_the_parent_leaves_no_workers(tmp_path):

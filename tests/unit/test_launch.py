@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from tests.conftest import make_config
 
-from distlab.runtime.launch import _is_peer_error, external_env, thread_count
+from distlab.runtime.launch import (
+    _describe_reports,
+    _is_peer_error,
+    _rendezvous_failure,
+    external_env,
+    local_world_size,
+    thread_count,
+)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +35,19 @@ from distlab.runtime.launch import _is_peer_error, external_env, thread_count
 )
 def test_external_env_reads_each_launcher(env, expected):
     assert external_env(env) == expected
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"LOCAL_WORLD_SIZE": "2"}, 2),  # torchrun
+        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, 4),
+        ({"SLURM_NTASKS_PER_NODE": "2(x3)"}, 2),  # Slurm's "2 tasks on each of 3 nodes"
+        ({}, 8),  # unknown: every process on this machine
+    ],
+)
+def test_local_world_size_reads_each_launcher(env, expected):
+    assert local_world_size(8, env) == expected
 
 
 def test_thread_count_divides_the_cores(tmp_path, monkeypatch):
@@ -74,3 +94,48 @@ def test_a_context_without_a_process_group_trains_a_strategy():
     assert isinstance(ctx.comm, SoloCommunicator) and ctx.comm.stats()["bytes_sent"] == 0
     assert sum(e["kind"] == "step" for e in events) == 63  # ceil(2000 / 32)
     assert [e for e in events if e["kind"] == "eval"][-1]["accuracy"] > 0.5
+
+
+PEER = "RuntimeError: Connection closed by peer [127.0.0.1]:1234"
+TIMEOUT = "RuntimeError: Timed out waiting 5000ms for send operation to complete"
+
+
+@pytest.mark.parametrize(
+    "reports, expected",
+    [
+        (  # a rank's own error wins over its peers' connection errors
+            {0: (False, PEER), 1: (False, "RuntimeError: injected fault at step 20")},
+            "rank 1 failed: RuntimeError: injected fault at step 20",
+        ),
+        (  # the others timed out waiting and one rank never answered
+            {0: (False, TIMEOUT), 2: (False, TIMEOUT)},
+            f"rank 1 is stuck: no response within the 30 s collective timeout (rank 0 "
+            f"reported: {TIMEOUT})",
+        ),
+        (  # the connection dropped and one rank never answered
+            {0: (False, PEER), 2: (True, "")},
+            f"rank 1 died without a report (rank 0 reported: {PEER})",
+        ),
+        (  # rank 0 was stopped by the launcher after rank 1 died
+            {0: (True, "")},
+            "rank 1 died without a report (others stopped)",
+        ),
+    ],
+)
+def test_reports_of_an_external_run_name_the_rank_that_caused_it(reports, expected):
+    world = 3 if 2 in reports else 2
+    assert _describe_reports(reports, world, 30.0) == expected
+
+
+def test_rendezvous_timeout_says_how_many_joined(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "node1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    store = "Timed out after 31 seconds waiting for clients. 1/4 clients joined."
+    client = "The client socket has timed out after 30000ms while trying to connect to (node1)."
+
+    assert _rendezvous_failure(store, 4, 30.0) == (
+        "rendezvous timed out: 1 of 4 processes joined within 30 s"
+    )
+    assert _rendezvous_failure(client, 4, 30.0) == (
+        "rendezvous failed: rank 0 did not answer at node1:29500 within 30 s"
+    )
