@@ -1,4 +1,9 @@
-"""The Python face of distlab: run(config) -> RunResult, load_run(path)."""
+"""The Python face of distlab: run(config) -> RunResult, load_run(path).
+
+`run` validates the config, resolves the strategy's spec once, checks everything that can be
+checked before a process starts, prepares the run directory and hands a `Job` to a launcher;
+whatever the outcome, it merges the events and writes summary.json.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +13,24 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distlab.config import RunConfig, validate_config
 from distlab.data.datasets import load_dataset
-from distlab.metrics import merge_events, read_events
+from distlab.metrics import merge_events
+from distlab.rundir import (
+    RunResult,
+    load_run,
+    prepare_run_dir,
+    write_json,
+    write_partition_record,
+)
 from distlab.runtime import launch
-from distlab.strategies import StrategySpec, get_spec
+from distlab.strategies import StrategySpec, get_spec, spec_ref
 from distlab.summary import summarize
 
 __all__ = ["RunConfig", "RunResult", "load_run", "run", "prepare_run_dir"]
-
-
-@dataclass
-class RunResult:
-    """A finished (or failed) run: its directory, summary and events."""
-
-    run_dir: Path
-    summary: dict[str, Any]
-    events: list[dict[str, Any]]
-    config: dict[str, Any]
-
-    def frame(self):
-        """Events as a pandas DataFrame (pandas is needed for this one method)."""
-        import pandas as pd
-
-        return pd.DataFrame(self.events)
 
 
 def run(
@@ -69,11 +64,20 @@ def run(
     check_model_input(cfg, data)
     # Partitioning can refuse the config (more clients than samples): before any writing.
     split = spec.data_partition(cfg, data.y_train.cpu().numpy())
+    job = make_job(cfg, spec, world)
     if external is not None:
-        return _run_external(cfg, spec, external, overwrite, start, data, split, on_event)
+        return _run_external(cfg, spec, job, external, overwrite, start, data, split, on_event)
+    launcher = launch.local_launcher(spec.launcher, job)
     run_dir = prepare_run_dir(cfg, overwrite)
     record_partition(run_dir, split)
-    return _run_local(cfg, spec, world, run_dir, start, data, on_event)
+    return _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event)
+
+
+def make_job(cfg: RunConfig, spec: StrategySpec, world: int) -> launch.Job:
+    """What the launcher runs: the spec by reference (each process imports it), each rank's
+    role and the lead rank."""
+    roles = tuple(spec.role(cfg, rank) for rank in range(world))
+    return launch.Job(spec_ref(spec.name), roles, spec.lead(cfg))
 
 
 # More local processes than this many per core is almost surely a typo (--workers 5000).
@@ -112,19 +116,14 @@ def check_model_input(cfg: RunConfig, data) -> None:
 def record_partition(run_dir: Path, split) -> None:
     """partition.json and its plot, for every run whose data is divided among workers."""
     if split is not None and len(split.indices) > 1:
-        from distlab.rundir import write_partition_record
-
         write_partition_record(run_dir, split)
 
 
-def _run_local(cfg, spec, world, run_dir, start, data, on_event) -> RunResult:
+def _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event) -> RunResult:
     status, failure = "failed", None
     with launch.sigterm_raises():
         try:
-            if world == 1:
-                launch.run_inline(cfg, run_dir, start, data, on_event)
-            else:
-                launch.launch_local(cfg, world, run_dir, start, on_event)
+            launcher(cfg, job, run_dir, start, data, on_event)
             status = "completed"
         except launch.RunFailed as exc:
             failure = exc
@@ -140,7 +139,7 @@ def _run_local(cfg, spec, world, run_dir, start, data, on_event) -> RunResult:
         finally:
             launch.hold_sigterm()
             if status is not None:
-                finish_run(cfg, spec, run_dir, world, start, status, failure)
+                finish_run(cfg, spec, run_dir, job.world, start, status, failure)
     return load_run(run_dir)
 
 
@@ -150,7 +149,7 @@ def _leads(external: tuple[int, int, int] | None) -> bool:
     return external is None or external[0] == 0
 
 
-def _run_external(cfg, spec, external, overwrite, start, data, split, on_event) -> RunResult:
+def _run_external(cfg, spec, job, external, overwrite, start, data, split, on_event) -> RunResult:
     rank, world, local_rank = external
 
     def prepare() -> Path:
@@ -164,8 +163,8 @@ def _run_external(cfg, spec, external, overwrite, start, data, split, on_event) 
     with launch.sigterm_raises(ignore_after_error=_leads(external)):
         run_dir = launch.join_external(
             cfg,
+            job,
             rank,
-            world,
             local_rank,
             prepare,
             finish,
@@ -200,74 +199,4 @@ def finish_run(
             {"rank": rank, "message": message}
             for rank, message in sorted(failure.rank_errors.items())
         ]
-    _write_json(run_dir / "summary.json", summary)
-
-
-def default_name(cfg: RunConfig) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.strategy.name}-{cfg.dataset}-{cfg.model}-{stamp}"
-
-
-def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
-    """Create OUT_DIR/NAME and write config.json; refuse an existing one unless overwrite."""
-    out = Path(cfg.out_dir)
-    name = cfg.name or default_name(cfg)
-    run_dir = out / name
-    if run_dir.exists() and cfg.name is None:
-        run_dir = _unique(out, name)
-    elif run_dir.exists() and not overwrite:
-        raise ValueError(f"run directory {str(run_dir)!r} exists (use --overwrite to replace it)")
-    elif run_dir.exists() and not (run_dir / "config.json").is_file():
-        # --overwrite deletes the directory: never one that is not a run (a typo in --name).
-        raise ValueError(f"{str(run_dir)!r} is not a run directory; --overwrite replaces runs only")
-    _check_writable(out)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    (run_dir / "events").mkdir(parents=True)
-    (run_dir / "config.json").write_text(cfg.to_json() + "\n")
-    return run_dir
-
-
-def _unique(out: Path, name: str) -> Path:
-    n = 2
-    while (out / f"{name}-{n}").exists():
-        n += 1
-    return out / f"{name}-{n}"
-
-
-def _check_writable(out: Path) -> None:
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"out_dir {str(out)!r} is not writable")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"out_dir {str(out)!r} is not writable: {exc.strerror}") from None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def load_run(path: str | Path) -> RunResult:
-    """Read a run directory written by `run`."""
-    run_dir = Path(path)
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        raise ValueError(f"{str(run_dir)!r} is not a finished run directory (no summary.json)")
-    summary, config = _read_json(summary_file), _read_json(run_dir / "config.json")
-    return RunResult(run_dir, summary, read_events(run_dir / "events.jsonl"), config)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    # A run directory copied in part or cut off by a crash gets one line, not a traceback.
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{str(path)!r} is not valid JSON ({exc})") from None
+    write_json(run_dir / "summary.json", summary)

@@ -105,8 +105,9 @@ def test_show_prints_the_summary(default_run, capsys):
     table = capsys.readouterr().out
 
     assert info.value.code == 0
-    assert "final accuracy" in table and f"{summary['final_accuracy']:.4f}" in table
-    assert "lenet" in table and "44426" in table
+    shown = f"{summary['final_accuracy']:.4f}".rstrip("0").rstrip(".")  # no trailing zeros
+    assert "final accuracy" in table and f" {shown} " in table
+    assert "lenet" in table and "44,426" in table
 
 
 def test_show_json(default_run, capsys):

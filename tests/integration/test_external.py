@@ -83,7 +83,7 @@ def test_script_without_main_guard_gets_one_error_naming_the_fix(tmp_path):
     assert done.returncode == 1 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) < 15, done.stderr  # the parent's traceback, nothing from the workers
-    assert lines[-1].startswith("distlab.runtime.launch.MainNotGuarded: ")
+    assert lines[-1].startswith("distlab.runtime.failures.MainNotGuarded: ")
     assert 'call distlab.run under `if __name__ == "__main__":`' in lines[-1]
     assert str(script) in lines[-1]
     assert done.stderr.count("Traceback") == 1

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distlab.api import finish_run, load_run, prepare_run_dir, run
+from distlab.api import finish_run, load_run, make_job, prepare_run_dir, run
 from distlab.cli import main
 from distlab.config import validate_config
 from distlab.data.datasets import load_dataset, make_synthetic
@@ -240,7 +240,8 @@ def test_ten_thousand_virtual_clients_fit_in_one_process(tmp_path):
     run_dir = prepare_run_dir(cfg)
     start = time.time()
     # the registered synthetic set has 2000 samples; 10,000 clients need more
-    run_inline(cfg, run_dir, start, make_synthetic(samples=20_000))
+    job = make_job(cfg, get_spec("fedavg"), 1)
+    run_inline(cfg, job, run_dir, start, make_synthetic(samples=20_000))
     finish_run(cfg, get_spec("fedavg"), run_dir, 1, start, "completed")
     summary = load_run(run_dir).summary
 

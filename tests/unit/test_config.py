@@ -197,7 +197,10 @@ def test_build_config_set_values_are_typed():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["nope=1"], r"unknown config key 'nope' \(allowed: name, dataset, .*save_model\)"),
+        (
+            ["nope=1"],
+            r"unknown config key 'nope' \(allowed: name, dataset, .*save_model, oversubscribe\)",
+        ),
         (["optimizer.beta=1"], r"'optimizer.beta' \(allowed: name, lr, momentum, weight_decay\)"),
         (["strategy.mode=async"], r"'strategy.mode' for strategy 'centralized' \(allowed: name\)"),
         (["partition.alpha=1"], r"'partition.alpha' for scheme 'iid' \(allowed: scheme\)"),

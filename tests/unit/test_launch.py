@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from tests.conftest import make_config
 
-from distlab.runtime.launch import (
+from distlab.runtime.failures import is_peer_error
+from distlab.runtime.launchers.external import (
     _describe_reports,
-    _is_peer_error,
     _rendezvous_failure,
     external_env,
     local_world_size,
-    thread_count,
 )
+from distlab.runtime.worker import thread_count
 
 
 @pytest.mark.parametrize(
@@ -58,9 +58,9 @@ def test_thread_count_divides_the_cores(tmp_path, monkeypatch):
 
 
 def test_peer_errors_are_told_from_a_rank_own_error():
-    assert _is_peer_error("Connection closed by peer [127.0.0.1]:1234")
-    assert _is_peer_error("Timed out waiting 5000ms for recv operation")
-    assert not _is_peer_error("RuntimeError: injected fault at step 5")
+    assert is_peer_error("Connection closed by peer [127.0.0.1]:1234")
+    assert is_peer_error("Timed out waiting 5000ms for recv operation")
+    assert not is_peer_error("RuntimeError: injected fault at step 5")
 
 
 def test_partition_schemes_other_than_iid_are_for_federated_strategies(tmp_path):

@@ -1,0 +1,132 @@
+"""How a run ends when it does not complete: the exceptions, and each rank's error report.
+
+A rank that fails writes errors/rank-R.json (type, first line, traceback); the launcher that
+watches the ranks reads them back and names the rank that caused the failure.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+import traceback
+from pathlib import Path
+
+PEER_ERROR_HINTS = ("connection", "timed out", "timeout", "socket", "peer", "gloo", "closed")
+
+TIMEOUT_HINTS = ("timed out", "timeout")
+
+# Spawned workers are named so; one that re-imports an unguarded script exits with this code
+# (sysexits' EX_CONFIG), which no other path of a worker uses.
+WORKER_NAME = "distlab-rank-"
+
+UNGUARDED_EXIT = 78
+
+
+class RunFailed(RuntimeError):
+    """A rank died, raised or got stuck; the message names it. `rank_errors` holds what the
+    ranks themselves reported before the run was stopped: {rank: "Type: message"}."""
+
+    def __init__(self, message: str, rank_errors: dict[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.rank_errors = rank_errors or {}
+
+
+class RunInterrupted(RuntimeError):
+    """The user pressed Ctrl-C; every process was stopped."""
+
+    status, exit_code = "interrupted", 130
+
+
+class RunTerminated(RunInterrupted):
+    """SIGTERM stopped the run (kill, timeout, Slurm's scancel, docker stop); every process was
+    stopped and the run recorded, as after Ctrl-C."""
+
+    status, exit_code = "terminated", 143
+
+
+class Terminated(BaseException):
+    """Raised by SIGTERM in the main thread while a run is in progress. Like KeyboardInterrupt
+    it is no Exception, so no `except Exception` takes it for a failed rank."""
+
+
+class MainNotGuarded(ValueError):
+    """The script calls distlab.run when imported, so every spawned worker, which imports the
+    main script again, called it too."""
+
+
+def unguarded_message() -> str:
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    where = f" in {main}" if main else ""
+    return (
+        "distlab.run was called again by the worker processes, which import the main script "
+        f'anew: call distlab.run under `if __name__ == "__main__":`{where}'
+    )
+
+
+def refuse_worker_import() -> None:
+    """Stop a spawned process that is importing the main script (before it runs its target)
+    from starting a run of its own. One of our workers exits quietly with UNGUARDED_EXIT and
+    the parent reports the fix once; another program's worker gets the error itself."""
+    process = multiprocessing.current_process()
+    # multiprocessing sets _inheriting while a spawn or forkserver child re-imports __main__
+    # (parent_process() is still None then); it is what multiprocessing itself checks to
+    # refuse starting processes at that moment.
+    if not getattr(process, "_inheriting", False):
+        return
+    if process.name.startswith(WORKER_NAME):
+        raise SystemExit(UNGUARDED_EXIT)
+    raise RuntimeError(unguarded_message())
+
+
+def stopped_error(exc: BaseException, run_dir: Path) -> RunInterrupted:
+    """The exception a run stopped by SIGTERM (Terminated) or Ctrl-C ends with."""
+    if isinstance(exc, Terminated | RunTerminated):
+        return RunTerminated(f"terminated by SIGTERM; partial run kept in {run_dir}")
+    return RunInterrupted(f"interrupted; partial run kept in {run_dir}")
+
+
+def is_peer_error(message: str) -> bool:
+    low = message.lower()
+    return any(hint in low for hint in PEER_ERROR_HINTS)
+
+
+def is_timeout(message: str) -> bool:
+    low = message.lower()
+    return any(hint in low for hint in TIMEOUT_HINTS)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def error_path(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / "errors" / f"rank-{rank}.json"
+
+
+def read_error(run_dir: Path, rank: int) -> str:
+    try:
+        info = json.loads(error_path(run_dir, rank).read_text())
+    except (OSError, ValueError):
+        return ""
+    return f"{info['type']}: {info['message']}"
+
+
+def read_errors(run_dir: Path, ranks) -> dict[int, str]:
+    """{rank: "Type: message"} of the ranks that reported an error."""
+    found = {rank: read_error(run_dir, rank) for rank in ranks}
+    return {rank: message for rank, message in found.items() if message}
+
+
+def write_error(run_dir: Path, rank: int, exc: BaseException) -> None:
+    path = error_path(run_dir, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    info = {
+        "rank": rank,
+        "type": type(exc).__name__,
+        "message": message[:500],
+        "traceback": traceback.format_exc(),
+    }
+    path.write_text(json.dumps(info))

@@ -1,0 +1,1 @@
+"""Launchers, one module each: inline, spawn, external (see runtime/launch.py)."""

@@ -1,0 +1,305 @@
+"""The external launcher: join processes started by torchrun, mpirun or Slurm.
+
+Every process enters the same command; its rank comes from the launcher's environment. The
+ranks agree on each check before the run starts (rank 0 prepares the run directory and
+broadcasts its path or its error), and a failing rank reports through the launcher's store,
+which outlives it, so rank 0 names the cause and writes the record as the spawn launcher
+does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from distlab.config import RunConfig
+from distlab.data.datasets import Dataset
+from distlab.runtime.failures import (
+    RunFailed,
+    RunInterrupted,
+    RunTerminated,
+    Terminated,
+    first_line,
+    is_peer_error,
+    is_timeout,
+    stopped_error,
+    write_error,
+)
+from distlab.runtime.signals import hold_sigterm
+from distlab.runtime.worker import Job, notify, resolve_device, run_worker, thread_count
+
+# Seconds rank 0 of an externally launched run waits for the other ranks' reports of a failure.
+REPORT_WAIT_SECONDS = 3.0
+
+
+def external_env(environ: dict[str, str] | None = None) -> tuple[int, int, int] | None:
+    """(rank, world, local_rank) when a launcher started this process, else None."""
+    env = os.environ if environ is None else environ
+    for rank_key, world_key, local_key in (
+        ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+        ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+        ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+    ):
+        if rank_key in env and world_key in env and int(env[world_key]) > 1:
+            return int(env[rank_key]), int(env[world_key]), int(env.get(local_key, 0))
+    return None
+
+
+def local_world_size(world: int, environ: dict[str, str] | None = None) -> int:
+    """How many of the run's processes share this machine (for the default thread count)."""
+    env = os.environ if environ is None else environ
+    for key in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        if env.get(key, "").isdigit() and int(env[key]) > 0:
+            return int(env[key])
+    per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # Slurm writes "2(x3)"
+    return int(per_node) if per_node.isdigit() and int(per_node) > 0 else world
+
+
+def is_follower() -> bool:
+    """True in a launcher-started process other than rank 0: it leaves all output to rank 0."""
+    env = external_env()
+    return env is not None and env[0] != 0
+
+
+def join_external(
+    cfg: RunConfig,
+    job: Job,
+    rank: int,
+    local_rank: int,
+    prepare: Callable[[], Path],
+    finish: Callable[[Path, str, RunFailed | None], None],
+    start: float,
+    data: Dataset | None = None,
+    on_event: Callable | None = None,
+) -> Path:
+    """Enter the run from a launcher's process and return the run directory.
+
+    Rank 0 prepares the run directory and tells every rank its path or its error, so bad
+    input ends every rank with the same ValueError. Once the run has started, rank 0 calls
+    `finish(run_dir, status, failure)` whatever the outcome; a failed rank reports through
+    the launcher's store, which outlives it, so RunFailed on rank 0 names the rank that
+    caused the failure. SIGTERM (Terminated) ends every rank with RunTerminated."""
+    world = job.world
+    torch.set_num_threads(thread_count(cfg, local_world_size(world)))
+    device = resolve_device(cfg, local_rank)
+    notify(on_event, f"waiting for {world} processes to join")
+    try:
+        store = rendezvous(cfg, rank, world)
+        _init_group(cfg, rank, world, device, store)
+    except Terminated:
+        raise RunTerminated("terminated while the processes were joining") from None
+    shared = dist.PrefixStore("distlab", store)
+    try:
+        run_dir = Path(_agree_or_stop(prepare, rank, device))
+        _run_reporting(cfg, job, rank, local_rank, run_dir, start, data, shared, finish, on_event)
+    finally:
+        dist.destroy_process_group()
+    return run_dir
+
+
+def rendezvous(cfg: RunConfig, rank: int, world: int) -> dist.Store:
+    """Join the launcher's store at MASTER_ADDR:MASTER_PORT (rank 0 hosts it unless the
+    launcher's agent does). Missing peers end in one line saying how many joined."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    timeout = timedelta(seconds=cfg.timeout)
+    try:
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+    except dist.DistError as exc:
+        raise RunFailed(_rendezvous_failure(str(exc), world, cfg.timeout)) from None
+    return store
+
+
+def _rendezvous_failure(message: str, world: int, timeout: float) -> str:
+    joined = re.search(r"(\d+)/\d+ clients joined", message)
+    if joined:  # rank 0, which hosts the store, counts itself among the clients
+        return f"rendezvous timed out: {joined[1]} of {world} processes joined within {timeout:g} s"
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    return f"rendezvous failed: rank 0 did not answer at {where} within {timeout:g} s"
+
+
+def _init_group(cfg: RunConfig, rank: int, world: int, device: torch.device, store) -> None:
+    try:
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            # the prefix torch gives the default group's keys when it makes the store itself
+            store=dist.PrefixStore("default_pg", store),
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=cfg.timeout),
+        )
+    except RuntimeError as exc:  # DistError, or gloo's own when a peer never connects
+        raise RunFailed(
+            f"rendezvous timed out: not all {world} processes set up the process group within "
+            f"{cfg.timeout:g} s ({first_line(exc)})"
+        ) from None
+
+
+# Rank 0's answer to a check, broadcast to every rank.
+AGREED, BAD_INPUT, BROKEN = 0, 1, 2
+
+
+def _agree_or_stop(step: Callable[[], object], rank: int, device: torch.device) -> str:
+    try:
+        return agree(step, rank, device)
+    except Terminated:
+        raise RunTerminated("terminated while the run was being prepared") from None
+
+
+def agree(step: Callable[[], object], rank: int, device: torch.device) -> str:
+    """Run `step` on rank 0 and give every rank its result as text, or raise its error on
+    every rank: ValueError (bad input) as ValueError, anything else as RunFailed."""
+    kind, text = AGREED, ""
+    if rank == 0:
+        try:
+            text = str(step())
+        except ValueError as exc:
+            kind, text = BAD_INPUT, str(exc)
+        except Exception as exc:  # noqa: BLE001 - the other ranks must hear of it too
+            kind, text = BROKEN, f"{type(exc).__name__}: {first_line(exc)}"
+    if kind != AGREED:
+        hold_sigterm()  # the others exit on hearing it; their launcher's SIGTERM must wait
+    kind, text = _broadcast_text(kind, text, rank, device)
+    if kind != AGREED:
+        hold_sigterm()
+    if kind == BAD_INPUT:
+        raise ValueError(text)
+    if kind == BROKEN:
+        raise RunFailed(f"rank 0 failed: {text}")
+    return text
+
+
+def _broadcast_text(kind: int, text: str, rank: int, device: torch.device) -> tuple[int, str]:
+    """Rank 0's (kind, text) on every rank, as tensors (no pickle)."""
+    raw = text.encode()
+    head = torch.tensor([kind, len(raw)], dtype=torch.int64, device=device)
+    dist.broadcast(head, src=0)
+    kind, size = (int(v) for v in head.tolist())
+    if size == 0:
+        return kind, ""
+    if rank == 0:
+        body = torch.tensor(list(raw), dtype=torch.uint8, device=device)
+    else:
+        body = torch.empty(size, dtype=torch.uint8, device=device)
+    dist.broadcast(body, src=0)
+    return kind, bytes(body.cpu().tolist()).decode()
+
+
+def _run_reporting(
+    cfg: RunConfig,
+    job: Job,
+    rank: int,
+    local_rank: int,
+    run_dir: Path,
+    start: float,
+    data: Dataset | None,
+    shared,
+    finish: Callable[[Path, str, RunFailed | None], None],
+    on_event: Callable | None,
+) -> None:
+    """Run this rank's worker. A failure is reported through the store, and rank 0 turns the
+    reports into the cause; rank 0 records the run whatever happens."""
+    status, failure = "failed", None
+    try:
+        run_worker(cfg, job, rank, run_dir, start, local_rank, data, on_event)
+        dist.barrier()  # rank 0 merges the events once every rank has written its last
+        status = "completed"
+    except BaseException as exc:  # noqa: BLE001 - reported, then raised as the run's outcome
+        try:
+            failure = _report_failure(exc, cfg, rank, job.world, run_dir, shared)
+        except Terminated:  # SIGTERM landed while this rank reported: stopped, not failed
+            failure = _report_failure(Terminated(), cfg, rank, job.world, run_dir, shared)
+        status = failure.status if isinstance(failure, RunInterrupted) else "failed"
+    finally:
+        hold_sigterm()
+        if rank == 0:
+            finish(run_dir, status, failure if isinstance(failure, RunFailed) else None)
+    if failure is not None:
+        raise failure
+
+
+def _report_failure(
+    exc: BaseException, cfg: RunConfig, rank: int, world: int, run_dir: Path, shared
+) -> RunFailed | RunInterrupted:
+    """Tell the other ranks how this rank ended and return the exception that ends it: on
+    rank 0 the run's outcome, named from every rank's report; elsewhere a quiet one."""
+    hold_sigterm()
+    stopped = isinstance(exc, Terminated | KeyboardInterrupt)
+    message = "" if stopped else f"{type(exc).__name__}: {first_line(exc)}"
+    _post(shared, f"report/{rank}", json.dumps({"stopped": stopped, "message": message}))
+    if not stopped:
+        try:
+            write_error(run_dir, rank, exc)  # with the traceback, as local ranks leave it
+        except OSError:
+            pass  # another machine without the shared directory: the store has it
+    if rank != 0:
+        return (
+            stopped_error(exc, run_dir) if stopped else RunFailed(f"rank {rank} failed: {message}")
+        )
+    got = _collect_reports(shared, world)
+    errors = {r: m for r, (was_stopped, m) in got.items() if not was_stopped}
+    own = any(not is_peer_error(m) for m in errors.values())
+    if stopped and not own and len(got) == world:
+        return stopped_error(exc, run_dir)  # all answered, none failed of itself: stopped
+    # Stopped with a rank silent: torchrun stops the others when one dies, so it is a failure.
+    return RunFailed(_describe_reports(got, world, cfg.timeout), errors)
+
+
+def _post(shared, key: str, value: str) -> None:
+    try:
+        shared.set(key, value)
+    except RuntimeError:
+        pass  # the store went away with its host: rank 0 names this rank as silent
+
+
+def _collect_reports(shared, world: int) -> dict[int, tuple[bool, str]]:
+    """{rank: (stopped, message)} of the ranks that reported within REPORT_WAIT_SECONDS."""
+    got: dict[int, tuple[bool, str]] = {}
+    deadline = time.monotonic() + REPORT_WAIT_SECONDS
+    while len(got) < world and time.monotonic() < deadline:
+        for rank in range(world):
+            report = None if rank in got else _read_report(shared, rank)
+            if report is not None:
+                got[rank] = (report["stopped"], report["message"])
+        time.sleep(0.05)
+    return got
+
+
+def _read_report(shared, rank: int) -> dict | None:
+    key = f"report/{rank}"
+    try:
+        return json.loads(shared.get(key)) if shared.check([key]) else None
+    except (RuntimeError, ValueError):  # the store went away: the rank counts as silent
+        return None
+
+
+def _describe_reports(got: dict[int, tuple[bool, str]], world: int, timeout: float) -> str:
+    """Name the rank that caused the failure, by the local launcher's rules: a rank's own
+    error first, else a silent rank (stuck when the others timed out, else died), else the
+    first peer error."""
+    errors = {r: m for r, (stopped, m) in sorted(got.items()) if not stopped}
+    own = [r for r, m in errors.items() if not is_peer_error(m)]
+    if own:
+        return f"rank {own[0]} failed: {errors[own[0]]}"
+    silent = [r for r in range(world) if r not in got]
+    first = min(errors, default=None)
+    said = f"rank {first} reported: {errors[first]}" if first is not None else "others stopped"
+    if silent and any(is_timeout(m) for m in errors.values()):
+        return (
+            f"rank {silent[0]} is stuck: no response within the {timeout:g} s collective "
+            f"timeout ({said})"
+        )
+    if silent:
+        return f"rank {silent[0]} died without a report ({said})"
+    if first is None:
+        return "every rank was stopped"
+    return f"rank {first} failed: {errors[first]}"

@@ -1,0 +1,215 @@
+"""The spawn launcher: N local processes, watched until the first one fails.
+
+Each rank is a fresh interpreter (multiprocessing's spawn) joined to a TCPStore the parent
+hosts on a free port, so there are no port races. The first death or exception becomes a
+RunFailed that names the rank; the other ranks are stopped and none outlives the parent
+(PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from multiprocessing import connection, get_context
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from distlab.config import RunConfig
+from distlab.data.datasets import Dataset
+from distlab.metrics import EventTail
+from distlab.runtime.failures import (
+    UNGUARDED_EXIT,
+    WORKER_NAME,
+    MainNotGuarded,
+    RunFailed,
+    RunInterrupted,
+    RunTerminated,
+    Terminated,
+    is_peer_error,
+    read_error,
+    read_errors,
+    unguarded_message,
+    write_error,
+)
+from distlab.runtime.signals import raise_terminated
+from distlab.runtime.worker import (
+    Job,
+    load_entry,
+    notify,
+    parse_config,
+    resolve_device,
+    run_worker,
+    thread_count,
+)
+
+STOP_GRACE_SECONDS = 3.0
+
+
+def launch_local(
+    cfg: RunConfig,
+    job: Job,
+    run_dir: Path,
+    start: float,
+    data: Dataset | None = None,
+    on_event: Callable | None = None,
+) -> None:
+    """Spawn `world` processes and wait; RunFailed names the first rank that failed.
+    KeyboardInterrupt and Terminated (SIGTERM) stop every process and become RunInterrupted
+    and RunTerminated. `on_event` gets status events and the lead rank's events; `data` is
+    not used (each process loads its own)."""
+    store = dist.TCPStore(
+        "127.0.0.1",
+        0,
+        world_size=None,
+        is_master=True,
+        wait_for_workers=False,
+        timeout=timedelta(seconds=cfg.timeout),
+    )
+    ctx, world = get_context("spawn"), job.world
+    args = (job, cfg.model_dump_json(), str(run_dir), start, store.port, thread_count(cfg, world))
+    procs = [
+        ctx.Process(target=_child, args=(rank, *args), name=f"{WORKER_NAME}{rank}", daemon=True)
+        for rank in range(world)
+    ]
+    tail = EventTail(run_dir / "events" / f"rank-{job.lead}.jsonl", _announce_training(on_event))
+    try:
+        notify(on_event, f"starting {world} processes")
+        for proc in procs:
+            proc.start()
+        notify(on_event, f"waiting for {world} processes to join")
+        _watch(procs, run_dir, cfg.timeout, tail.poll)
+        tail.poll()
+    except KeyboardInterrupt:
+        stop_all(procs)
+        raise RunInterrupted("interrupted by the user; all processes stopped") from None
+    except Terminated:
+        stop_all(procs)
+        raise RunTerminated("terminated by SIGTERM; all processes stopped") from None
+    finally:
+        stop_all(procs)
+        del store
+
+
+def _announce_training(on_event: Callable | None) -> Callable | None:
+    """Pass the lead rank's events on, with a "training" status line when training starts."""
+    if on_event is None:
+        return None
+
+    def forward(event: dict) -> None:
+        if event.get("phase") == "train":
+            notify(on_event, "training")
+        on_event(event)
+
+    return forward
+
+
+def _watch(procs: list, run_dir: Path, timeout: float, on_poll: Callable | None) -> None:
+    pending = {p.sentinel: rank for rank, p in enumerate(procs)}
+    while pending:
+        ready = connection.wait(list(pending), timeout=0.2)
+        if on_poll is not None:
+            on_poll()
+        ended = [pending.pop(s) for s in ready]
+        for rank in ended:
+            procs[rank].join(5)  # the sentinel fires a moment before the exit status is set
+        if any(procs[rank].exitcode == UNGUARDED_EXIT for rank in ended):
+            raise MainNotGuarded(unguarded_message())
+        if any(procs[rank].exitcode != 0 for rank in ended):
+            time.sleep(0.3)  # let peers that fail because of it report too, then pick the cause
+            # What the ranks reported before we stop the rest: a rank that fails because we
+            # stopped its peer is no error of the run.
+            errors = read_errors(run_dir, range(len(procs)))
+            raise RunFailed(describe_failure(procs, run_dir, timeout), errors)
+
+
+def describe_failure(procs: list, run_dir: Path, timeout: float) -> str:
+    """Name the rank that caused the failure: a killed rank, else one that exited without a
+    report, else one whose own error is not a peer/connection error, else a rank still
+    blocked when the others timed out."""
+    errors = {r: read_error(run_dir, r) for r, p in enumerate(procs) if p.exitcode not in (None, 0)}
+    killed = [r for r, p in enumerate(procs) if p.exitcode is not None and p.exitcode < 0]
+    if killed:
+        sig = signal.Signals(-procs[killed[0]].exitcode).name
+        return f"rank {killed[0]} died (killed by {sig})"
+    abrupt = [r for r, e in errors.items() if not e]  # exited without reporting why
+    if abrupt and procs[abrupt[0]].exitcode == 143:  # its SIGTERM handler ran: sent from outside
+        return f"rank {abrupt[0]} was stopped by SIGTERM"
+    if abrupt:
+        return f"rank {abrupt[0]} exited with code {procs[abrupt[0]].exitcode}"
+    own = [r for r, e in errors.items() if e and not is_peer_error(e)]
+    if own:
+        return f"rank {own[0]} failed: {errors[own[0]]}"
+    stuck = [r for r, p in enumerate(procs) if p.exitcode is None]
+    if stuck:
+        first = min(errors)
+        return (
+            f"rank {stuck[0]} is stuck: no response within the {timeout:g} s collective "
+            f"timeout (rank {first} reported: {errors[first] or 'no message'})"
+        )
+    first = min(errors, default=0)
+    return f"rank {first} failed: {errors[first] or f'exit code {procs[first].exitcode}'}"
+
+
+def stop_all(procs: list) -> None:
+    """SIGTERM every live process, then SIGKILL what is left after a grace period."""
+    procs = [proc for proc in procs if proc.pid is not None]  # a signal can come mid-start
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGKILL to this process when the parent dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _child(
+    rank: int, job: Job, cfg_json: str, run_dir: str, start: float, port: int, threads: int
+) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how Ctrl-C ends a run
+    signal.signal(signal.SIGTERM, raise_terminated)  # unwinds, so the events are flushed
+    cfg = parse_config(cfg_json, load_entry(job.entry))
+    torch.set_num_threads(threads)
+    try:
+        store = dist.TCPStore(
+            "127.0.0.1", port, is_master=False, timeout=timedelta(seconds=cfg.timeout)
+        )
+        backend = "nccl" if resolve_device(cfg, rank).type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend,
+            store=store,
+            rank=rank,
+            world_size=job.world,
+            timeout=timedelta(seconds=cfg.timeout),
+        )
+        run_worker(cfg, job, rank, Path(run_dir), start, local_rank=rank)
+        dist.destroy_process_group()
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
+        _exit_reporting(Path(run_dir), rank, exc)
+
+
+def _exit_reporting(run_dir: Path, rank: int, exc: BaseException) -> None:
+    """Report this rank's error to the parent and exit at once. A rank stopped by SIGTERM
+    (by the parent, or from outside) has no error of its own to report."""
+    code = 143 if isinstance(exc, Terminated) else 1
+    try:
+        if code == 1:
+            write_error(run_dir, rank, exc)
+    finally:
+        os._exit(code)

@@ -1,0 +1,150 @@
+"""What every rank runs once its process group is up, whichever launcher started it.
+
+A launcher is handed a `Job`: where the entry point is ("module:attribute" of an object with
+`params`, the model of cfg.strategy, and `run(ctx, params)`), each rank's role and the lead
+rank. It knows no strategy: the entry is imported by reference, in every process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distlab.config import RunConfig
+from distlab.data.datasets import Dataset, load_dataset
+from distlab.metrics import Recorder
+from distlab.models import count_parameters
+from distlab.runtime.comm import TorchCommunicator
+from distlab.runtime.context import WorkerContext, move_dataset, seed_generators
+from distlab.training import compute_gradients, make_optimizer
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a launcher runs: the entry point on every rank, each rank's role, the lead."""
+
+    entry: str
+    """"module:attribute" of an object with `params` and `run(ctx, params)`."""
+    roles: tuple[str, ...]
+    """The role of each rank; its length is the number of processes."""
+    lead: int = 0
+    """The rank whose events are the run's record and which writes model.pt."""
+
+    @property
+    def world(self) -> int:
+        return len(self.roles)
+
+
+def load_entry(ref: str) -> Any:
+    """The object at "module:attribute", imported in this process."""
+    module, _, attribute = ref.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def parse_config(cfg_json: str, entry: Any) -> RunConfig:
+    """A config sent to another process, its strategy read by the entry's own Params: a
+    strategy registered at run time is unknown to a fresh interpreter's registry."""
+    raw = json.loads(cfg_json)
+    raw["strategy"] = entry.params.model_validate(raw["strategy"])
+    return RunConfig.model_validate(raw)
+
+
+def notify(on_event: Callable | None, text: str) -> None:
+    """A status line for the launcher's display while the run is slow to start."""
+    if on_event is not None:
+        on_event({"kind": "status", "text": text})
+
+
+def resolve_device(cfg: RunConfig, local_rank: int = 0) -> torch.device:
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if not want_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is present")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def thread_count(cfg: RunConfig, world: int) -> int:
+    return cfg.threads or max(1, (os.cpu_count() or 1) // world)
+
+
+def run_worker(
+    cfg: RunConfig,
+    job: Job,
+    rank: int,
+    run_dir: Path | None,
+    start: float,
+    local_rank: int = 0,
+    data: Dataset | None = None,
+    on_event: Callable | None = None,
+) -> None:
+    """The entry point every process enters once its process group is up."""
+    entry, world = load_entry(job.entry), job.world
+    device = resolve_device(cfg, local_rank)
+    data = move_dataset(data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download), device)
+    comm = TorchCommunicator()
+    events = run_dir / "events" / f"rank-{rank}.jsonl" if run_dir else None
+    role, lead = job.roles[rank], job.lead
+    recorder = Recorder(
+        events,
+        run_name(run_dir),
+        rank,
+        role,
+        lead=rank == lead,
+        start=start,
+        comm=comm,
+        on_event=on_event,
+    )
+    ctx = WorkerContext(cfg, rank, world, role, comm, device, data, recorder, run_dir, lead)
+    seed_generators(cfg.seed, rank)
+    try:
+        params = warm_up(ctx)
+        recorder.phase(
+            "start",
+            pid=os.getpid(),
+            device=str(device),
+            threads=torch.get_num_threads(),
+            lead_rank=lead,
+            params=params if rank == lead else None,
+        )
+        # Start the clock of the "train" phase on every rank at once: spawned interpreters
+        # come up seconds apart on a busy machine, and the first step would absorb the wait.
+        comm.barrier()
+        notify(on_event, "training")
+        entry.run(ctx, cfg.strategy)
+        recorder.comm_totals()
+        recorder.phase("end", peak_rss_mb=peak_rss_mb())
+    finally:
+        recorder.close()
+
+
+def warm_up(ctx: WorkerContext) -> int:
+    """Pay one-time costs before the barrier, so that no rank pays them on the clock: the
+    first optimizer imports torch's compiler stack (about a second), the first backward pass
+    starts autograd's threads and the first update initializes the optimizer's kernels. The
+    model is thrown away and the random streams are left as they were. Returns the model's
+    parameter count."""
+    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+        model = ctx.build_model()
+        optimizer = make_optimizer(model.parameters(), ctx.cfg.optimizer)
+        batch = slice(0, ctx.cfg.batch_size)
+        compute_gradients(model, ctx.data.x_train[batch], ctx.data.y_train[batch])
+        optimizer.step()
+    return count_parameters(model)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_name(run_dir: Path | None) -> str:
+    return run_dir.name if run_dir else "run"
