@@ -83,10 +83,10 @@ def hyperparameters(cfg: RunConfig) -> dict[str, Any]:
 def environment(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Where the numbers came from: results depend on the torch thread count (float
     summation order) and on the versions, so they are part of the record."""
+    from importlib.metadata import version
+
     import numpy
     import torch
-
-    import distlab
 
     starts = [e for e in events if e.get("phase") == "start"]
     threads = sorted({e["threads"] for e in starts if "threads" in e})
@@ -96,7 +96,7 @@ def environment(events: list[dict[str, Any]]) -> dict[str, Any]:
         "devices": sorted({e["device"] for e in starts if "device" in e}) or None,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
-        "distlab": distlab.__version__,
+        "distlab": version("distlab"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }

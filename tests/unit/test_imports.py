@@ -19,11 +19,20 @@ def module_names() -> list[str]:
 
 
 def module_imports(path: Path, name: str) -> set[str]:
-    """distlab modules imported when `name` is imported: module-level imports only, not
-    those under `if TYPE_CHECKING:` or inside functions."""
+    """distlab modules that `name` imports anywhere, at module level or inside a function
+    (a lazy import closes a circle as surely), except under `if TYPE_CHECKING:`."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
     found = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -63,6 +72,19 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if start not in state and (cycle := visit(start, [start])):
             return cycle
     return None
+
+
+def test_module_imports_sees_lazy_imports_but_not_typing_ones(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from distlab.api import run\n"
+        "def f():\n    from distlab.report import write_report\n"
+    )
+
+    found = module_imports(path, "distlab.m")
+
+    assert "distlab.report" in found and "distlab.api" not in found
 
 
 def test_find_cycle_finds_a_hand_made_cycle():
