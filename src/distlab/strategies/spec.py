@@ -84,9 +84,11 @@ def sampler_partition(cfg: RunConfig, labels: np.ndarray) -> Partition:
 def data_parallel_comm(cfg: RunConfig, per_rank: dict, params: int, steps: int) -> dict:
     """Measured payload per worker per step next to the analytic 2 * P * 4 bytes, and the
     wire bytes a ring allreduce would send: 2 (N-1)/N * P * 4 per worker per step."""
+    n = cfg.workers
+    if n == 1:
+        return {}  # one worker exchanges nothing: there is no traffic to set beside a formula
     workers = list(per_rank.values())
     measured = sum(w["bytes_sent"] + w["bytes_recv"] for w in workers) / max(len(workers), 1)
-    n = cfg.workers
     return {
         "bytes_per_step_measured": round(measured / steps, 1) if workers else None,
         "bytes_per_step_analytic": 2 * params * 4,
