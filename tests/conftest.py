@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,19 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 120, env=None):
         timeout=timeout,
         env=full_env,
     )
+
+
+def assert_no_orphans(pids: list[int]) -> None:
+    """None of `pids` is still running (a zombie awaiting its parent's wait has ended)."""
+    import psutil
+
+    time.sleep(0.5)
+    alive = [
+        p
+        for p in pids
+        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not alive, f"processes left behind: {alive}"
 
 
 @pytest.fixture

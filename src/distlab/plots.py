@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,32 @@ MAX_TICKS = 25
 
 
 def check_plot(path: str | Path, kind: str = "bar") -> Path:
-    """The plot path, whose extension picks the format; ValueError for another extension
-    or an unknown kind, so callers can check before doing the work."""
+    """The plot path, whose extension picks the format; ValueError for another extension,
+    an unknown kind, or a place that cannot take the file (a missing or unwritable
+    directory, an existing directory of that name), so callers can check before the work."""
     path = Path(path)
     if path.suffix.lower() not in PLOT_SUFFIXES:
         allowed = ", ".join(PLOT_SUFFIXES)
         raise ValueError(f"plot file must end in {allowed} (got {path.name!r})")
     if kind not in PLOT_KINDS:
         raise ValueError(f"plot kind must be one of {', '.join(PLOT_KINDS)} (got {kind!r})")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(
+            f"cannot write plot {str(path)!r}: directory {str(folder)!r} does not exist"
+        )
+    if path.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write plot {str(path)!r}: not a writable file path")
+    return path
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Save, with a failure the checks could not foresee (root on a read-only file system)
+    as one line."""
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        raise ValueError(f"cannot write plot {str(path)!r}: {exc.strerror}") from None
     return path
 
 
@@ -62,9 +81,7 @@ def plot_partition(
     (draw_bars if kind == "bar" else draw_heatmap)(fig, ax, counts)
     ax.set_title(title or f"{clients} clients, {classes} classes")
     ax.set_xlabel("client")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path)
 
 
 def draw_bars(fig: Figure, ax: Axes, counts: np.ndarray) -> None:

@@ -13,7 +13,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from distlab.data.partition import Partition
-from distlab.plots import check_plot, class_colors, new_figure
+from distlab.plots import check_plot, class_colors, new_figure, save_figure
 from distlab.rundir import load_run
 
 
@@ -244,7 +244,7 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path) -> Path:
     for ax in axes.values():
         finish_axes(ax)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     return path
 
 
@@ -325,7 +325,7 @@ def plot_bytes(rows: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
     ax.set(ylabel="bytes per worker per step", title="Communication")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     return path
 
 

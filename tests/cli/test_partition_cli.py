@@ -65,3 +65,24 @@ def test_bad_input_is_one_line_and_exit_2(args, words):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        ("missing/split.png", ["directory", "missing", "does not exist"]),
+        ("afile/split.png", ["directory", "afile", "does not exist"]),
+        ("adir.png", ["not a writable file path"]),
+        ("/proc/split.png", ["cannot write plot '/proc/split.png'"]),
+    ],
+)
+def test_a_plot_path_that_cannot_take_the_file_is_one_line(tmp_path, where, words):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir.png").mkdir()
+
+    done = distlab("--plot", str(tmp_path / where))
+
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.png", "afile"]

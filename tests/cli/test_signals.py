@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
-from tests.conftest import cli
+from tests.conftest import assert_no_orphans, cli
 
 from distlab.metrics import read_events
 
@@ -48,16 +47,6 @@ def rank_events(run_dir: Path, rank: int) -> list[dict]:
     path = run_dir / "events" / f"rank-{rank}.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
     return [json.loads(line) for line in lines if line.endswith("}")]
-
-
-def assert_no_orphans(pids: list[int]) -> None:
-    time.sleep(0.5)
-    alive = [
-        p
-        for p in pids
-        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-    ]
-    assert not alive, f"processes left behind: {alive}"
 
 
 STOPS = [

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
+from tests.conftest import assert_no_orphans
 
 ARGS = [
     "run",
@@ -70,16 +70,6 @@ def assert_error_recorded(summary: dict, err: str) -> None:
     for entry in summary["rank_errors"]:
         assert set(entry) == {"rank", "message"}
         assert "143" not in entry["message"]
-
-
-def assert_no_orphans(pids: list[int]) -> None:
-    time.sleep(0.5)
-    alive = [
-        p
-        for p in pids
-        if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-    ]
-    assert not alive, f"processes left behind: {alive}"
 
 
 def test_sigkill_of_a_worker_names_the_rank(tmp_path):
