@@ -503,7 +503,7 @@ def report(
     title = f"report written to {out_dir} (every column in summary.md)"
     table = Table(*CONSOLE_COLUMNS.values(), title=title)
     for row in rows:
-        table.add_row(*("-" if row[k] is None else str(row[k]) for k in CONSOLE_COLUMNS))
+        table.add_row(*("-" if row[k] is None else format_number(row[k]) for k in CONSOLE_COLUMNS))
     console = Console(width=max(200, out.width))
     console.print(table)
     for row in rows:

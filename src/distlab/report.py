@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from distlab.data.partition import Partition
 from distlab.plots import check_plot, class_colors, new_figure, save_figure
@@ -248,11 +248,21 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+class PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers ("2.305", not "2.3 x 10^0"); matplotlib still
+    chooses which minor ticks get a label."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:.4g}"
+
+
 def label_unit_axes(loss_ax: Axes, acc_ax: Axes, unit: str) -> None:
     name = "round (federated)" if unit == "round" else "step"
     loss_ax.set(
         xlabel=name, ylabel="training loss", yscale="log", title=f"Training loss per {unit}"
     )
+    loss_ax.yaxis.set_major_formatter(PlainLogFormatter())
+    loss_ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
     acc_ax.set(xlabel=name, ylabel="test accuracy", title=f"Test accuracy per {unit}")
     for ax in (loss_ax, acc_ax):
         # Steps and rounds are counts: no tick at round 2.5.
