@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distlab.data.samplers import epoch_batches
+from distlab.data.samplers import epoch_batches, subset_batches
 
 FAST = settings(max_examples=50, deadline=None)
 
@@ -115,3 +115,16 @@ def test_same_seed_and_epoch_repeat_and_another_epoch_reshuffles(mode):
 def test_bad_mode_or_rank_is_refused(mode, rank, world, message):
     with pytest.raises(ValueError, match=message):
         epoch_batches(mode, np.zeros(4, int), 2, 0, 0, rank, world)
+
+
+def test_subset_batches_walk_a_workers_own_indices_once_per_epoch():
+    own = np.array([10, 11, 12, 13, 14, 15, 16])
+
+    first = subset_batches(own, 3, epoch=0, seed=5, stream=1)
+    again = subset_batches(own, 3, epoch=0, seed=5, stream=1)
+    second = subset_batches(own, 3, epoch=1, seed=5, stream=1)
+
+    assert [len(b) for b in first] == [3, 3, 1]
+    assert sorted(np.concatenate(first)) == own.tolist()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(np.concatenate(first), np.concatenate(second))
