@@ -37,18 +37,20 @@ def run(
     config: RunConfig | dict[str, Any],
     overwrite: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    started: float | None = None,
 ) -> RunResult:
     """Validate, launch and summarize one run. Bad input raises ValueError before anything
     is written; a failed rank raises launch.RunFailed after the run directory is finalized;
     Ctrl-C and SIGTERM raise launch.RunInterrupted and launch.RunTerminated after it is.
     `on_event` gets the lead rank's events and {"kind": "status", "text": ...} lines while
-    the run starts."""
+    the run starts. `started` (epoch seconds) is when the run was asked for, the origin of
+    wall and start-up seconds: the command's launch for the CLI, this call by default."""
     launch.refuse_worker_import()
     # A RunConfig built directly skipped the strategy's cross-field checks: validate again.
     data = config.model_dump() if isinstance(config, RunConfig) else dict(config)
     cfg = validate_config(data)
     spec = get_spec(cfg.strategy.name)
-    start = time.time()
+    start = time.time() if started is None else started
     external = launch.external_env()
     world = spec.processes(cfg)
     if external is not None and external[1] != world:

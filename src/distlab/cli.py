@@ -198,19 +198,20 @@ def run(
     """
     from distlab.api import run as run_api
     from distlab.config import build_config
-
-    warnings.showwarning = _warning_line
-
-    flags = {FLAG_KEYS[k]: v for k, v in locals().items() if k in FLAG_KEYS}
-    cfg = build_config(config, flags, set_ or [])
     from distlab.runtime.launch import is_follower
 
+    warnings.showwarning = _warning_line
+    flags = {FLAG_KEYS[k]: v for k, v in locals().items() if k in FLAG_KEYS}
+    cfg = build_config(config, flags, set_ or [])
     # Under torchrun, mpirun or Slurm every rank runs this command; rank 0 speaks for the run.
     follower = is_follower()
     progress = None if (quiet or as_json or follower) else _progress()
     try:
         result = run_api(
-            cfg, overwrite=overwrite, on_event=_progress_hook(progress) if progress else None
+            cfg,
+            overwrite=overwrite,
+            on_event=_progress_hook(progress) if progress else None,
+            started=command_started(),
         )
     finally:
         if progress is not None and progress.live.is_started:
@@ -221,6 +222,14 @@ def run(
         print(json.dumps(result.summary, indent=2))
     elif not quiet:
         print_summary(result.summary, result.run_dir)
+
+
+def command_started() -> float:
+    """When this command was launched (its process's start), so that wall and start-up
+    seconds include the interpreter and import time a user waits through."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -473,10 +482,13 @@ def strategies(
     names = [name] if name else list(STRATEGIES)
     for each in names:
         params = params_for(each)
+        keys = {k: f for k, f in params.model_fields.items() if k != "name"}
+        if not keys:
+            out.print(f"{each}: {params.__doc__} No strategy.* keys.", soft_wrap=True)
+            continue
         table = Table("key", "default", "meaning", title=f"{each}: {params.__doc__}")
-        for key, field in params.model_fields.items():
-            if key != "name":
-                table.add_row(f"strategy.{key}", repr(field.default), field.description or "")
+        for key, field in keys.items():
+            table.add_row(f"strategy.{key}", repr(field.default), field.description or "")
         out.print(table)
 
 
