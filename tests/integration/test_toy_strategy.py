@@ -12,8 +12,8 @@ from tests.conftest import make_config
 
 import distlab
 from distlab.strategies import STRATEGIES, StrategyBase, StrategySpec, register
-from distlab.strategies.common import own_schedule, train_epochs
-from distlab.training import compute_gradients, flat_params, make_optimizer, set_flat_params
+from distlab.strategies.common import local_step, own_schedule, train_epochs
+from distlab.training import flat_params, make_optimizer, set_flat_params
 
 
 class Params(StrategyBase):
@@ -29,14 +29,9 @@ def shard(cfg, rank: int, samples: int) -> np.ndarray:
 def run(ctx, params: Params) -> None:
     model = ctx.build_model()
     opt = make_optimizer(model.parameters(), ctx.cfg.optimizer)
-
-    def step(x, y):
-        loss = compute_gradients(model, x, y)
-        opt.step()
-        return loss, len(y)
-
     own = shard(ctx.cfg, ctx.rank, len(ctx.labels()))
-    train_epochs(ctx, model, step, own_schedule(ctx, own, stream=ctx.rank), evaluate=False)
+    schedule = own_schedule(ctx, own, stream=ctx.rank)
+    train_epochs(ctx, model, local_step(model, opt), schedule, evaluate=False)
     averaged = flat_params(model).clone()
     ctx.comm.all_reduce(averaged)
     set_flat_params(model, averaged / ctx.world)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from distlab.strategies.common import sampler_schedule, train_epochs
+from distlab.strategies.common import local_step, sampler_schedule, train_epochs
 from distlab.strategies.spec import StrategyBase, StrategySpec, single_process
-from distlab.training import compute_gradients, make_optimizer
+from distlab.training import make_optimizer
 
 if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
@@ -29,13 +29,7 @@ def check(cfg) -> None:
 def run(ctx: WorkerContext, params: Params) -> None:
     model = ctx.build_model()
     opt = make_optimizer(model.parameters(), ctx.cfg.optimizer)
-
-    def step(x, y):
-        loss = compute_gradients(model, x, y)
-        opt.step()
-        return loss, len(y)
-
-    train_epochs(ctx, model, step, sampler_schedule(ctx, 0, 1))
+    train_epochs(ctx, model, local_step(model, opt), sampler_schedule(ctx, 0, 1))
 
 
 SPEC = StrategySpec("centralized", Params, run, processes=single_process, check=check)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from distlab.data.samplers import epoch_batches, subset_batches
+from distlab.training import compute_gradients
 
 if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
@@ -19,6 +20,18 @@ if TYPE_CHECKING:
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[float, int]]
 # batches(epoch) -> the index batches one worker walks in that epoch
 Schedule = Callable[[int], list[np.ndarray]]
+
+
+def local_step(model: nn.Module, opt: torch.optim.Optimizer) -> StepFn:
+    """One plain optimizer step on this rank's batch, no communication: centralized SGD,
+    and the local phase of local-SGD or averaging paradigms."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        loss = compute_gradients(model, x, y)
+        opt.step()
+        return loss, len(y)
+
+    return step
 
 
 def sampler_schedule(ctx: WorkerContext, rank: int, world: int) -> Schedule:
