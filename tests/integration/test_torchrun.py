@@ -100,8 +100,10 @@ def test_torchrun_with_an_existing_name_fails_on_every_rank_in_one_line(tmp_path
     assert done.returncode != 0 and done.stdout == ""
     expected = f"error: run directory '{tmp_path / 't'}' exists (use --overwrite to replace it)"
     assert distlab_lines(done.stderr) == [expected]
-    # torchrun's report has one entry per failed rank: both exited 2, bad input
-    assert len(re.findall(r"^\s+exitcode\s+:\s+2\b", done.stderr, re.MULTILINE)) == 2
+    # torchrun's report has one entry per failed rank: each exited 2 (bad input), unless
+    # torchrun's SIGTERM, sent when the first one ended, came before a rank's own exit
+    codes = re.findall(r"^\s+exitcode\s+:\s+(-?\d+)", done.stderr, re.MULTILINE)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, codes
     assert (tmp_path / "t" / "config.json").read_text() == "{}"
 
 
