@@ -306,6 +306,9 @@ SUMMARY_ROWS = [
     ("bytes/round logical", "bytes_per_round_logical"),
     ("bytes/round measured", "bytes_per_round_measured"),
     ("stale gradients dropped", "stale_gradients_dropped"),
+    ("averagings", "averagings"),
+    ("bytes/averaging measured", "bytes_per_averaging_measured"),
+    ("bytes/averaging analytic", "bytes_per_averaging_analytic"),
     ("peak RSS MB", "peak_rss_mb"),
 ]
 # Counts that are 0 only because the strategy does not have them (a fedavg run has no steps).
