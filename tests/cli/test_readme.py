@@ -34,7 +34,15 @@ def readme_commands() -> list[tuple[list[str], bool]]:
     text = README.read_text()
     commands = []
     for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.M | re.S):
+        loop: dict[str, str] = {}
         for line in block.replace("\\\n", " ").splitlines():
+            # A `for P in 1 2 3; do` loop: check its body with the loop's first value.
+            found = re.match(r"\s*for (\w+) in (\S+)", line)
+            if found:
+                loop[found[1]] = found[2]
+                continue
+            for name, value in loop.items():
+                line = line.replace(f"${name}", value)
             words = shlex.split(line, comments=True)
             at = next((i for i, w in enumerate(words) if Path(w).name == "distlab"), None)
             if at is not None:
