@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -46,6 +47,16 @@ class LeNet(nn.Module):
         x = torch.relu(self.fc2(x))
         return self.fc3(x)
 
+    def layers(self) -> list[nn.Module]:
+        """The forward pass as a chain of pieces (see SPLIT_POINTS): conv, conv, fc, fc, fc."""
+        return [
+            nn.Sequential(self.conv1, self.pool, nn.ReLU()),
+            nn.Sequential(self.conv2, self.pool, nn.ReLU(), nn.Flatten()),
+            nn.Sequential(self.fc1, nn.ReLU()),
+            nn.Sequential(self.fc2, nn.ReLU()),
+            self.fc3,
+        ]
+
 
 class CnnDropout(nn.Module):
     """conv16-conv32-dropout-fc512-fc256: the MNIST CNN of seed 002."""
@@ -73,6 +84,16 @@ class CnnDropout(nn.Module):
         x = torch.relu(self.fc2(x))
         return self.fc3(x)
 
+    def layers(self) -> list[nn.Module]:
+        """The forward pass as a chain of pieces (see SPLIT_POINTS): conv, conv, fc, fc, fc."""
+        return [
+            nn.Sequential(self.conv1, self.pool, nn.ReLU()),
+            nn.Sequential(self.conv2, self.pool, nn.ReLU(), self.drop, nn.Flatten()),
+            nn.Sequential(self.fc1, nn.ReLU()),
+            nn.Sequential(self.fc2, nn.ReLU()),
+            self.fc3,
+        ]
+
 
 class Mlp(nn.Module):
     """Two hidden layers of 200 units (the MNIST 2NN of McMahan et al. 2017)."""
@@ -92,6 +113,11 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def layers(self) -> list[nn.Module]:
+        """The forward pass as a chain of pieces (see SPLIT_POINTS): fc, fc, fc."""
+        net = self.net
+        return [nn.Sequential(net[0], net[1], net[2]), nn.Sequential(net[3], net[4]), net[5]]
+
 
 class LogReg(nn.Module):
     """Multinomial logistic regression: one linear layer."""
@@ -102,6 +128,10 @@ class LogReg(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def layers(self) -> list[nn.Module]:
+        """One piece: a single linear layer cannot be cut (see SPLIT_POINTS)."""
+        return [self.net]
 
 
 def _needs_image(cls: type[nn.Module]) -> Callable[..., nn.Module]:
@@ -126,6 +156,38 @@ MODELS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "mlp": Mlp,
     "logreg": LogReg,
 }
+
+
+@dataclass(frozen=True)
+class SplitPoints:
+    """Where a model may be cut into pipeline stages (model parallelism, GPipe: Huang et al.
+    2019). `layers`: how many pieces `model.layers()` returns, whose chained application is
+    `model(x)`; a cut at i sits between piece i-1 and piece i. `declared`: the cuts the
+    model's author marks as natural, most natural first (LeNet: between the convolutions and
+    the fully connected layers, as in the course's seed 003, then between the fc layers)."""
+
+    layers: int
+    declared: tuple[int, ...]
+
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        """Every place a cut may go when stages are balanced rather than declared."""
+        return tuple(range(1, self.layers))
+
+
+SPLIT_POINTS: dict[str, SplitPoints] = {
+    "lenet": SplitPoints(5, (2, 3, 4)),
+    "cnn-dropout": SplitPoints(5, (2, 3, 4)),
+    "mlp": SplitPoints(3, (1, 2)),
+    "logreg": SplitPoints(1, ()),
+}
+
+
+def model_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's forward pass as a chain of pieces that share its parameters."""
+    if not hasattr(model, "layers"):
+        raise ValueError(f"model {type(model).__name__} declares no layers to cut into stages")
+    return model.layers()
 
 
 def build_model(name: str, input_shape: tuple[int, ...], classes: int, seed: int) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distlab.models import MODELS, build_model, count_parameters
+from distlab.models import MODELS, SPLIT_POINTS, build_model, count_parameters, model_layers
 
 # (input shape, classes) of the registered datasets: mnist, digits, cifar10, synthetic
 IMAGE_SHAPES = [((1, 28, 28), 10), ((1, 8, 8), 10), ((3, 32, 32), 10)]
@@ -92,3 +92,40 @@ def test_build_model_leaves_the_global_rng_alone():
     build_model("lenet", (1, 28, 28), 10, seed=0)
 
     assert torch.equal(torch.rand(4), expected)
+
+
+# --- pipeline split points -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(("shape", "classes"), [((1, 28, 28), 10), ((1, 8, 8), 10)])
+def test_layers_chained_are_the_forward_pass(name, shape, classes):
+    model = build_model(name, shape, classes, seed=0).eval()
+    x = torch.randn(4, *shape)
+
+    h = x
+    for layer in model_layers(model):
+        h = layer(h)
+
+    assert torch.equal(h, model(x))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_split_points_match_the_layers(name):
+    points = SPLIT_POINTS[name]
+    layers = model_layers(build_model(name, (1, 28, 28), 10, seed=0))
+
+    assert len(layers) == points.layers
+    assert all(0 < cut < points.layers for cut in points.declared)
+    assert len(set(points.declared)) == len(points.declared)
+
+
+def test_layers_share_the_models_parameters():
+    model = build_model("lenet", (1, 28, 28), 10, seed=0)
+    in_layers = {id(p) for layer in model_layers(model) for p in layer.parameters()}
+    assert in_layers == {id(p) for p in model.parameters()}
+
+
+def test_lenet_is_first_cut_between_convolutions_and_fully_connected_layers():
+    assert SPLIT_POINTS["lenet"].declared[0] == 2
+    assert SPLIT_POINTS["lenet"].boundaries == (1, 2, 3, 4)
