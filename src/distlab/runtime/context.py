@@ -36,6 +36,9 @@ class WorkerContext:
     run_dir: Path | None = None
     lead: int = 0
     """The rank whose events are the run's record and that writes model.pt."""
+    shared: dict | None = None
+    """Objects the launcher shares among ranks without a process group (the shared
+    launcher's model in shared memory, lock and counters); None under other launchers."""
 
     @property
     def is_lead(self) -> bool:

@@ -24,6 +24,7 @@ from distlab.runtime.failures import (
 )
 from distlab.runtime.launchers.external import external_env, is_follower, join_external
 from distlab.runtime.launchers.inline import run_inline
+from distlab.runtime.launchers.shared import launch_shared
 from distlab.runtime.launchers.spawn import launch_local
 from distlab.runtime.signals import hold_sigterm, sigterm_raises
 from distlab.runtime.worker import Job, notify, resolve_device, thread_count
@@ -53,7 +54,11 @@ __all__ = [
 
 # Launchers that start a run's processes on this machine: (cfg, job, run_dir, start, data,
 # on_event) -> None, raising RunFailed, RunInterrupted or RunTerminated.
-LOCAL_LAUNCHERS: dict[str, Callable] = {"inline": run_inline, "spawn": launch_local}
+LOCAL_LAUNCHERS: dict[str, Callable] = {
+    "inline": run_inline,
+    "spawn": launch_local,
+    "shared": launch_shared,
+}
 
 
 def local_launcher(name: str, job: Job) -> Callable:

@@ -22,7 +22,7 @@ from distlab.config import RunConfig
 from distlab.data.datasets import Dataset, load_dataset
 from distlab.metrics import Recorder
 from distlab.models import count_parameters
-from distlab.runtime.comm import TorchCommunicator
+from distlab.runtime.comm import Communicator, TorchCommunicator
 from distlab.runtime.context import WorkerContext, move_dataset, seed_generators
 from distlab.training import compute_gradients, make_optimizer
 
@@ -85,12 +85,17 @@ def run_worker(
     local_rank: int = 0,
     data: Dataset | None = None,
     on_event: Callable | None = None,
+    *,
+    comm: Communicator | None = None,
+    device: torch.device | None = None,
+    shared: dict | None = None,
 ) -> None:
-    """The entry point every process enters once its process group is up."""
+    """The entry point every process enters once its process group is up. A launcher
+    without a process group passes its own `comm`, `device` and `shared` objects."""
     entry, world = load_entry(job.entry), job.world
-    device = resolve_device(cfg, local_rank)
+    device = device or resolve_device(cfg, local_rank)
     data = move_dataset(data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download), device)
-    comm = TorchCommunicator()
+    comm = comm or TorchCommunicator()
     events = run_dir / "events" / f"rank-{rank}.jsonl" if run_dir else None
     role, lead = job.roles[rank], job.lead
     recorder = Recorder(
@@ -103,7 +108,7 @@ def run_worker(
         comm=comm,
         on_event=on_event,
     )
-    ctx = WorkerContext(cfg, rank, world, role, comm, device, data, recorder, run_dir, lead)
+    ctx = WorkerContext(cfg, rank, world, role, comm, device, data, recorder, run_dir, lead, shared)
     seed_generators(cfg.seed, rank)
     try:
         params = warm_up(ctx)

@@ -25,6 +25,7 @@ STRATEGIES: dict[str, str] = {
     "param-server": "distlab.strategies.param_server:SPEC",
     "fedavg": "distlab.strategies.fedavg:SPEC",
     "local-sgd": "distlab.strategies.local_sgd:SPEC",
+    "hogwild": "distlab.strategies.hogwild:SPEC",
     "pipeline": "distlab.strategies.pipeline:SPEC",
 }
 
