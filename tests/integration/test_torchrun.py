@@ -123,3 +123,30 @@ def test_torchrun_failure_on_rank_1_is_recorded_by_rank_0(tmp_path):
         "rank_errors"
     ]
     assert summary["steps"] >= 19  # rank 0's events up to the failure are kept
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"name": "local-sgd", "period": 4},
+        {"name": "pipeline", "schedule": "gpipe", "microbatches": 4},
+    ],
+    ids=["local-sgd", "pipeline"],
+)
+def test_torchrun_runs_the_newer_strategies_as_spawn_does(tmp_path, strategy):
+    sets = [f"strategy.{k}={v}" for k, v in strategy.items() if k != "name"]
+    args = ["--strategy", strategy["name"], "--workers", "2", "--out-dir", str(tmp_path / "tr")]
+    args += ["--name", "t", "--set", "timeout=60", *[a for s in sets for a in ("--set", s)]]
+
+    done = torchrun(*args)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = tmp_path / "tr" / "t"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lead = summary["lead_rank"]
+    events = read_events(run_dir / "events.jsonl")
+    launched = [e["loss"] for e in events if e["kind"] == "step" and e["rank"] == lead]
+    local = run_small(tmp_path, strategy=strategy, workers=2)
+    spawned = [e["loss"] for e in local.events if e["kind"] == "step" and e["rank"] == lead]
+    assert summary["status"] == "completed" and len(launched) == len(spawned) > 0
+    assert max(abs(a - b) for a, b in zip(spawned, launched, strict=True)) < 1e-5
