@@ -19,7 +19,7 @@ import tempfile
 from distlab.api import run
 
 
-def measure(strategy: str, workers: int, epochs: int, out: str) -> dict:
+def measure(strategy: str | dict, workers: int, epochs: int, out: str) -> dict:
     """Throughput, start-up seconds, how far step 1 stands out, and the environment."""
     result = run(
         {

@@ -16,7 +16,8 @@ import argparse
 import json
 import tempfile
 
-from distlab.api import run
+from data_parallel import measure as measure_run  # the same run settings, one place
+
 from distlab.strategies import STRATEGIES
 
 # (label, strategy config): local SGD at several periods H, Hogwild, and the allreduce baseline.
@@ -31,21 +32,7 @@ VARIANTS = [
 
 
 def throughput(strategy: dict, workers: int, epochs: int, out: str) -> float:
-    result = run(
-        {
-            "strategy": strategy,
-            "workers": workers,
-            "dataset": "mnist-sample",
-            "model": "lenet",
-            "batch_size": 32,
-            "sampler": "random",
-            "epochs": epochs,
-            "threads": 1,
-            "out_dir": out,
-            "save_model": False,
-        }
-    )
-    return result.summary["samples_per_second"]
+    return measure_run(strategy, workers, epochs, out)["samples_per_second"]
 
 
 def measure(repeats: int, epochs: int) -> dict[tuple[str, int], float]:

@@ -25,16 +25,15 @@ from distlab.data.datasets import Dataset, load_dataset
 from distlab.metrics import EventTail
 from distlab.models import build_model
 from distlab.runtime.comm import Communicator
-from distlab.runtime.failures import WORKER_NAME, RunInterrupted, RunTerminated, Terminated
+from distlab.runtime.failures import WORKER_NAME
 from distlab.runtime.launchers.spawn import (
     _announce_training,
     _die_with_parent,
     _exit_reporting,
-    _watch,
-    stop_all,
+    watch_until_done,
 )
 from distlab.runtime.signals import raise_terminated
-from distlab.runtime.worker import Job, load_entry, notify, parse_config, run_worker
+from distlab.runtime.worker import Job, load_entry, parse_config, run_worker
 
 # The shared objects live in this machine's memory: the ranks compute where they are.
 SHARED_DEVICE = torch.device("cpu")
@@ -133,29 +132,6 @@ def make_shared(cfg: RunConfig, data: Dataset, world: int, context) -> dict:
         "steps": torch.zeros(world, dtype=torch.int64).share_memory_(),
         "samples": torch.zeros(world, dtype=torch.int64).share_memory_(),
     }
-
-
-def watch_until_done(
-    procs: list, cfg: RunConfig, run_dir: Path, tail: EventTail, on_event: Callable | None
-) -> None:
-    """Start the processes and watch them as the spawn launcher does; whatever happens,
-    none outlives this call."""
-    world = len(procs)
-    try:
-        notify(on_event, f"starting {world} processes")
-        for proc in procs:
-            proc.start()
-        notify(on_event, f"waiting for {world} processes to start")
-        _watch(procs, run_dir, cfg.timeout, tail.poll)
-        tail.poll()
-    except KeyboardInterrupt:
-        stop_all(procs)
-        raise RunInterrupted("interrupted by the user; all processes stopped") from None
-    except Terminated:
-        stop_all(procs)
-        raise RunTerminated("terminated by SIGTERM; all processes stopped") from None
-    finally:
-        stop_all(procs)
 
 
 def _child(

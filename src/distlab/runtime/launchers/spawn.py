@@ -79,6 +79,18 @@ def launch_local(
     ]
     tail = EventTail(run_dir / "events" / f"rank-{job.lead}.jsonl", _announce_training(on_event))
     try:
+        watch_until_done(procs, cfg, run_dir, tail, on_event)
+    finally:
+        del store
+
+
+def watch_until_done(
+    procs: list, cfg: RunConfig, run_dir: Path, tail: EventTail, on_event: Callable | None
+) -> None:
+    """Start the processes and watch them until all end or one fails; Ctrl-C and SIGTERM
+    stop them all. Whatever happens, none outlives this call."""
+    world = len(procs)
+    try:
         notify(on_event, f"starting {world} processes")
         for proc in procs:
             proc.start()
@@ -93,7 +105,6 @@ def launch_local(
         raise RunTerminated("terminated by SIGTERM; all processes stopped") from None
     finally:
         stop_all(procs)
-        del store
 
 
 def _announce_training(on_event: Callable | None) -> Callable | None:
