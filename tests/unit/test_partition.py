@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -69,6 +69,7 @@ def test_iid_covers_and_sizes_differ_by_at_most_one(case):
 
 @FAST
 @given(labelled(), st.floats(0.01, 100), st.booleans())
+@example((np.array([0, 1, 2, 3]), 3, 74), 38.0, True)  # shares summing to 1 - 1e-16
 def test_dirichlet_covers_and_balance_caps_sizes(case, alpha, balance):
     labels, clients, seed = case
     config = DirichletPartition(alpha=alpha, min_size=0, balance=balance)

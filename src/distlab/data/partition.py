@@ -181,7 +181,9 @@ def draw_dirichlet(labels, num_parts, config: DirichletPartition, rng) -> list[n
         share = rng.dirichlet(np.full(num_parts, config.alpha))
         if config.balance:
             share = balance_share(share, sizes < len(labels) / num_parts)
-        cuts = (np.cumsum(share) * len(idx)).astype(np.int64)[:-1]
+        # The normalized shares can sum to 1 - 1e-16: without the epsilon a truncated cut
+        # would hand the last sample to the last client even when balance closed it.
+        cuts = np.floor(np.cumsum(share) * len(idx) + 1e-9).astype(np.int64)[:-1]
         for i, piece in enumerate(np.split(idx, cuts)):
             parts[i].append(piece)
             sizes[i] += len(piece)
