@@ -11,14 +11,14 @@ import pytest
 import torch
 from hypothesis import settings
 
+from distlab.api import run
+from distlab.config import validate_config
+
 # CI runs the same property examples every time (a red CI lands nothing); a developer's run
 # keeps exploring new ones.
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
-
-from distlab.api import run
-from distlab.config import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
