@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from distlab.strategies.common import sampler_schedule, train_epochs
+import torch
+
+from distlab.strategies.common import StepFn, sampler_schedule, train_epochs
 from distlab.strategies.spec import StrategyBase, StrategySpec
 from distlab.training import attach_flat_grads, compute_gradients, make_optimizer
 
@@ -26,12 +28,18 @@ class Params(StrategyBase):
 def run(ctx: WorkerContext, params: Params) -> None:
     model = ctx.build_model()
     opt = make_optimizer(model.parameters(), ctx.cfg.optimizer)
-    # One message per step: the gradients (backward writes into it), then the weighted
-    # loss and the sample count.
-    buf = attach_flat_grads(model, extra=2)
+    step = averaged_gradient_step(ctx, model, opt, attach_flat_grads(model, extra=2))
+    train_epochs(ctx, model, step, sampler_schedule(ctx, ctx.rank, ctx.world))
+
+
+def averaged_gradient_step(ctx: WorkerContext, model, opt, buf: torch.Tensor) -> StepFn:
+    """One synchronous step: the sample-weighted mean gradient of all workers, then the
+    optimizer. `buf` is the flat buffer backward writes the gradients into (attach_flat_grads
+    with 2 extra slots), so one message carries them, the weighted loss and the sample
+    count. Returns the workers' mean loss and their samples."""
     grads = buf[:-2]
 
-    def step(x, y):
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         loss = compute_gradients(model, x, y)
         n = float(len(y))
         grads.mul_(n)
@@ -42,7 +50,7 @@ def run(ctx: WorkerContext, params: Params) -> None:
         opt.step()
         return float(buf[-2]) / total, int(total)
 
-    train_epochs(ctx, model, step, sampler_schedule(ctx, ctx.rank, ctx.world))
+    return step
 
 
 SPEC = StrategySpec("allreduce", Params, run)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from distlab.runtime.launchers.external import external_env
+from distlab.runtime.launchers.shared import refuse_cuda
 from distlab.strategies.common import StepFn, local_step, sampler_schedule
 from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
 from distlab.training import make_optimizer
@@ -45,11 +46,7 @@ def check(cfg: RunConfig) -> None:
     """One machine, CPU memory: refuse CUDA and a run whose processes another launcher
     started (each of them would build a model of its own and share nothing)."""
     check_data_parallel(cfg)
-    if cfg.device == "cuda":
-        raise ValueError(
-            "strategy hogwild shares one model in this machine's CPU memory; --device must be "
-            "cpu or auto (got cuda)"
-        )
+    refuse_cuda(cfg, "strategy hogwild")  # the launcher's rule, before anything starts
     external = external_env()
     if external is not None:
         raise ValueError(

@@ -44,6 +44,7 @@ import torch
 from pydantic import Field, field_validator
 
 from distlab.data.partition import Partition, partition
+from distlab.strategies.allreduce import averaged_gradient_step
 from distlab.strategies.common import (
     Schedule,
     own_schedule,
@@ -198,7 +199,8 @@ class LocalWorker:
         self.model, self.shown = ctx.build_model(), ctx.build_model()
         self.opt = make_optimizer(self.model.parameters(), ctx.cfg.optimizer)
         # Backward writes into one flat buffer that a warmup step sends as it is.
-        self.buf = attach_flat_grads(self.model, extra=2)
+        buf = attach_flat_grads(self.model, extra=2)
+        self.warmup_step = averaged_gradient_step(ctx, self.model, self.opt, buf)
         self.done = 0
         self.since = 0.0  # samples since the last averaging: this model's weight
 
@@ -206,7 +208,7 @@ class LocalWorker:
         self.done += 1
         kind = self.plan.kind(self.done)
         if kind == "allreduce":
-            loss = self.allreduce_step(x, y)
+            loss, _ = self.warmup_step(x, y)  # post-local SGD: allreduce's own step
         else:
             loss, n = compute_gradients(self.model, x, y), float(len(y))
             self.opt.step()
@@ -216,17 +218,6 @@ class LocalWorker:
         if kind in ("allreduce", "average") and self.plan.evaluates(self.done):
             set_flat_params(self.shown, flat_params(self.model))
         return loss, self.sizes[self.done - 1]
-
-    def allreduce_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Post-local SGD warmup: the allreduce strategy's step (sample-weighted gradients)."""
-        loss = compute_gradients(self.model, x, y)
-        n, grads = float(len(y)), self.buf[:-2]
-        grads.mul_(n)
-        self.buf[-2], self.buf[-1] = loss * n, n
-        self.ctx.comm.all_reduce(self.buf)
-        grads.div_(float(self.buf[-1]))
-        self.opt.step()
-        return float(self.buf[-2]) / float(self.buf[-1])
 
     def average(self, loss: float, n: float, into_shown: bool) -> float:
         """One allreduce of the sample-weighted models (and momenta); returns the workers'

@@ -111,13 +111,14 @@ def launch_shared(
     watch_until_done(procs, cfg, run_dir, tail, on_event)
 
 
-def refuse_cuda(cfg: RunConfig) -> None:
+def refuse_cuda(cfg: RunConfig, who: str = "the shared launcher") -> None:
     """The shared objects live in CPU memory; a run that asked for CUDA must not quietly
-    train on the CPU."""
+    train on the CPU. A strategy on this launcher calls it from its config check, so the
+    refusal comes before anything is written."""
     if cfg.device == "cuda":
         raise ValueError(
-            "the shared launcher shares the model in this machine's CPU memory; --device must "
-            "be cpu or auto (got cuda)"
+            f"{who} shares one model in this machine's CPU memory; --device must be cpu or "
+            "auto (got cuda)"
         )
 
 
