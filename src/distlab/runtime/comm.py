@@ -72,6 +72,14 @@ class Communicator(ABC):
     def gather(self, tensor: torch.Tensor, dst: int = 0) -> list[torch.Tensor] | None:
         """Every rank's `tensor`, on rank `dst` (None elsewhere)."""
 
+    def exchange(self, tensor: torch.Tensor, peers: list[int]) -> list[torch.Tensor]:
+        """Send `tensor` to every rank in `peers` and receive one tensor of its shape and
+        dtype from each, in the order of `peers`. Counted as one send and one recv per peer.
+        A transport without point-to-point calls supports only an empty `peers`."""
+        if peers:
+            raise NotImplementedError(f"{type(self).__name__} has no point-to-point exchange")
+        return []
+
     @abstractmethod
     def barrier(self) -> None:
         """Wait until every rank reaches this point."""
@@ -161,6 +169,21 @@ class TorchCommunicator(Communicator):
         """Receive into `tensor`; src=None takes the first sender. Returns the sender's rank."""
         with self._counted(0, _nbytes(tensor)):
             return dist.recv(tensor, src=src, group=self.group)
+
+    def exchange(self, tensor: torch.Tensor, peers: list[int]) -> list[torch.Tensor]:
+        """All sends and receives are posted at once (isend/irecv), so no order of blocking
+        calls between neighbours can deadlock."""
+        out = [torch.empty_like(tensor) for _ in peers]
+        n = _nbytes(tensor) * len(peers)
+        with self._counted(n, n):
+            requests = [dist.isend(tensor, self._global(p), group=self.group) for p in peers]
+            requests += [
+                dist.irecv(o, self._global(p), group=self.group)
+                for p, o in zip(peers, out, strict=True)
+            ]
+            for request in requests:
+                request.wait()
+        return out
 
     def gather(self, tensor: torch.Tensor, dst: int = 0) -> list[torch.Tensor] | None:
         n = _nbytes(tensor)

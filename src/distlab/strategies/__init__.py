@@ -27,6 +27,8 @@ STRATEGIES: dict[str, str] = {
     "local-sgd": "distlab.strategies.local_sgd:SPEC",
     "hogwild": "distlab.strategies.hogwild:SPEC",
     "pipeline": "distlab.strategies.pipeline:SPEC",
+    "distill": "distlab.strategies.distill:SPEC",
+    "gossip": "distlab.strategies.gossip:SPEC",
 }
 
 
