@@ -29,6 +29,7 @@ from distlab.rundir import (
 from distlab.runtime import launch
 from distlab.strategies import StrategySpec, get_spec, spec_ref
 from distlab.summary import summarize
+from distlab.tensorboard import TensorBoardLog
 
 __all__ = ["RunConfig", "RunResult", "load_run", "run", "prepare_run_dir"]
 
@@ -44,7 +45,9 @@ def run(
     Ctrl-C and SIGTERM raise launch.RunInterrupted and launch.RunTerminated after it is.
     `on_event` gets the lead rank's events and {"kind": "status", "text": ...} lines while
     the run starts. `started` (epoch seconds) is when the run was asked for, the origin of
-    wall and start-up seconds: the command's launch for the CLI, this call by default."""
+    wall and start-up seconds: the command's launch for the CLI, this call by default.
+    With cfg.tensorboard the process that speaks for the run also writes those events,
+    then the summary, as TensorBoard scalars."""
     launch.refuse_worker_import()
     # A RunConfig built directly skipped the strategy's cross-field checks: validate again.
     data = config.model_dump() if isinstance(config, RunConfig) else dict(config)
@@ -60,6 +63,8 @@ def run(
         )
     if external is None:
         check_process_count(cfg, world)
+    board = open_board(cfg, spec, start, external)
+    on_event = board.tee(on_event) if board else on_event
     launch.resolve_device(cfg)
     launch.notify(on_event if _leads(external) else None, "loading data")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
@@ -68,11 +73,29 @@ def run(
     split = spec.data_partition(cfg, data.y_train.cpu().numpy())
     job = make_job(cfg, spec, world)
     if external is not None:
-        return _run_external(cfg, spec, job, external, overwrite, start, data, split, on_event)
+        return _run_external(
+            cfg, spec, job, external, overwrite, start, data, split, on_event, board
+        )
     launcher = launch.local_launcher(spec.launcher, job)
+    run_dir = prepare(cfg, overwrite, split, board)
+    return _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event, board)
+
+
+def open_board(cfg: RunConfig, spec: StrategySpec, start: float, external) -> TensorBoardLog | None:
+    """The TensorBoard writer, when asked for and this process speaks for the run (the
+    parent, or rank 0 under a launcher); a missing package is refused here, before the run."""
+    if not cfg.tensorboard or not _leads(external):
+        return None
+    return TensorBoardLog(start=start, lead=spec.lead(cfg))
+
+
+def prepare(cfg: RunConfig, overwrite: bool, split, board: TensorBoardLog | None) -> Path:
+    """Make the run directory: config, partition record, TensorBoard files."""
     run_dir = prepare_run_dir(cfg, overwrite)
     record_partition(run_dir, split)
-    return _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event)
+    if board is not None:
+        board.open(run_dir)
+    return run_dir
 
 
 def make_job(cfg: RunConfig, spec: StrategySpec, world: int) -> launch.Job:
@@ -121,7 +144,7 @@ def record_partition(run_dir: Path, split) -> None:
         write_partition_record(run_dir, split)
 
 
-def _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event) -> RunResult:
+def _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event, board) -> RunResult:
     status, failure = "failed", None
     with launch.sigterm_raises():
         try:
@@ -141,7 +164,9 @@ def _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event) -> RunR
         finally:
             launch.hold_sigterm()
             if status is not None:
-                finish_run(cfg, spec, run_dir, job.world, start, status, failure)
+                finish_run(cfg, spec, run_dir, job.world, start, status, failure, board)
+            elif board is not None:
+                board.close()
     return load_run(run_dir)
 
 
@@ -151,16 +176,16 @@ def _leads(external: tuple[int, int, int] | None) -> bool:
     return external is None or external[0] == 0
 
 
-def _run_external(cfg, spec, job, external, overwrite, start, data, split, on_event) -> RunResult:
+def _run_external(
+    cfg, spec, job, external, overwrite, start, data, split, on_event, board
+) -> RunResult:
     rank, world, local_rank = external
 
-    def prepare() -> Path:
-        run_dir = prepare_run_dir(cfg, overwrite)
-        record_partition(run_dir, split)
-        return run_dir
+    def prepare_dir() -> Path:
+        return prepare(cfg, overwrite, split, board)
 
     def finish(run_dir: Path, status: str, failure: launch.RunFailed | None) -> None:
-        finish_run(cfg, spec, run_dir, world, start, status, failure)
+        finish_run(cfg, spec, run_dir, world, start, status, failure, board)
 
     with launch.sigterm_raises(ignore_after_error=_leads(external)):
         run_dir = launch.join_external(
@@ -168,7 +193,7 @@ def _run_external(cfg, spec, job, external, overwrite, start, data, split, on_ev
             job,
             rank,
             local_rank,
-            prepare,
+            prepare_dir,
             finish,
             start,
             data,
@@ -188,10 +213,12 @@ def finish_run(
     start: float,
     status: str,
     failure: launch.RunFailed | None = None,
+    board: TensorBoardLog | None = None,
 ) -> None:
     """Merge the ranks' events and write summary.json, whatever the run's outcome. A failed
     run's `error` is the one-line cause (the rank that caused it); `rank_errors` keeps what
-    each rank reported, its peers' connection errors included."""
+    each rank reported, its peers' connection errors included. `board` gets what it missed
+    of the lead's events and the summary, and is closed."""
     files = sorted((run_dir / "events").glob("rank-*.jsonl"))
     events = merge_events(files, run_dir / "events.jsonl")
     summary = summarize(cfg, spec, events, world, time.time() - start, status, run_dir)
@@ -202,3 +229,5 @@ def finish_run(
             for rank, message in sorted(failure.rank_errors.items())
         ]
     write_json(run_dir / "summary.json", summary)
+    if board is not None:
+        board.finish(events, summary)
