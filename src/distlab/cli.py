@@ -8,6 +8,7 @@ torchrun --nproc-per-node 4 -m distlab run --strategy allreduce --workers 4
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import sys
 import warnings
@@ -50,7 +51,9 @@ def _options(
 
 def _help(path: str) -> str:
     """A config field's docstring, which is also its --help text, and its default."""
-    field = _field(path)
+    from distlab.config import config_field
+
+    field = config_field(path)
     if field is None:
         return ""
     text = field.description or ""
@@ -68,62 +71,15 @@ def _names(registry: str) -> str:
     return ", ".join(STRATEGIES if registry == "strategy" else PARTITION_SCHEMES)
 
 
-def _field(path: str):
-    """The pydantic field behind a dotted config key (strategy keys: the first strategy
-    that has it)."""
-    from distlab.config import NESTED, RunConfig
-    from distlab.data.partition import PARTITION_SCHEMES
-
-    section, *rest = path.split(".")
-    if not rest:
-        return RunConfig.model_fields.get(section)
-    if section in NESTED:
-        return NESTED[section].model_fields.get(rest[0])
-    if section == "partition":
-        models = list(PARTITION_SCHEMES.values())
-    else:
-        from distlab.strategies import STRATEGIES, params_for
-
-        models = [params_for(name) for name in STRATEGIES]
-    return next((m.model_fields[rest[0]] for m in models if rest[0] in m.model_fields), None)
-
-
 def _plain(value: Any) -> str:
     if value is None:
         return "none"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-# flag name -> dotted config key
-FLAG_KEYS = {
-    "strategy": "strategy.name",
-    "dataset": "dataset",
-    "model": "model",
-    "workers": "workers",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
-    "lr": "optimizer.lr",
-    "optimizer": "optimizer.name",
-    "seed": "seed",
-    "device": "device",
-    "data_dir": "data_dir",
-    "out_dir": "out_dir",
-    "name": "name",
-    "sampler": "sampler",
-    "partition": "partition.scheme",
-    "alpha": "partition.alpha",
-    "min_size": "partition.min_size",
-    "shards_per_client": "partition.shards_per_client",
-    "classes_per_client": "partition.classes_per_client",
-    "download": "download",
-    "clients": "strategy.clients",
-    "rounds": "strategy.rounds",
-}
-
-
 def _unflagged_keys() -> str:
     """The run epilog: config keys that have no flag of their own, with their defaults."""
-    from distlab.config import NESTED, RunConfig
+    from distlab.config import FLAG_KEYS, NESTED, RunConfig, config_field
     from distlab.data.partition import PARTITION_SCHEMES
 
     keys = [k for k in RunConfig.model_fields if k not in NESTED and k != "partition"]
@@ -133,7 +89,7 @@ def _unflagged_keys() -> str:
     lines = []
     for key in dict.fromkeys(keys):
         if key not in flagged:
-            default = _field(key).default
+            default = config_field(key).default
             shown = _plain(default) if not isinstance(default, BaseModel) else "-"
             lines.append(f"{key}={shown}")
     return (
@@ -172,6 +128,7 @@ def run(
     rounds: int = typer.Option(None, help=_help("strategy.rounds")),
     out_dir: Path = typer.Option(None, help=_help("out_dir")),
     name: str = typer.Option(None, help=_help("name")),
+    tensorboard: bool = typer.Option(None, "--tensorboard", help=_help("tensorboard")),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     set_: list[str] = typer.Option(
         None, "--set", help="Override any config key: --set strategy.mode=async (repeatable)."
@@ -197,7 +154,7 @@ def run(
     strategy.* keys.
     """
     from distlab.api import run as run_api
-    from distlab.config import build_config
+    from distlab.config import FLAG_KEYS, build_config
     from distlab.runtime.launch import is_follower
 
     warnings.showwarning = _warning_line
@@ -222,6 +179,41 @@ def run(
         print(json.dumps(result.summary, indent=2))
     elif not quiet:
         print_summary(result.summary, result.run_dir)
+
+
+# The run flags that set a config (all but where the run directory goes): a sweep's base
+# config takes the same flags.
+SWEEP_OWN_FLAGS = ("name", "out_dir")
+
+
+def with_config_flags(fn):
+    """Give a command the run command's config flags (--config, --strategy ... --set), so
+    every flag of `distlab run` sets the base config of a sweep. The command takes them as
+    **config_flags."""
+    from distlab.config import FLAG_KEYS
+
+    shared = [
+        p
+        for n, p in inspect.signature(run, eval_str=True).parameters.items()
+        if (n in FLAG_KEYS and n not in SWEEP_OWN_FLAGS) or n in ("config", "set_")
+    ]
+    own = [
+        p
+        for p in inspect.signature(fn, eval_str=True).parameters.values()
+        if p.kind is not p.VAR_KEYWORD
+    ]
+    fn.__signature__ = inspect.Signature(own + shared)
+    fn.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return fn
+
+
+def base_config(config_flags: dict[str, Any], start: dict[str, Any] | None = None) -> dict:
+    """The unvalidated config a sweep starts from: a sweep file's base, then --config, then
+    the flags, then --set."""
+    from distlab.config import FLAG_KEYS, build_data
+
+    flags = {FLAG_KEYS[k]: v for k, v in config_flags.items() if k in FLAG_KEYS}
+    return build_data(config_flags.get("config"), flags, config_flags.get("set_") or [], start)
 
 
 def command_started() -> float:
@@ -497,25 +489,37 @@ def strategies(
 
 @app.command()
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories to compare."),
+    run_dirs: list[Path] = typer.Argument(..., help="Run or sweep directories to compare."),
     # Named out_dir, not out: `out` is the module's stdout console, used below.
     out_dir: Path = typer.Option(
         Path("report"), "--out", "-o", help="Directory for the report (created if missing)."
     ),
     target: float = typer.Option(None, help="Report seconds to reach this test accuracy."),
+    network: str = typer.Option(
+        None,
+        help="Also predict speedup on these networks with the alpha-beta model, e.g. "
+        "1gbit,10gbit,100mbit (whatif.png).",
+    ),
+    latency: str = typer.Option("50us", help="Per-message latency for --network (us, ms)."),
+    force: bool = typer.Option(False, help="Put runs of different datasets in one report."),
 ) -> None:
-    """Compare runs: curves.png (loss and accuracy per step, per round on separate panels,
-    and over seconds), bytes.png, and a table with speedup T(1)/T(N) and efficiency against
-    a completed one-process run with the same dataset, model, samples and batch meaning
-    (speedup_note says why a run has none).
+    """Compare runs and sweeps: report.html, report.md, results.csv and the figures
+    speedup.png and accuracy.png (against workers, error bars over seeds), curves.png,
+    communication.png (measured against the formula), partition-*.png and, with --network,
+    whatif.png. Speedup is T(1)/T(N) against a completed one-process run with the same
+    dataset, model, samples and batch meaning (the notes say why a run has none).
 
-    Example: distlab report runs/centralized runs/allreduce --out report --target 0.9
+    Examples:
+
+      distlab report sweeps/scale --out report
+
+      distlab report runs/centralized runs/allreduce --target 0.9 --network 1gbit,10gbit
     """
     from distlab.report import CONSOLE_COLUMNS, write_report
 
-    # write_report checks --target, --out and every run directory before writing anything.
-    rows = write_report(run_dirs, out_dir, target)
-    title = f"report written to {out_dir} (every column in summary.md)"
+    # write_report checks every input and run directory before writing anything.
+    rows = write_report(run_dirs, out_dir, target, network, latency, force)
+    title = f"report written to {out_dir} (report.html; every column in results.csv)"
     table = Table(*CONSOLE_COLUMNS.values(), title=title)
     for row in rows:
         table.add_row(*("-" if row[k] is None else format_number(row[k]) for k in CONSOLE_COLUMNS))
@@ -524,6 +528,178 @@ def report(
     for row in rows:
         if row["speedup_note"]:
             console.print(f"{row['run']}: {row['speedup_note']}", soft_wrap=True)
+
+
+# What `distlab compare` runs unless --strategies says otherwise: seed 000's homework.
+COMPARE_CELLS = [
+    {"strategy": "centralized", "workers": 1},
+    {"strategy": "allreduce"},
+    {"strategy": "param-server"},
+    {"strategy": "fedavg", "partition": "iid"},
+    {"strategy": "fedavg", "partition": "dirichlet", "alpha": 0.1},
+]
+
+
+COMPARE_WORKERS = 2
+
+
+@app.command(epilog="Every flag of `distlab run` (see distlab run --help) sets the config.")
+@with_config_flags
+def compare(
+    strategies: str = typer.Option(
+        None,
+        help="Comma-separated strategies. [default: centralized, allreduce, param-server, "
+        "fedavg iid, fedavg dirichlet 0.1]",
+    ),
+    grid: list[str] = typer.Option(None, "--grid", "-g", help="Also sweep KEY=V1,V2 (repeatable)."),
+    name: str = typer.Option("compare", help="Its directory is OUT_DIR/NAME."),
+    out_dir: Path = typer.Option(Path("sweeps"), "--out-dir", help="Where sweeps go."),
+    jobs: int = typer.Option(1, help="Cells run at once, never more processes than cores."),
+    overwrite: bool = typer.Option(False, help="Start again, removing earlier cells."),
+    target: float = typer.Option(None, help="Report seconds to reach this test accuracy."),
+    network: str = typer.Option(None, help="Networks for the what-if model (1gbit,10gbit)."),
+    latency: str = typer.Option("50us", help="Per-message latency for --network."),
+    **config_flags: Any,
+) -> None:
+    """One config under several strategies: a sweep, then its report in OUT_DIR/NAME/report.
+    --workers defaults to 2 here (a strategy needs peers to compare).
+
+    Example: distlab compare --epochs 1 --workers 4
+    """
+    from distlab.report import check_out_dir, check_target
+    from distlab.sweep import canonical_key, raise_for_failures
+
+    if strategies is not None:
+        names = [s.strip() for s in strategies.split(",") if s.strip()]
+        if not names:
+            raise ValueError("--strategies has no names (e.g. --strategies allreduce,fedavg)")
+        cells = [{"strategy": n} for n in names]
+    else:
+        cells = COMPARE_CELLS
+    check_target(target)
+    check_out_dir(out_dir / name / "report")
+    if network is not None:
+        from distlab.report import check_network
+
+        check_network(network, latency)
+    spec = {"cells": [{canonical_key(k, "cells"): v for k, v in c.items()} for c in cells]}
+    base = base_config(config_flags)
+    base.setdefault("workers", COMPARE_WORKERS)
+    plan, results = _run_sweep(base, grid, spec, name, out_dir, jobs, False, overwrite)
+    if any(r.status == "completed" for r in results):
+        report([plan.root], plan.root / "report", target, network, latency, False)
+    raise_for_failures(plan, results)
+
+
+@app.command(epilog="Every flag of `distlab run` (see distlab run --help) sets the base config.")
+@with_config_flags
+def sweep(
+    grid: list[str] = typer.Option(
+        None,
+        "--grid",
+        "-g",
+        help="KEY=V1,V2,...: one axis of the grid (repeatable; axes multiply). KEY is a run "
+        "flag (workers, strategy, seed, lr, batch-size) or a config key (strategy.period).",
+    ),
+    file: Path = typer.Option(
+        None, "--file", "-f", help="Sweep file (YAML, TOML or JSON): base, grid, cells, name."
+    ),
+    name: str = typer.Option(
+        None, help="Sweep name; its directory is OUT_DIR/NAME. [default: the file's name or sweep]"
+    ),
+    out_dir: Path = typer.Option(Path("sweeps"), "--out-dir", help="Where sweeps go."),
+    jobs: int = typer.Option(1, help="Cells run at once, never more processes than cores."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells; run nothing."),
+    overwrite: bool = typer.Option(False, help="Start the sweep again, removing its cells."),
+    **config_flags: Any,
+) -> None:
+    """Run a grid of configs, one run directory per cell, resumable.
+
+    Examples:
+
+      distlab sweep --name scale --grid strategy=allreduce,param-server --grid workers=1,2
+
+      distlab sweep --file examples/seed002-psgd.yaml
+
+    Rerunning the same command skips the finished cells. Then: distlab report sweeps/NAME
+    """
+    from distlab.sweep import raise_for_failures, read_sweep_file
+
+    spec = read_sweep_file(file) if file else {}
+    base = base_config(config_flags, spec.get("base"))
+    name = name or spec.get("name") or (file.stem if file else None)
+    done = _run_sweep(base, grid, spec, name, out_dir, jobs, dry_run, overwrite)
+    if done is not None:
+        raise_for_failures(*done)
+
+
+def _run_sweep(base, grid, spec, name, out_dir, jobs, dry_run, overwrite):
+    """Plan (every cell validated), then run with a progress line per cell; returns the plan
+    and the results, or None for a dry run."""
+    from distlab.sweep import plan_sweep, run_sweep
+
+    plan = plan_sweep(base, grid, spec, name, out_dir, jobs)
+    if dry_run:
+        table = Table("cell", "processes", "settings", title=f"sweep {plan.name}: {plan.root}")
+        for cell in plan.cells:
+            settings = ", ".join(f"{k}={_plain(v)}" for k, v in cell.values.items())
+            table.add_row(cell.name, str(cell.processes), settings or "(base config)")
+        out.print(table)
+        return None
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    with progress:
+        results = run_sweep(plan, jobs, overwrite, _cell_display(progress, plan))
+    print_cells(plan, results)
+    return plan, results
+
+
+def _cell_display(progress: Progress, plan):
+    overall = progress.add_task(f"sweep {plan.name}", total=len(plan.cells))
+    lines: dict[str, Any] = {}
+
+    def on_cell(kind: str, cell, result) -> None:
+        if kind == "start":
+            lines[cell.name] = progress.add_task(f"  {cell.name}", total=None)
+            return
+        if cell.name in lines:
+            progress.remove_task(lines.pop(cell.name))
+        progress.advance(overall)
+        progress.console.print(_cell_line(kind, cell, result), soft_wrap=True, highlight=False)
+
+    return on_cell
+
+
+def _cell_line(kind: str, cell, result) -> str:
+    if kind == "skip":
+        return f"finished before: {cell.name}"
+    if result.status != "completed":
+        return f"{result.status}: {cell.name}: {result.error or 'no cause recorded'}"
+    acc = result.summary.get("final_accuracy")
+    shown = "-" if acc is None else format_number(acc)
+    return f"completed: {cell.name}  accuracy {shown}  {format_number(result.seconds)} s"
+
+
+def print_cells(plan, results) -> None:
+    table = Table("cell", "status", "final acc", "train s", "note", title=f"sweep {plan.name}")
+    for r in results:
+        acc, train = r.summary.get("final_accuracy"), r.summary.get("train_seconds")
+        note = "finished before" if r.skipped else (r.error or "")
+        table.add_row(
+            r.cell.name,
+            r.status,
+            "-" if acc is None else format_number(acc),
+            "-" if train is None else format_number(train),
+            note,
+        )
+    Console(width=max(160, out.width)).print(table)
+    out.print(f"sweep directory: {plan.root}  (distlab report {plan.root})", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,7 +82,7 @@ class RunConfig(Frozen):
     download: bool = False
     """Download missing dataset files (checked by SHA-256) where a network exists."""
     model: str = "lenet"
-    """Model name: lenet, cnn-dropout, mlp or logreg."""
+    """Model name: lenet, cnn-dropout, mlp, logreg or vgg-small."""
     strategy: SerializeAsAny[StrategyBase] = Field(default_factory=lambda: _default_strategy())
     """Training paradigm and its parameters (strategy.name selects it)."""
     workers: int = Field(1, ge=1)
@@ -117,6 +117,10 @@ class RunConfig(Frozen):
     """Save the final model's state_dict as model.pt in the run directory."""
     oversubscribe: bool = False
     """Allow more local processes than OVERSUBSCRIBE_FACTOR x the cores (slow, but legal)."""
+    tensorboard: bool = False
+    """Write TensorBoard scalars (loss, accuracy, bytes per step or round, the summary) to
+    RUN_DIR/tensorboard; view with `tensorboard --logdir OUT_DIR`. Needs the tensorboard
+    package: pip install 'distlab[tensorboard]'."""
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -265,14 +269,34 @@ def build_config(
     overrides: list[str] | None = None,
 ) -> RunConfig:
     """File, then flags (dotted keys, None = not given), then --set overrides; validated."""
-    data: dict[str, Any] = read_config_file(file) if file else {}
-    data = _normalize_shorthands(data)
+    return validate_config(build_data(file, flags, overrides))
+
+
+def build_data(
+    file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    start: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The config mapping before validation: `start` (a sweep file's base), then the file,
+    then flags (dotted keys, None = not given), then --set overrides."""
+    data = merge(_normalize_shorthands(start or {}), read_config_file(file) if file else {})
     for key, value in (flags or {}).items():
         if value is not None:
             set_dotted(data, key, value)
     for text in overrides or []:
         set_dotted(data, *parse_override(text))
-    return validate_config(data)
+    return data
+
+
+def merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """`high` over `low`, mapping by mapping (short forms such as `strategy: fedavg` first
+    expanded), so a file's `optimizer.lr` keeps the base's `optimizer.momentum`."""
+    out = dict(_normalize_shorthands(low))
+    for key, value in _normalize_shorthands(high).items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = merge(out[key], value) if both else value
+    return out
 
 
 def _normalize_shorthands(data: dict[str, Any]) -> dict[str, Any]:
@@ -351,3 +375,52 @@ def _allowed_keys(loc: tuple) -> str:
 
 
 NESTED: dict[str, type[BaseModel]] = {"optimizer": OptimizerConfig, "fault": FaultConfig}
+
+
+# The run command's flags -> the dotted config keys they set; `--grid` takes either form.
+FLAG_KEYS = {
+    "strategy": "strategy.name",
+    "dataset": "dataset",
+    "model": "model",
+    "workers": "workers",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "optimizer.lr",
+    "optimizer": "optimizer.name",
+    "seed": "seed",
+    "device": "device",
+    "data_dir": "data_dir",
+    "out_dir": "out_dir",
+    "name": "name",
+    "sampler": "sampler",
+    "partition": "partition.scheme",
+    "alpha": "partition.alpha",
+    "min_size": "partition.min_size",
+    "shards_per_client": "partition.shards_per_client",
+    "classes_per_client": "partition.classes_per_client",
+    "download": "download",
+    "clients": "strategy.clients",
+    "rounds": "strategy.rounds",
+    "tensorboard": "tensorboard",
+}
+
+
+def config_field(path: str):
+    """The pydantic field behind a dotted config key (strategy keys: the first strategy
+    that has it), or None."""
+    from distlab.data.partition import PARTITION_SCHEMES
+
+    section, *rest = path.split(".")
+    if not rest:
+        return RunConfig.model_fields.get(section)
+    if section in NESTED:
+        return NESTED[section].model_fields.get(rest[0])
+    if section == "partition":
+        models = list(PARTITION_SCHEMES.values())
+    elif section == "strategy":
+        from distlab.strategies import STRATEGIES, params_for
+
+        models = [params_for(name) for name in STRATEGIES]
+    else:
+        return None
+    return next((m.model_fields[rest[0]] for m in models if rest[0] in m.model_fields), None)

@@ -92,19 +92,47 @@ def check_out_dir(out: str | Path) -> Path:
     return out
 
 
+def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
+    """Each path as given when it is a run directory (it has summary.json); the run
+    directories inside it when it is a sweep or a folder of runs; ValueError when a path
+    holds no run."""
+    if not paths:
+        raise ValueError("give at least one run or sweep directory (got none)")
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise ValueError(f"run directory {str(path)!r} does not exist")
+        if (path / "summary.json").is_file() or (path / "config.json").is_file():
+            found.append(path)
+            continue
+        inside = sorted(p for p in path.iterdir() if (p / "summary.json").is_file())
+        if not inside:
+            raise ValueError(
+                f"{str(path)!r} holds no run: a run directory has summary.json, a sweep "
+                "directory has run directories"
+            )
+        found.extend(inside)
+    return found
+
+
 def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """Summary and lead-rank events of each run directory; ValueError for a bad one."""
-    if not run_dirs:
-        raise ValueError("give at least one run directory (got none)")
+    """Summary, config and lead-rank events of each run (sweeps expanded to their cells);
+    ValueError for a bad directory."""
     runs = []
-    for run_dir in map(Path, run_dirs):
-        if not run_dir.is_dir():
-            raise ValueError(f"run directory {str(run_dir)!r} does not exist")
+    for run_dir in expand_run_dirs(run_dirs):
         result = load_run(run_dir)
         lead = result.summary.get("lead_rank")
         lead = 0 if lead is None else lead
         events = [e for e in result.events if e.get("rank") == lead]
-        runs.append({"name": run_dir.name, "summary": result.summary, "events": events})
+        runs.append(
+            {
+                "name": run_dir.name,
+                "dir": run_dir,
+                "summary": result.summary,
+                "config": result.config,
+                "events": events,
+            }
+        )
     return runs
 
 
@@ -125,6 +153,7 @@ def comparison_rows(runs: list[dict[str, Any]], target: float | None = None) -> 
                 "status": s.get("status"),
                 "strategy": s.get("strategy"),
                 "workers": workers,
+                "seed": s.get("seed"),
                 "processes": s.get("processes"),
                 "samples": s.get("samples"),
                 "final_accuracy": s.get("final_accuracy"),
@@ -152,8 +181,8 @@ def efficiency(speedup: float | None, workers: int | None) -> float | None:
 def find_baseline(
     run: dict[str, Any], runs: list[dict[str, Any]]
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """The fastest fair one-process baseline for `run`, or None and the reason there is
-    none."""
+    """The fair one-process baseline for `run` (of the same strategy, then of the same seed,
+    where there is one; the fastest of those), or None and the reason there is none."""
     s = run["summary"]
     if s.get("status") != "completed":
         return None, f"run {s.get('status') or 'status unknown'}: left out of speedup"
@@ -168,6 +197,11 @@ def find_baseline(
         return None, NO_BASELINE
     if not timed:
         return None, "the comparable one-process run has no train seconds"
+    # T(1) of the run's own strategy where there is one (each line of a speedup plot starts
+    # at 1), and over seeds the baseline of the run's own seed.
+    for key in ("strategy", "seed"):
+        closer = [r for r in timed if r["summary"].get(key) == s.get(key)]
+        timed = closer or timed
     return min(timed, key=lambda r: r["summary"]["train_seconds"]), None
 
 
@@ -315,46 +349,103 @@ def smooth(values: list[float], window: int = 10) -> np.ndarray:
     return np.concatenate([head, np.convolve(arr, kernel, mode="valid")])
 
 
-def plot_bytes(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Measured against analytic bytes per worker per step, one pair per run; an unknown
-    analytic figure is left out, not drawn as 0."""
-    path = check_plot(path)
-    rows = [r for r in rows if r["bytes_per_step_measured"] is not None]
-    fig = new_figure(max(5, 1.2 * len(rows) + 2), 4)
-    ax = fig.subplots()
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["bytes_per_step_measured"] for r in rows], 0.4, label="measured")
-    known = [(i, r["bytes_per_step_analytic"]) for i, r in enumerate(rows)]
-    known = [(i, v) for i, v in known if v is not None]
-    if known:
-        ax.bar([i + 0.2 for i, _ in known], [v for _, v in known], 0.4, label="analytic")
-    # A run that did not complete measured part of its traffic: its label says so.
-    names = [
-        r["run"] if r["status"] == "completed" else f"{r['run']}\n({r['status']})" for r in rows
-    ]
-    ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
-    ax.set(ylabel="bytes per worker per step", title="Communication")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    save_figure(fig, path)
-    return path
+def check_datasets(runs: list[dict[str, Any]], force: bool) -> None:
+    """Speedup and accuracy against workers mean nothing across datasets: refused unless
+    forced (then each run is still only compared with a baseline on its own dataset)."""
+    datasets = sorted({str(r["summary"].get("dataset")) for r in runs})
+    if len(datasets) > 1 and not force:
+        raise ValueError(
+            f"runs of different datasets ({', '.join(datasets)}) in one speedup plot: report "
+            "them apart, or pass --force"
+        )
+
+
+def write_partitions(runs: list[dict[str, Any]], out: Path) -> list[Path]:
+    """partition-<run>.png for each distinct division of the data the runs used."""
+    seen: set[str] = set()
+    written = []
+    for run in runs:
+        record, figure = run["dir"] / "partition.json", run["dir"] / "partition.png"
+        if not (record.is_file() and figure.is_file()):
+            continue
+        counts = json.dumps(json.loads(record.read_text()).get("counts"))
+        if counts in seen:
+            continue
+        seen.add(counts)
+        target = out / f"partition-{run['name']}.png"
+        target.write_bytes(figure.read_bytes())
+        written.append(target)
+    return written
 
 
 def write_report(
-    run_dirs: list[str | Path], out: str | Path, target: float | None = None
+    run_dirs: list[str | Path],
+    out: str | Path,
+    target: float | None = None,
+    networks: str | None = None,
+    latency: str = "50us",
+    force: bool = False,
 ) -> list[dict[str, Any]]:
-    """curves.png, bytes.png (when some run measured bytes per step), summary.md and
-    summary.json for a set of runs. Every input is checked before anything is written."""
+    """Every figure and page for a set of runs or sweeps: curves.png, speedup.png and
+    accuracy.png (when the runs span several worker counts), communication.png,
+    partition-*.png, whatif.png (with `networks`), report.md, report.html, results.csv and
+    summary.json. Every input is checked before anything is written."""
+    from distlab import page, scaling
+
     check_target(target)
     out = check_out_dir(out)
+    whatif_plan = check_network(networks, latency)
     runs = load_runs(run_dirs)
+    check_datasets(runs, force)
     rows = comparison_rows(runs, target)
+    labels = scaling.series_labels([r["config"] for r in runs])
+    for row, label in zip(rows, labels, strict=True):
+        row["series"] = label
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"--out {str(out)!r} cannot be created: {exc.strerror}") from None
+    notes = [f"{r['run']}: {r['speedup_note']}" for r in rows if r["speedup_note"]]
     plot_curves(runs, out / "curves.png")
-    if any(r["bytes_per_step_measured"] is not None for r in rows):
-        plot_bytes(rows, out / "bytes.png")
-    (out / "summary.md").write_text(markdown_table(rows))
+    if len({r["workers"] for r in rows}) > 1:
+        scaling.plot_speedup(rows, labels, out / "speedup.png")
+        scaling.plot_accuracy(rows, labels, out / "accuracy.png")
+    summaries = [r["summary"] for r in runs]
+    if any(scaling.byte_figures(s)["total_bytes"] for s in summaries):
+        scaling.plot_communication([r["name"] for r in runs], summaries, out / "communication.png")
+    write_partitions(runs, out)
+    if whatif_plan is not None:
+        notes += write_whatif(runs, rows, whatif_plan, out / "whatif.png")
+    page.write_markdown(out, rows, runs, notes)
+    page.write_html(out, rows, runs, notes)
+    page.write_csv(out, rows, runs)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
+
+
+def check_network(networks: str | None, latency: str):
+    """The parsed --network speeds and --latency, or None without --network; ValueError for
+    an unknown speed or latency, before anything is written."""
+    if networks is None:
+        return None
+    from distlab import whatif
+
+    return whatif.parse_networks(networks), whatif.parse_latency(latency)
+
+
+def write_whatif(runs, rows, plan, path: Path) -> list[str]:
+    """whatif.png: the alpha-beta model's speedup on each network beside the measured points;
+    returns a note for each run the model does not cover."""
+    from distlab import whatif
+
+    networks, alpha = plan
+    predicted, notes = [], []
+    for run in runs:
+        got, reason = whatif.predict(run["summary"], networks, alpha, name=run["name"])
+        predicted += got
+        if reason:
+            notes.append(f"{run['name']}: no what-if model: {reason}")
+    measured = [r for r in rows if r.get("speedup") is not None]
+    if predicted:
+        whatif.plot_whatif(predicted, measured, path)
+    return notes

@@ -13,8 +13,8 @@ import pytest
 import typer
 from tests.conftest import REPO, cli, run_small
 
-from distlab.cli import FLAG_KEYS, app
-from distlab.config import build_config
+from distlab.cli import app
+from distlab.config import FLAG_KEYS, build_config
 
 README = REPO / "README.md"
 # Commands quick enough to run for real; `run` trains, so its lines are only validated.

@@ -23,6 +23,7 @@ def runs(tmp_path_factory):
         "central": run_small(root / "c", strategy="centralized", name="central").run_dir,
         "allreduce": run_small(root / "a", strategy="allreduce", workers=2, name="ar").run_dir,
         "central-2": run_small(root / "c2", epochs=2, name="central-2").run_dir,
+        "digits": run_small(root / "d", dataset="digits", name="digits").run_dir,
     }
 
 
@@ -39,7 +40,10 @@ def test_report_compares_real_runs_and_writes_its_files(runs, tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"report written to {out}" in done.stdout
     assert "central" in done.stdout and "ar" in done.stdout
-    assert files_under(out) == ["bytes.png", "curves.png", "summary.json", "summary.md"]
+    assert files_under(out) == [
+        "accuracy.png", "communication.png", "curves.png", "partition-ar.png", "report.html",
+        "report.md", "results.csv", "speedup.png", "summary.json",
+    ]  # fmt: skip
     assert (out / "curves.png").read_bytes().startswith(PNG)
     rows = json.loads((out / "summary.json").read_text())
     assert [r["baseline"] for r in rows] == ["central", "central"]
@@ -73,7 +77,7 @@ def test_a_failed_run_is_marked_and_left_out_of_speedup(runs, tmp_path):
     rows = json.loads((out / "summary.json").read_text())
     assert (rows[1]["status"], rows[1]["speedup"]) == ("failed", None)
     assert rows[1]["speedup_note"] == "run failed: left out of speedup"
-    assert "| broken | failed |" in (out / "summary.md").read_text()
+    assert "| broken | failed |" in (out / "report.md").read_text()
     assert (out / "curves.png").read_bytes().startswith(PNG)
 
 
@@ -102,7 +106,19 @@ def bad_missing_run(tmp_path):
 
 def bad_not_a_run(tmp_path):
     (tmp_path / "empty").mkdir()
-    return [str(tmp_path / "empty")], ["empty", "not a finished run directory"]
+    return [str(tmp_path / "empty")], ["empty", "holds no run"]
+
+
+def bad_mixed_datasets(tmp_path):
+    return ["DIGITS"], ["different datasets (digits, synthetic)", "--force"]
+
+
+def bad_network(tmp_path):
+    return ["--network", "1gbit,1gb"], ["--network", "'1gb'"]
+
+
+def bad_latency(tmp_path):
+    return ["--network", "1gbit", "--latency", "50"], ["--latency", "'50'"]
 
 
 def bad_target_zero(tmp_path):
@@ -121,12 +137,16 @@ def bad_target_above_one(tmp_path):
         bad_out_read_only,
         bad_missing_run,
         bad_not_a_run,
+        bad_mixed_datasets,
+        bad_network,
+        bad_latency,
         bad_target_zero,
         bad_target_above_one,
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, case):
     args, words = case(tmp_path)
+    args = [str(runs["digits"]) if a == "DIGITS" else a for a in args]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "rep")]
     before = files_under(tmp_path)
@@ -137,3 +157,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, case):
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
     assert all(w in done.stderr for w in words), done.stderr
     assert files_under(tmp_path) == before
+
+
+def test_force_reports_runs_of_different_datasets(runs, tmp_path):
+    out = tmp_path / "rep"
+
+    done = cli("report", str(runs["central"]), str(runs["digits"]), "--out", str(out), "--force")
+
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["baseline"] for r in rows] == ["central", "digits"]  # each its own dataset's

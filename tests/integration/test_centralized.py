@@ -8,8 +8,8 @@ import pytest
 from tests.conftest import cli, final_state, run_small, step_losses
 
 import distlab
-from distlab.cli import FLAG_KEYS, main
-from distlab.config import OptimizerConfig, RunConfig, validate_config
+from distlab.cli import main
+from distlab.config import FLAG_KEYS, OptimizerConfig, RunConfig, validate_config
 from distlab.data.datasets import DATASETS
 
 SUMMARY_KEYS = {

@@ -199,7 +199,7 @@ def test_build_config_set_values_are_typed():
     [
         (
             ["nope=1"],
-            r"unknown config key 'nope' \(allowed: name, dataset, .*save_model, oversubscribe\)",
+            r"unknown config key 'nope' \(allowed: name, dataset, .*oversubscribe, tensorboard\)",
         ),
         (["optimizer.beta=1"], r"'optimizer.beta' \(allowed: name, lr, momentum, weight_decay\)"),
         (["strategy.mode=async"], r"'strategy.mode' for strategy 'centralized' \(allowed: name\)"),
@@ -236,7 +236,7 @@ def errors_of(data: dict) -> str:
         ({"device": "gpu"}, "device must be one of cpu, cuda or auto (got 'gpu')"),
         ({"optimizer": {"name": "rmsprop"}}, "optimizer.name must be one of sgd or adam"),
         ({"dataset": "imagenet"}, "unknown dataset 'imagenet' (allowed: cifar10, digits"),
-        ({"model": "resnet"}, "unknown model 'resnet' (allowed: cnn-dropout, lenet, logreg, mlp)"),
+        ({"model": "resnet"}, "unknown model 'resnet' (allowed: cnn-dropout, lenet, logreg, mlp,"),
         ({"strategy": {"name": "nope"}}, "unknown strategy.name 'nope' (allowed: centralized"),
         ({"partition": {"scheme": "nope"}}, "unknown partition.scheme 'nope' (allowed: iid"),
         ({"epochs": "many"}, "epochs input should be a valid integer"),

@@ -179,8 +179,9 @@ def test_report_from_real_runs_writes_plots_and_tables(tmp_path):
     rows = write_report([one.run_dir, two.run_dir], tmp_path / "rep", target=0.5)
 
     assert (tmp_path / "rep" / "curves.png").read_bytes().startswith(PNG)
-    assert (tmp_path / "rep" / "bytes.png").read_bytes().startswith(PNG)
-    assert "| speedup_note |" in (tmp_path / "rep" / "summary.md").read_text()
+    assert (tmp_path / "rep" / "communication.png").read_bytes().startswith(PNG)
+    assert (tmp_path / "rep" / "speedup.png").read_bytes().startswith(PNG)
+    assert "| speedup |" in (tmp_path / "rep" / "report.md").read_text()
     saved = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert saved == rows
     assert rows[1]["baseline"] == one.run_dir.name
