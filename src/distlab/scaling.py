@@ -75,10 +75,12 @@ def aggregate(rows: list[dict[str, Any]], labels: list[str], key: str) -> dict[s
     }
 
 
-def plot_speedup(rows: list[dict], labels: list[str], path: str | Path) -> Path:
+def plot_speedup(
+    rows: list[dict], labels: list[str], path: str | Path, cores: int | None = None
+) -> Path:
     """Speedup T(1)/T(N) and efficiency against workers, one line per series, the ideal line,
-    error bars over seeds. A run without a fair one-process baseline is left out (its
-    speedup_note says why)."""
+    error bars over seeds, and the machine's core count when runs go past it. A run without
+    a fair one-process baseline is left out (its speedup_note says why)."""
     path = check_plot(path)
     fig = new_figure(12, 4.6)
     speed_ax, eff_ax = fig.subplots(1, 2)
@@ -88,6 +90,10 @@ def plot_speedup(rows: list[dict], labels: list[str], path: str | Path) -> Path:
     top = max(workers, default=1)
     speed_ax.plot([1, top], [1, top], color="0.6", ls=":", label="ideal")
     eff_ax.axhline(1.0, color="0.6", ls=":", label="ideal")
+    if cores and cores < top:
+        # Past the cores, processes share them: the speedup there measures time-slicing.
+        for ax in (speed_ax, eff_ax):
+            ax.axvline(cores, color="tab:red", ls="--", lw=0.8, label=f"{cores} cores")
     for (label, points), color in zip(speed.items(), class_colors(len(speed)), strict=True):
         draw_series(speed_ax, points, label, color)
         draw_series(eff_ax, eff.get(label, {}), label, color)

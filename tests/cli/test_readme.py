@@ -137,3 +137,22 @@ def test_fast_command_runs_and_exits_0(command, tmp_path, small_run):
     done = cli(*args, cwd=tmp_path)
 
     assert done.returncode == 0, done.stderr
+
+
+SWEEPS = [c for c in COMMANDS if c[0][:1] in (["sweep"], ["compare"])]
+
+
+@pytest.mark.parametrize("command", SWEEPS, ids=command_id)
+def test_sweep_line_plans_every_cell(command, tmp_path):
+    """Each README sweep plans (every cell validated, nothing run) from the repository, where
+    its sweep files are; a compare line parses."""
+    args, _ = command
+    name, params = parse(args)
+    if name == "compare":
+        return
+    if "--out-dir" not in args:
+        args = [*args, "--out-dir", str(tmp_path)]
+    done = cli(*args, *([] if "--dry-run" in args else ["--dry-run"]), cwd=REPO)
+
+    assert done.returncode == 0, done.stderr
+    assert not any(tmp_path.iterdir())

@@ -9,11 +9,11 @@ import struct
 import pytest
 from tests.conftest import run_small
 
+from distlab.page import table_rows
 from distlab.report import (
     NO_BASELINE,
     comparison_rows,
     load_runs,
-    markdown_table,
     panel_layout,
     plot_curves,
     smooth,
@@ -133,7 +133,9 @@ def test_unknown_figures_stay_unknown():
     assert rows[0]["speedup_note"] == "train seconds unknown: no speedup"
     assert rows[2]["speedup_note"] == "samples unknown: no comparable baseline"
     assert [r["seconds_to_target"] for r in rows] == [None, None, 2.0]
-    assert "| bare | completed | - |" in markdown_table(rows)
+    columns, cells = table_rows(rows)
+    assert cells[0][: columns.index("workers") + 1][:2] == ["bare", "completed"]
+    assert cells[0][columns.index("workers")] == "-"
 
 
 def test_a_baseline_without_train_seconds_is_named_as_the_reason():
@@ -157,10 +159,10 @@ def test_smooth_is_a_running_mean():
     assert list(smooth([1, 2, 3, 4], window=2)) == [1.0, 1.5, 2.5, 3.5]
 
 
-def test_markdown_table_shows_missing_values_as_dashes():
-    text = markdown_table([{"a": 1, "b": None}])
+def test_report_tables_show_missing_values_as_dashes():
+    columns, cells = table_rows([{"run": "a", "workers": None, "speedup": 1.5}])
 
-    assert text.splitlines() == ["| a | b |", "| --- | --- |", "| 1 | - |"]
+    assert columns == ["run", "speedup"] and cells == [["a", "1.5"]]  # an empty column is left out
 
 
 def test_curves_of_runs_with_unknown_figures_still_draw(tmp_path):
@@ -222,3 +224,20 @@ def test_events_are_those_of_the_lead_rank_named_in_the_summary(tmp_path):
 
     assert len(run["events"]) == len(result.events)
     assert time_to_accuracy(run["events"], 0.01) is not None
+
+
+def test_a_baseline_is_the_runs_own_strategy_and_seed_and_allows_uneven_shares():
+    runs = [
+        fake_run("ar1-s0", 1, 1, 10.0, [], seed=0),
+        fake_run("ar1-s1", 1, 1, 12.0, [], seed=1),
+        fake_run("c1", 1, 1, 5.0, [], strategy="centralized", seed=1),
+        # three workers round their shares up: 2,006 samples is the same work within 1%
+        fake_run("ar3-s1", 3, 3, 6.0, [], seed=1, samples=2006),
+        fake_run("ar3-far", 3, 3, 6.0, [], seed=1, samples=2100),
+    ]
+
+    rows = {r["run"]: r for r in comparison_rows(runs)}
+
+    assert rows["ar3-s1"]["baseline"] == "ar1-s1"  # not the faster centralized, not seed 0
+    assert rows["ar3-s1"]["speedup"] == 2.0 and rows["ar3-s1"]["efficiency"] == 0.667
+    assert rows["ar3-far"]["baseline"] is None and rows["ar3-far"]["speedup_note"] == NO_BASELINE
