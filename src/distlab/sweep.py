@@ -267,7 +267,8 @@ def count_processes(cfg) -> int:
 
 def check_cell_inputs(cells: list[Cell]) -> None:
     """What `distlab run` checks before its processes start, for every cell: the process
-    count, the dataset's presence and the model's fit to it."""
+    count, the TensorBoard package when asked for, the dataset's presence and the model's
+    fit to it."""
     from distlab.api import check_model_input, check_process_count
     from distlab.data.datasets import load_dataset
 
@@ -275,6 +276,10 @@ def check_cell_inputs(cells: list[Cell]) -> None:
     for cell in cells:
         cfg = validate_config(cell.config)
         try:
+            if cfg.tensorboard:
+                from distlab.tensorboard import check_available
+
+                check_available()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 check_process_count(cfg, cell.processes)

@@ -129,3 +129,16 @@ def cli_blocked(code: str, *args: str):
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
     )
+
+
+def test_the_run_flag_writes_what_tensorboard_reads(tmp_path):
+    from tests.conftest import cli
+
+    done = cli(
+        "run", "--tensorboard", "--dataset", "synthetic", "--model", "mlp", "--epochs", "1",
+        "--out-dir", str(tmp_path), "--name", "tb", "--quiet",
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    scalars = read_scalars(tmp_path / "tb")
+    assert len(scalars["train/loss"]) == 63 and "summary/final_accuracy" in scalars
