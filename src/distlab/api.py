@@ -68,7 +68,7 @@ def run(
     launch.resolve_device(cfg)
     launch.notify(on_event if _leads(external) else None, "loading data")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-    check_model_input(cfg, data)
+    spec.check_data(cfg, data)
     # Partitioning can refuse the config (more clients than samples): before any writing.
     split = spec.data_partition(cfg, data.y_train.cpu().numpy())
     job = make_job(cfg, spec, world)
@@ -128,14 +128,6 @@ def check_process_count(cfg: RunConfig, world: int) -> None:
 
 class OversubscribeWarning(UserWarning):
     """More processes than cores: the run works, its timings mislead."""
-
-
-def check_model_input(cfg: RunConfig, data) -> None:
-    """Build the model once on the dataset's shapes: a mismatch (an image model on tabular
-    data) is bad input, refused before any process starts."""
-    from distlab.models import build_model
-
-    build_model(cfg.model, data.input_shape, data.classes, cfg.seed)
 
 
 def record_partition(run_dir: Path, split) -> None:

@@ -269,8 +269,9 @@ def check_cell_inputs(cells: list[Cell]) -> None:
     """What `distlab run` checks before its processes start, for every cell: the process
     count, the TensorBoard package when asked for, the dataset's presence and the model's
     fit to it."""
-    from distlab.api import check_model_input, check_process_count
+    from distlab.api import check_process_count
     from distlab.data.datasets import load_dataset
+    from distlab.strategies import get_spec
 
     loaded: dict[tuple, Any] = {}
     for cell in cells:
@@ -286,7 +287,7 @@ def check_cell_inputs(cells: list[Cell]) -> None:
             key = (cfg.dataset, str(cfg.data_dir), cfg.download)
             if key not in loaded:
                 loaded[key] = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-            check_model_input(cfg, loaded[key])
+            get_spec(cfg.strategy.name).check_data(cfg, loaded[key])
         except ValueError as exc:
             raise ValueError(f"cell {cell.name}: {exc}") from None
 

@@ -157,6 +157,10 @@ def test_vgg_small_fits_every_image_shape(shape, params):
         (["--set", "strategy.alpha=1.5"], "strategy.alpha must be in [0, 1] (got 1.5)"),
         (["--set", "strategy.target_model=vgg"], "unknown strategy.target_model 'vgg' (allowed:"),
         (["--set", "strategy.member_model=resnet"], "unknown strategy.member_model 'resnet'"),
+        (
+            ["--dataset", "synthetic", "--model", "mlp"],
+            "strategy distill: model VggSmall needs image input",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):

@@ -287,6 +287,18 @@ def check(cfg: RunConfig) -> None:
         )
 
 
+def models_fit_data(cfg: RunConfig, data) -> None:
+    """The members' and the target's models both fit the dataset's shapes (vgg-small needs
+    images): refused before any process starts."""
+    from distlab.models import build_model
+
+    for name in (cfg.strategy.member_model or cfg.model, cfg.strategy.target_model):
+        try:
+            build_model(name, data.input_shape, data.classes, cfg.seed)
+        except ValueError as exc:
+            raise ValueError(f"strategy distill: {exc}") from None
+
+
 def data_partition(cfg: RunConfig, labels: np.ndarray) -> Partition | None:
     """The members' IID shards under member_data shards; none when every member has all."""
     if cfg.strategy.member_data == "shards":
@@ -354,6 +366,7 @@ SPEC = StrategySpec(
     Params,
     run,
     check=check,
+    check_data=models_fit_data,
     data_partition=data_partition,
     comm_analysis=no_comm_analysis,
     batch_meaning=batch_meaning,

@@ -96,6 +96,14 @@ def data_parallel_comm(cfg: RunConfig, per_rank: dict, params: int, steps: int) 
     }
 
 
+def model_fits_data(cfg: RunConfig, data: Any) -> None:
+    """Build the model once on the dataset's shapes: a mismatch (an image model on tabular
+    data) is bad input, refused before any process starts."""
+    from distlab.models import build_model
+
+    build_model(cfg.model, data.input_shape, data.classes, cfg.seed)
+
+
 def no_extra_summary(cfg: RunConfig, lead: list[dict]) -> dict:
     return {}
 
@@ -117,6 +125,8 @@ class StrategySpec:
     - role(cfg, rank): "worker", "server", "client-host" or "stage".
     - lead(cfg): the rank whose events are the run's record (steps, rounds, evals, model.pt).
     - check(cfg): rules spanning several config fields; raises ValueError with one line.
+    - check_data(cfg, data): rules that need the dataset (the models it builds fit its
+      shapes, sizes bounded by the parameter count); ValueError, before any process starts.
     - data_partition(cfg, labels): who trains on what, for partition.json; None for no record.
     - comm_analysis(cfg, per_rank, params, units): measured next to analytic bytes.
     - batch_meaning(cfg): what --batch-size means under this strategy.
@@ -133,6 +143,7 @@ class StrategySpec:
     role: Callable[[RunConfig, int], str] = worker_role
     lead: Callable[[RunConfig], int] = lead_rank_zero
     check: Callable[[RunConfig], None] = check_data_parallel
+    check_data: Callable[[RunConfig, Any], None] = model_fits_data
     data_partition: Callable[[RunConfig, Any], Partition | None] = sampler_partition
     comm_analysis: Callable[[RunConfig, dict, int, int], dict] = data_parallel_comm
     batch_meaning: Callable[[RunConfig], str] = sampler_batch_meaning
