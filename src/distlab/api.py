@@ -71,6 +71,8 @@ def run(
     spec.check_data(cfg, data)
     # Partitioning can refuse the config (more clients than samples): before any writing.
     split = spec.data_partition(cfg, data.y_train.cpu().numpy())
+    if external is None:
+        warn_oversubscribed(world)
     job = make_job(cfg, spec, world)
     if external is not None:
         return _run_external(
@@ -110,13 +112,19 @@ OVERSUBSCRIBE_FACTOR = 4
 
 
 def check_process_count(cfg: RunConfig, world: int) -> None:
-    """Refuse far more local processes than cores unless asked for; warn above the cores."""
+    """Refuse far more local processes than cores unless asked for."""
     cores = os.cpu_count() or 1
     if world > OVERSUBSCRIBE_FACTOR * cores and not cfg.oversubscribe:
         raise ValueError(
             f"{world} processes on {cores} cores is more than {OVERSUBSCRIBE_FACTOR} per core; "
             "lower --workers, or --set oversubscribe=true to run them anyway"
         )
+
+
+def warn_oversubscribed(world: int) -> None:
+    """More processes than cores: said once every check has passed, so bad input still gets
+    its one line alone."""
+    cores = os.cpu_count() or 1
     if world > cores:
         warnings.warn(
             f"{world} processes share {cores} cores: timings will not show the speedup "

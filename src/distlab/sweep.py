@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,9 +280,7 @@ def check_cell_inputs(cells: list[Cell]) -> None:
                 from distlab.tensorboard import check_available
 
                 check_available()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                check_process_count(cfg, cell.processes)
+            check_process_count(cfg, cell.processes)
             key = (cfg.dataset, str(cfg.data_dir), cfg.download)
             if key not in loaded:
                 loaded[key] = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
