@@ -702,6 +702,211 @@ def print_cells(plan, results) -> None:
     out.print(f"sweep directory: {plan.root}  (distlab report {plan.root})", soft_wrap=True)
 
 
+@app.command("tune-sklearn")
+def tune_sklearn(
+    estimator: str = typer.Option(
+        "random-forest",
+        help="random-forest, gradient-boosting, logistic-regression, svm or knn.",
+    ),
+    dataset: str = typer.Option(
+        None,
+        help="iris, wine, breast-cancer, digits (bundled) or a distlab set, flattened "
+        "(mnist-sample). [default: iris]",
+    ),
+    csv_file: Path = typer.Option(None, "--csv", help="CSV file with a header; numeric features."),
+    target: str = typer.Option(None, help="The --csv column that holds the class labels."),
+    space: Path = typer.Option(
+        None, help="Search space file: NAME: {grid|choice|uniform|loguniform: [...]}."
+    ),
+    param: list[str] = typer.Option(
+        None, "--param", "-p", help="NAME=V1,V2,...: one grid axis (repeatable; axes multiply)."
+    ),
+    search: str = typer.Option("grid", help="grid (every cell) or random (--trials draws)."),
+    trials: int = typer.Option(
+        None, help="Random draws, or repeats of the grid. [default: grid 1, random 10]"
+    ),
+    cv: int = typer.Option(5, help="Folds of the stratified, seeded cross-validation."),
+    default: bool = typer.Option(
+        False, "--default", help="Also score the default hyperparameters (CV and test)."
+    ),
+    scaling: str = typer.Option(
+        None, help="Node counts, e.g. 1,2,3: the same search on a local Ray cluster of each size."
+    ),
+    out_dir: Path = typer.Option(Path("tune-sklearn"), "--out", "-o", help="Results directory."),
+    address: str = typer.Option(None, help="HOST:PORT of a running Ray head. [default: local]"),
+    seed: int = typer.Option(0, help="Seed of the split, the folds and the estimator."),
+    cpus_per_trial: int = typer.Option(1, help="CPUs Ray gives a trial; its n_jobs."),
+) -> None:
+    """Search a scikit-learn estimator's hyperparameters on Ray Tune, one trial per
+    configuration, scored by K-fold cross-validation accuracy; the best configuration's
+    held-out test score beside it. Writes results.csv, results.md, best.yaml, metric.png and,
+    with --scaling, scaling.md, scaling.csv and scaling.png.
+
+    Examples:
+
+      distlab tune-sklearn --dataset breast-cancer --space space.yaml --cv 5 --default
+
+      distlab tune-sklearn --estimator knn --csv data.csv --target label -p n_neighbors=1,5,9
+
+      distlab tune-sklearn --dataset wine -p max_depth=2,4 --scaling 1,2,3
+    """
+    from distlab.hpo import sklearn as sk
+
+    plan = sk.Search(estimator, sk.build_space(space, param), search, trials, cv, seed,
+                     cpus_per_trial)  # fmt: skip
+    nodes = sk.parse_nodes(scaling)
+    table = sk.load_table(dataset, csv_file, target, seed)
+    sk.check_run(plan, table, address, nodes)
+    many = "s" if plan.configs != 1 else ""
+    err.print(f"{plan.configs} configuration{many} of {estimator} on {table.name}, {cv}-fold CV")
+    done = sk.tune_sklearn(plan, table, out_dir, address, nodes, default)
+    _print_tuned(done)
+
+
+def _print_tuned(done) -> None:
+    from distlab.hpo.sklearn import METRIC
+
+    table = Table("configuration", "cv accuracy", "cv std", "test accuracy")
+    if done.best is not None:
+        shown = ", ".join(f"{k}={_param(v)}" for k, v in done.best["params"].items())
+        table.add_row(f"best: {shown}", *(format_number(done.best[k]) for k in
+                      (METRIC, "cv_std", "test_accuracy")))  # fmt: skip
+    if done.default is not None:
+        table.add_row("default", *(format_number(done.default[k]) for k in
+                      (METRIC, "cv_std", "test_accuracy")))  # fmt: skip
+    failed = sum(r["status"] != "completed" for r in done.rows)
+    out.print(table)
+    if done.scaling:
+        grid = Table("nodes", "wall s", "speedup", "efficiency", title="scaling")
+        for r in done.scaling:
+            grid.add_row(*(format_number(round(r[k], 3)) for k in grid_keys()))
+        out.print(grid)
+    note = f" ({failed} trials failed)" if failed else ""
+    out.print(f"{len(done.rows)} trials{note}; results in {done.out}", soft_wrap=True)
+
+
+def _param(value: Any) -> str:
+    return format_number(value) if isinstance(value, float) else _plain(value)
+
+
+def grid_keys() -> tuple[str, ...]:
+    return ("nodes", "seconds", "speedup", "efficiency")
+
+
+@app.command(
+    epilog="A space file maps config keys to domains: optimizer.lr: {loguniform: [0.001, 0.1]}, "
+    "strategy.local_epochs: {choice: [1, 2, 5]}, workers: {grid: [1, 2]} (uniform: [lo, hi] too)."
+)
+def tune(
+    config: Path = typer.Option(
+        None, "--config", "-c", help="Base config (YAML, TOML or JSON) every trial starts from."
+    ),
+    space: Path = typer.Option(
+        None,
+        "--space",
+        "-s",
+        help="Search space file: config keys to grid, choice, uniform or loguniform domains.",
+    ),
+    trials: int = typer.Option(
+        None,
+        help="Trials to run; for grid search a multiple of the grid (each pass samples the "
+        "other keys afresh). [default: the grid once, or 10 without grid keys]",
+    ),
+    search: str = typer.Option(
+        "grid",
+        help="grid (Tune's variant generator), random (grid keys sampled too) or optuna "
+        "(needs: pip install 'distlab[optuna]').",
+    ),
+    scheduler: str = typer.Option(
+        "fifo",
+        help="fifo (every trial runs to its end) or asha (stops the worse trials at their "
+        "evals 2, 4, 8, ...).",
+    ),
+    metric: str = typer.Option(
+        "accuracy", help="accuracy or loss: each eval's test value, the run's final one at its end."
+    ),
+    mode: str = typer.Option(None, help="max or min. [default: max for accuracy, min for loss]"),
+    max_concurrent: int = typer.Option(
+        None, "--max-concurrent", help="Trials at once. [default: as many as the CPUs hold]"
+    ),
+    out_dir: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Search directory: results.csv, results.md, best.yaml, "
+        "metric.png, trials/ and Ray's state. [default: tune/NAME, NAME the config's name or the "
+        "space file's]",
+    ),
+    address: str = typer.Option(
+        None,
+        help="HOST:PORT of a running Ray head (ray start --head). [default: a local Ray "
+        "with this machine's cores]",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the stopped search in --out (Tune's own restore)."
+    ),
+) -> None:
+    """Search any config keys on Ray Tune: each trial is a `distlab run` of the base config
+    with the trial's values, in OUT/trials/<trial>/, asking Ray for one CPU per process. Every
+    eval is reported to Tune as it happens, so ASHA stops bad trials early. OUT/best.yaml runs
+    the best trial again: distlab run --config OUT/best.yaml.
+
+    Examples:
+
+      distlab tune --config base.yaml --space space.yaml --trials 8 --scheduler asha --out DIR
+
+      distlab tune --config base.yaml --space space.yaml --search random --trials 20
+
+      distlab tune --config base.yaml --space space.yaml --address 10.0.0.1:6379
+
+      distlab tune --resume --out DIR
+    """
+    from distlab.config import build_data
+    from distlab.hpo.runs import check_where, plan_from_record, plan_tune, run_tune
+    from distlab.hpo.space import read_space
+
+    if resume and config is None and space is None and out_dir is not None:
+        plan = plan_from_record(out_dir)
+    else:
+        if space is None:
+            raise ValueError("--space is required (a file of KEY: {grid: [...]} and the like)")
+        base = build_data(config)
+        out_dir = out_dir or Path("tune") / (base.get("name") or space.stem)
+        base.pop("name", None)
+        plan = plan_tune(base, read_space(space), out_dir, trials, search, scheduler, metric,
+                         mode, max_concurrent)  # fmt: skip
+    check_where(plan, address, resume)
+    where = f"the Ray cluster at {address}" if address else "a local Ray"
+    err.print(f"{plan.trials} trials, up to {plan.cpus} CPUs each, on {where}; {plan.out}")
+    done = run_tune(plan, address, resume, _trial_line(plan))
+    _print_best(done)
+
+
+def _trial_line(plan):
+    def on_trial(kind: str, trial: str, result: dict[str, Any]) -> None:
+        value = result.get(plan.metric)
+        shown = "" if value is None else f"  {plan.metric} {format_number(value)}"
+        evals = result.get("training_iteration") or 0
+        err.print(f"{kind}: {trial}{shown}  ({evals} evals)", soft_wrap=True, highlight=False)
+
+    return on_trial
+
+
+def _print_best(done) -> None:
+    from distlab.hpo.runs import ranked
+
+    plan = done.plan
+    table = Table("trial", plan.metric, "evals", "seconds", *plan.space, title="best trials")
+    for row in ranked(done):
+        values = (row.value, row.iterations, row.seconds, *row.params.values())
+        table.add_row(row.trial, *("-" if v is None else format_number(v) for v in values))
+    Console(width=max(160, out.width)).print(table)
+    counts = {s: sum(r.status == s for r in done.rows) for s in ("completed", "stopped", "failed")}
+    said = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    out.print(f"{len(done.rows)} trials ({said}); results in {plan.out}", soft_wrap=True)
+    out.print(f"best: distlab run --config {plan.out / 'best.yaml'}", soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage and config errors print one line and exit 2, never a traceback."""
     from distlab.runtime.launch import RunFailed, RunInterrupted

@@ -3,6 +3,7 @@ HOST:PORT. Ray is an optional extra; without it the search says how to install i
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -11,10 +12,13 @@ from contextlib import contextmanager
 MISSING = "hyperparameter search needs Ray: pip install 'distlab[tune]'"
 # Seconds to wait for a cluster address to answer before saying it is unreachable.
 CONNECT_SECONDS = 30.0
+# Ray's own INFO lines (instance started, result files written) drown the command's output.
+QUIET = logging.WARNING
 
 
 def import_ray():
     """Ray, or ValueError with the install line."""
+    use_token_if_present()  # before Ray's first import: it reads the mode once
     try:
         import ray
         from ray import tune  # noqa: F401 - the search needs both
@@ -47,11 +51,65 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     ray = import_ray()
     if address is not None:
         check_address(address)
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        join_cluster(ray, address)
     else:
         cpus = num_cpus or os.cpu_count() or 1
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        # address="local": a new Ray of our own, even where `ray start` left a cluster running
+        # on this machine (ray.init() alone would join that one, and refuse num_cpus).
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=QUIET,
+        )
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def join_cluster(ray, address: str) -> None:
+    """ray.init at `address`; a refusal (a wrong token, another Ray version) is one line."""
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=QUIET)
+    except (ConnectionError, RuntimeError) as exc:
+        cause = " ".join(str(exc).split())[:300]
+        raise ValueError(f"--address {address}: Ray refused the connection: {cause}") from None
+
+
+def use_token_if_present() -> None:
+    """Send this machine's Ray token when it has one, as `ray start` does: recent Ray heads
+    enable token authentication whenever ~/.ray/auth_token exists (and a local ray.init
+    always does), but a driver joining a head sends no token unless RAY_AUTH_MODE=token. An
+    explicit RAY_AUTH_MODE is left alone; Ray reads it when first imported."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+@contextmanager
+def local_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[object]:
+    """Ray's own multi-node test cluster on this machine (`ray.cluster_utils.Cluster`): a head
+    and nodes - 1 more raylets of `cpus_per_node` CPUs each, joined for the block, then shut
+    down. It stands in for `nodes` machines of a real cluster when there is one machine."""
+    ray = import_ray()
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False},
+    )
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=cpus_per_node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=QUIET)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+    finally:
+        cluster.shutdown()

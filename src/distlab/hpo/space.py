@@ -102,7 +102,8 @@ def flatten_space(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        is_domain = isinstance(value, dict) and len(value) == 1 and next(iter(value)) in KINDS
+        # A mapping naming any kind is a domain (two kinds in one is refused by parse_domain).
+        is_domain = isinstance(value, dict) and any(k in KINDS for k in value)
         if isinstance(value, dict) and not is_domain:
             out.update(flatten_space(value, f"{name}."))
         else:
