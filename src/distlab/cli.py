@@ -301,6 +301,14 @@ SUMMARY_ROWS = [
     ("averagings", "averagings"),
     ("bytes/averaging measured", "bytes_per_averaging_measured"),
     ("bytes/averaging analytic", "bytes_per_averaging_analytic"),
+    ("pipeline bubble measured", "bubble_measured"),
+    ("pipeline bubble analytic", "bubble_analytic"),
+    ("consensus distance", "consensus_distance"),
+    ("spectral gap", "spectral_gap"),
+    ("mean local accuracy", "local_accuracy_mean"),
+    ("worst local accuracy", "local_accuracy_worst"),
+    ("ensemble accuracy", "ensemble_accuracy"),
+    ("target accuracy", "target_accuracy"),
     ("peak RSS MB", "peak_rss_mb"),
 ]
 # Counts that are 0 only because the strategy does not have them (a fedavg run has no steps).
