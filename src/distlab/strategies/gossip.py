@@ -13,7 +13,8 @@ through the counted `Communicator.exchange`, never a global allreduce.
     distlab run --strategy gossip --workers 8 --set strategy.topology=random-k \\
         --set strategy.degree=2 --set strategy.mixing=metropolis
     distlab run --strategy gossip --workers 8 --partition dirichlet --alpha 0.1 \\
-        --set strategy.personalized=true               # local-only: topology=none
+        --epochs 48 --set strategy.personalized=true --set strategy.personal=ditto
+    # the same with --set strategy.topology=none is the local-only baseline
 
 Measurement. After each round's mixing (and at each evaluation) one allreduce builds the
 average model x_bar and a second the consensus distance, mean_i ||x_i - x_bar||; both are
@@ -23,10 +24,19 @@ model.pt is x_bar.
 
 Personalized (`personalized: true`): each worker holds out `local_test_fraction` of its own
 part (the same split FedAvg's `local_test_fraction` makes) and keeps its own model; each
-evaluation also reports every worker's own model on its own held-out split, their mean and
-worst. `finetune: S` tests a copy after S local steps (FedAvg's fine-tuning, the same code);
-`personal_head: true` never mixes the last layer (FedPer, Arivazhagan et al. 2019). With
-`topology: none` this is the local-only baseline.
+evaluation also reports every worker's personal model on its own held-out split, their mean
+and worst. The personal model is the worker's own gossip model (`personal: mixed`) or, with
+`personal: ditto`, a second model v that never leaves the worker: on every batch it takes
+a step on its own loss + ditto_lambda/2 ||v - w||^2, w being the worker's gossip model
+(Li, Hu, Beirami and Smith 2021, "Ditto: Fair and Robust Federated Learning Through
+Personalization", Algorithm 1, with the gossip model in the server's place). Ditto doubles
+the gradient computations per batch, not the data passes. `label_prior: true` tests the
+own gossip model with its logits shifted by log(p_i / p_mean), the worker's label
+frequencies against their mean over the workers (Bayes' rule for a change of class priors,
+Saerens, Latinne and Decaestecker 2002; no extra training, one counted allreduce of the
+frequencies at the start). `finetune: S` tests a copy after S local steps (FedAvg's
+fine-tuning, the same code); `personal_head: true` never mixes the last layer (FedPer,
+Arivazhagan et al. 2019). With `topology: none` this is the local-only baseline.
 
 Curvature mixing (`mixing: curvature`): uniform weights, but worker i's move toward
 sum_j W_ij x_j is projected off the top-k Hessian eigenvectors of its own loss on its most
@@ -94,6 +104,17 @@ class Params(StrategyBase):
     """Keep each worker's own model and report its accuracy on its own held-out split."""
     local_test_fraction: float = Field(0.2, gt=0, lt=1)
     """personalized: fraction of each worker's part held out as its local test split."""
+    personal: Literal["mixed", "ditto"] = "mixed"
+    """personalized: the model each worker is tested with. mixed: its own gossip model;
+    ditto: a model v of its own, trained on the same batches on its loss + ditto_lambda/2
+    ||v - w||^2 toward its gossip model w, and never sent (Ditto, Li et al. 2021)."""
+    ditto_lambda: float = Field(0.1, ge=0)
+    """personal ditto: the pull toward the gossip model (0: v is trained on its own data alone)."""
+    label_prior: bool = False
+    """personalized, personal mixed: test the gossip model with its logits shifted by
+    log(p_i / p_mean), p_i the worker's training-label frequencies (add-one smoothed), p_mean
+    their mean over the workers (one allreduce at the start): Bayes' rule for a change of
+    class priors (Saerens, Latinne and Decaestecker 2002)."""
     personal_head: bool = False
     """personalized: never mix the last layer (the classifier head); each worker keeps its
     own head and gossips the rest (FedPer, Arivazhagan et al. 2019, on a graph)."""
@@ -168,11 +189,15 @@ class GossipWorker:
         keep = head_size(self.model) if ctx.cfg.strategy.personal_head else 0
         self.mixed_size = sum(p.numel() for p in self.model.parameters()) - keep
         self.scratch: torch.nn.Module | None = None  # the fine-tuning copy, built on use
+        self.ditto = DittoModel(ctx) if ctx.cfg.strategy.personal == "ditto" else None
+        self.shift = label_shift(ctx, data) if ctx.cfg.strategy.label_prior else None
         self.done = self.round = self.round_first = 0
         self.round_start = time.perf_counter()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         self.done += 1
+        if self.ditto is not None:
+            self.ditto.step(x, y, self.model)  # toward w as it is before its own step
         loss = compute_gradients(self.model, x, y)
         self.opt.step()
         self.recent.append((x, y))
@@ -285,20 +310,66 @@ class GossipWorker:
         }
 
     def personal_model(self) -> torch.nn.Module:
-        """The worker's own model, or a copy of it after `finetune` local steps on its own
-        training split (the same schedule and local training as FedAvg's fine-tuning)."""
+        """The worker's personal model (its gossip model, or Ditto's v), or a copy of it
+        after `finetune` local steps on its own training split (the same schedule and local
+        training as FedAvg's fine-tuning)."""
         cfg, rank = self.ctx.cfg, self.ctx.rank
+        own = self.model if self.ditto is None else self.ditto.model
+        if self.shift is not None:
+            return Shifted(own, self.shift)
         steps = cfg.strategy.finetune
         if not steps:
-            return self.model
+            return own
         batches = finetune_schedule(self.data.train[rank], cfg.batch_size, steps, cfg.seed, rank)
         spec = LocalSpec(cfg.optimizer, cfg.batch_size, 1)
         x, y = self.ctx.data.x_train, self.ctx.data.y_train
         if self.scratch is None:
             self.scratch = self.ctx.build_model()
-        start = flat_params(self.model).clone()
-        train_client(self.scratch, start, x, y, batches, spec)
+        train_client(self.scratch, flat_params(own).clone(), x, y, batches, spec)
         return self.scratch
+
+
+def label_shift(ctx: WorkerContext, data: ClientData) -> torch.Tensor:
+    """log(p_i / p_mean) per class: this worker's add-one smoothed training-label frequencies
+    against their mean over the workers. Every worker walks its own part one batch per step,
+    so with doubly stochastic mixing the shared model fits the mean of the workers' losses,
+    whose class prior is p_mean; the worker's own test split has prior p_i."""
+    labels = ctx.data.y_train[torch.from_numpy(data.train[ctx.rank])]
+    counts = torch.bincount(labels, minlength=ctx.data.classes).double() + 1.0
+    own = counts / counts.sum()
+    mean = own.clone()
+    ctx.comm.all_reduce(mean)
+    return (own.log() - (mean / ctx.world).log()).float()
+
+
+class Shifted(torch.nn.Module):
+    """A model whose logits are moved by a fixed per-class vector (a personal prior)."""
+
+    def __init__(self, model: torch.nn.Module, shift: torch.Tensor):
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) + self.shift
+
+
+class DittoModel:
+    """Ditto's personal model v of one worker (Li, Hu, Beirami and Smith 2021, Algorithm 1):
+    on each batch, v <- v - lr (grad F_k(v) + lambda (v - w)), with w the worker's gossip
+    model. v starts from the same initial weights as w, uses the run's optimizer, and is
+    never sent: only w is gossiped."""
+
+    def __init__(self, ctx: WorkerContext):
+        self.model = ctx.build_model()
+        self.opt = make_optimizer(self.model.parameters(), ctx.cfg.optimizer)
+        self.weight = ctx.cfg.strategy.ditto_lambda
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, shared: torch.nn.Module) -> None:
+        compute_gradients(self.model, x, y)
+        with torch.no_grad():
+            for own, theirs in zip(self.model.parameters(), shared.parameters(), strict=True):
+                own.grad.add_(own - theirs, alpha=self.weight)  # d/dv of lambda/2 ||v - w||^2
+        self.opt.step()
 
 
 def head_size(model: torch.nn.Module) -> int:
@@ -331,9 +402,10 @@ def make_plan(cfg: RunConfig, steps_per_epoch: int) -> local_sgd.Plan:
 def check(cfg: RunConfig) -> None:
     """Rules that span several fields; builds the graph once so a bad one fails here."""
     p = cfg.strategy
-    for key in ("finetune", "personal_head"):
+    for key in ("finetune", "personal_head", "label_prior"):
         if getattr(p, key) and not p.personalized:
             raise ValueError(f"strategy.{key} applies to personalized runs; set personalized=true")
+    check_personal(p)
     check_curvature(p)
     if p.graph_file is not None and p.topology != "file":
         raise ValueError(
@@ -350,6 +422,31 @@ def check(cfg: RunConfig) -> None:
     adj = round_graph(cfg, 1)
     if p.topology not in ("none", "random-k"):
         topology.check_connected(adj, f"topology {p.topology}")
+
+
+def check_personal(p: Params) -> None:
+    if p.personal != "mixed" and not p.personalized:
+        raise ValueError(
+            f"strategy.personal {p.personal} applies to personalized runs; set personalized=true"
+        )
+    # Compared with the default: a config read back from config.json sets every key.
+    if p.personal != "ditto" and p.ditto_lambda != Params.model_fields["ditto_lambda"].default:
+        raise ValueError(
+            f"strategy.ditto_lambda applies to personal ditto only (personal is {p.personal!r})"
+        )
+    # A model trained on the worker's own labels already carries its prior: no second shift.
+    trained = {
+        "personal ditto": p.personal == "ditto",
+        "personal_head": p.personal_head,
+        "finetune": bool(p.finetune),
+        "topology none": p.topology == "none",
+    }
+    clash = [name for name, on in trained.items() if on]
+    if p.label_prior and clash:
+        raise ValueError(
+            f"strategy.label_prior shifts a model trained on every worker's data; drop "
+            f"{clash[0]} (a model trained on the worker's own labels already has its prior)"
+        )
 
 
 def check_curvature(p: Params) -> None:
@@ -432,11 +529,24 @@ def gossip_summary(cfg: RunConfig, lead: list[dict]) -> dict:
     return out
 
 
+def model_fits_data(cfg: RunConfig, data) -> None:
+    """The model fits the data, and curvature mixing's k is at most its parameter count:
+    both known only once the model is built, still before any process starts."""
+    from distlab.models import build_model
+
+    model = build_model(cfg.model, data.input_shape, data.classes, cfg.seed)
+    if cfg.strategy.mixing == "curvature":
+        from distlab.curvature import check_k
+
+        check_k(cfg.strategy.k, sum(p.numel() for p in model.parameters()))
+
+
 SPEC = StrategySpec(
     "gossip",
     Params,
     run,
     check=check,
+    check_data=model_fits_data,
     data_partition=data_partition,
     comm_analysis=comm_analysis,
     batch_meaning=batch_meaning,
