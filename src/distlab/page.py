@@ -112,7 +112,7 @@ def write_csv(out: Path, rows: list[dict], runs: list[dict]) -> Path:
     dotted columns, lists as JSON), so pandas.read_csv gives the whole record."""
     records = []
     for row, run in zip(rows, runs, strict=True):
-        flat = {k: v for k, v in flatten(run["summary"]).items()}
+        flat = flatten(run["summary"])
         record = {**row, **{k: v for k, v in flat.items() if k not in row}}
         records.append({k: json.dumps(v) if isinstance(v, list) else v for k, v in record.items()})
     columns = list(dict.fromkeys(k for r in records for k in r))

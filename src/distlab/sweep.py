@@ -17,7 +17,6 @@ file's `cells` list) are each combined with the grid. Strategy keys of the base 
 from __future__ import annotations
 
 import copy
-import ctypes
 import hashlib
 import itertools
 import json
@@ -43,7 +42,7 @@ from distlab.config import (
     validate_config,
 )
 from distlab.runtime.failures import RunFailed, RunInterrupted, RunTerminated, Terminated
-from distlab.runtime.signals import sigterm_raises
+from distlab.runtime.signals import set_parent_death_signal, sigterm_raises
 
 PLAN_FILE = "sweep.json"
 # Keys the sweep sets itself: each cell's run directory is SWEEP_DIR/<cell>.
@@ -435,12 +434,9 @@ def start_cell(plan: SweepPlan, cell: Cell) -> subprocess.Popen:
 
 
 def die_with_parent() -> None:
-    """Linux: the kernel sends this cell SIGTERM when the sweep dies, so a killed sweep
-    leaves no run behind (the cell records itself as terminated and stops its ranks)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    """The kernel sends this cell SIGTERM when the sweep dies, so a killed sweep leaves no run
+    behind (the cell records itself as terminated and stops its ranks)."""
+    set_parent_death_signal(signal.SIGTERM)
 
 
 def collect(plan: SweepPlan, cell: Cell, proc: subprocess.Popen, started: float) -> CellResult:

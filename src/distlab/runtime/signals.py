@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import threading
 from collections.abc import Iterator
@@ -47,3 +48,12 @@ def hold_sigterm() -> None:
     main = threading.current_thread() is threading.main_thread()
     if main and signal.getsignal(signal.SIGTERM) is raise_terminated:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Linux: the kernel sends this process `signum` when its parent dies (PR_SET_PDEATHSIG),
+    so no child outlives a killed parent; a no-op where libc has no prctl."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)
+    except (OSError, AttributeError):
+        pass

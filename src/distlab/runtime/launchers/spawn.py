@@ -8,7 +8,6 @@ RunFailed that names the rank; the other ranks are stopped and none outlives the
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -38,7 +37,7 @@ from distlab.runtime.failures import (
     unguarded_message,
     write_error,
 )
-from distlab.runtime.signals import raise_terminated
+from distlab.runtime.signals import raise_terminated, set_parent_death_signal
 from distlab.runtime.worker import (
     Job,
     load_entry,
@@ -184,10 +183,7 @@ def stop_all(procs: list) -> None:
 
 def _die_with_parent() -> None:
     """Linux: the kernel sends SIGKILL to this process when the parent dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    set_parent_death_signal(signal.SIGKILL)
 
 
 def _child(
