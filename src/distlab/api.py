@@ -53,6 +53,7 @@ def run(
     data = config.model_dump() if isinstance(config, RunConfig) else dict(config)
     cfg = validate_config(data)
     spec = get_spec(cfg.strategy.name)
+    launch.check_launcher(spec.launcher_for(cfg))
     start = time.time() if started is None else started
     external = launch.external_env()
     world = spec.processes(cfg)
@@ -78,7 +79,7 @@ def run(
         return _run_external(
             cfg, spec, job, external, overwrite, start, data, split, on_event, board
         )
-    launcher = launch.local_launcher(spec.launcher, job)
+    launcher = launch.local_launcher(spec.launcher_for(cfg), job)
     run_dir = prepare(cfg, overwrite, split, board)
     return _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event, board)
 

@@ -88,7 +88,8 @@ def draw_failures(seed: int, round_: int, attempt: int, sampled: np.ndarray, rat
 
 def screen_updates(updates: Updates, size: int) -> tuple[np.ndarray, dict[int, str]]:
     """Keep updates of the right shape whose values are all finite; returns (keep mask,
-    rejected client -> why: "wrong shape", "NaN/Inf" or "no samples")."""
+    rejected client -> why: the executor's reason for a lost client, "wrong shape", "NaN/Inf"
+    or "no samples")."""
     params, clients = updates.params, updates.clients
     if params.ndim != 2 or params.shape[1] != size:
         return np.zeros(len(clients), dtype=bool), {int(c): "wrong shape" for c in clients}
@@ -98,8 +99,10 @@ def screen_updates(updates: Updates, size: int) -> tuple[np.ndarray, dict[int, s
     finite = finite_rows(params).numpy() & np.isfinite(updates.losses)
     counted = updates.num_examples > 0
     why = np.where(~shape_ok, "wrong shape", np.where(~finite, "NaN/Inf", "no samples"))
-    keep = shape_ok & finite & counted
-    return keep, {int(c): str(w) for c, w in zip(clients[~keep], why[~keep], strict=True)}
+    lost = np.array([int(c) in updates.lost for c in clients], dtype=bool)
+    keep = shape_ok & finite & counted & ~lost
+    rejected = {int(c): str(w) for c, w in zip(clients[~keep], why[~keep], strict=True)}
+    return keep, rejected | {c: why for c, why in updates.lost.items() if c in rejected}
 
 
 def finite_rows(params: torch.Tensor) -> torch.Tensor:
@@ -189,6 +192,7 @@ def train_rounds(
     for round_ in range(1, plan.rounds + 1):
         begin = time.perf_counter()
         outcome = run_round(plan, executor, round_, current)
+        combine = time.perf_counter()
         current = server.step(current, aggregate(outcome.updates))
         ups = outcome.updates
         recorder.round(
@@ -196,6 +200,7 @@ def train_rounds(
             loss=float(np.mean(ups.losses)),
             samples=int(ups.num_examples.sum()) * plan.local_epochs,
             duration=time.perf_counter() - begin,
+            aggregate_seconds=round(time.perf_counter() - combine, 6),
             **round_fields(outcome),
         )
         if round_ % every == 0 or round_ == plan.rounds:

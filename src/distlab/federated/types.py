@@ -4,8 +4,9 @@ The server (server.py) and every executor (processes.py, vectorized.py, sequenti
 later a Flower or a serial-line one) import this module and nothing of each other, so there
 is no import circle and a new transport plugs in without touching the round loop. An
 executor may hand back one (clients, P) float tensor in the model's parameter order, or,
-when its transport carries named arrays (Flower's NDArrays, a board's reply), build the
-rows with `Updates.from_named`, which marks replies that do not fit the layout.
+when its transport carries named arrays (Flower's ArrayRecords, a board's reply), build the
+rows with `Updates.from_named`, which marks replies that do not fit the layout and clients
+whose reply never came.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class Updates:
     metrics: dict[str, np.ndarray]
     layout: Layout | None = None
     malformed: np.ndarray | None = field(default=None)
+    lost: dict[int, str] = field(default_factory=dict)
+    """Clients whose reply never came (a node that stopped answering, an error reply):
+    client -> why; their rows are NaN and the server rejects them with that reason."""
 
     @property
     def losses(self) -> np.ndarray:
@@ -94,6 +98,7 @@ class Updates:
             {k: v[rows] for k, v in self.metrics.items()},
             self.layout,
             None if self.malformed is None else self.malformed[rows],
+            {c: why for c, why in self.lost.items() if c in set(self.clients[rows].tolist())},
         )
 
     @classmethod
@@ -104,13 +109,17 @@ class Updates:
         num_examples: Sequence[int],
         metrics: Mapping[str, Sequence[float]],
         layout: Layout,
+        lost: Mapping[int, str] | None = None,
     ) -> Updates:
         """Updates from replies of name -> array, as a transport that is not torch's hands
         them over; a reply that does not fit `layout` becomes a NaN row marked malformed,
-        so the server rejects that client instead of failing the round."""
+        so the server rejects that client instead of failing the round. `lost` names the
+        clients that sent no reply (their reply is None) and why."""
         rows = torch.full((len(replies), layout.size), float("nan"))
         bad = np.zeros(len(replies), dtype=bool)
         for i, reply in enumerate(replies):
+            if reply is None:
+                continue
             try:
                 rows[i] = layout.join(reply)
             except ValueError:
@@ -122,6 +131,7 @@ class Updates:
             {k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()},
             layout,
             bad,
+            dict(lost or {}),
         )
 
 

@@ -61,6 +61,15 @@ LOCAL_LAUNCHERS: dict[str, Callable] = {
 }
 
 
+def check_launcher(name: str) -> None:
+    """A run whose clients are other programs is started by `distlab deploy`."""
+    if name == "deployed":
+        raise ValueError(
+            "executor flower runs on Flower's deployment engine: start it with "
+            "distlab deploy local or distlab deploy server"
+        )
+
+
 def local_launcher(name: str, job: Job) -> Callable:
     """The launcher a strategy asked for; "auto" runs one process inline, more by spawn."""
     if name == "auto":

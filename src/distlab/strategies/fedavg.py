@@ -61,10 +61,11 @@ class Params(StrategyBase):
     local_batch: int | Literal["full"] | None = None
     """Local batch B: a size, 'full' (the whole local set; with E=1 this is FedSGD), or
     None = the run's batch_size."""
-    executor: Literal["auto", "processes", "vectorized", "sequential"] = "auto"
+    executor: Literal["auto", "processes", "vectorized", "sequential", "flower"] = "auto"
     """Where clients train: processes (server on rank 0, clients on ranks 1..workers),
     vectorized (one process, all sampled clients at once), sequential (one process, one
-    client after another, as a host does), auto = processes when workers > 1 else
+    client after another, as a host does), flower (SuperNodes of Flower's deployment
+    engine: distlab deploy server or local), auto = processes when workers > 1 else
     vectorized."""
     algorithm: Literal[
         "fedavg", "fedsgd", "fedprox", "fedavgm", "fedadam", "fedadagrad", "fedyogi"
@@ -112,6 +113,10 @@ def executor_kind(cfg: RunConfig) -> str:
 
 def processes(cfg: RunConfig) -> int:
     return EXECUTORS[executor_kind(cfg)].processes(cfg)
+
+
+def launcher(cfg: RunConfig) -> str:
+    return EXECUTORS[executor_kind(cfg)].launcher
 
 
 def role(cfg: RunConfig, rank: int) -> str:
@@ -257,6 +262,9 @@ class ExecutorKind:
     check: Callable[[RunConfig], None]
     start: Callable[[ClientSetup], Executor]
     host: Callable[[ClientSetup], object] | None = None
+    launcher: str = "auto"
+    """"auto", or "deployed" for an executor whose clients are other programs: such a run
+    is started by `distlab deploy`, never by `distlab run`."""
 
 
 def one_process(cfg: RunConfig) -> int:
@@ -296,10 +304,28 @@ def start_vectorized(setup: ClientSetup) -> VectorExecutor:
     return VectorExecutor(setup.trainer, setup.data, setup.ctx.cfg.seed)
 
 
+def start_flower(setup: ClientSetup) -> Executor:
+    """The deployed executor: the Grid and timeouts come from the ServerApp that runs this
+    rank (deploy/serverapp.py); it waits for every client's SuperNode before round 1."""
+    from distlab.federated.flower import FlowerExecutor
+
+    ctx = setup.ctx
+    shared = ctx.shared or {}
+    if "grid" not in shared:
+        raise ValueError("executor flower runs under distlab deploy server or deploy local")
+    executor = FlowerExecutor(
+        shared["grid"], Layout.of(setup.model), ctx.cfg.to_json(), ctx.recorder, ctx.comm,
+        shared["flower"],
+    )
+    executor.connect()
+    return executor
+
+
 EXECUTORS: dict[str, ExecutorKind] = {
     "processes": ExecutorKind(server_and_hosts, check_hosts, start_processes, host_processes),
     "vectorized": ExecutorKind(one_process, check_one_process, start_vectorized),
     "sequential": ExecutorKind(one_process, check_one_process, ClientSetup.sequential),
+    "flower": ExecutorKind(one_process, check_one_process, start_flower, launcher="deployed"),
 }
 
 
@@ -371,7 +397,7 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
     per_round = 2 * params * 4 * (p.clients_per_round or p.clients)
     out = {"bytes_per_round_logical": per_round, "bytes_total_logical": per_round * units}
     server = per_rank.get(str(SERVER))
-    if executor_kind(cfg) == "processes" and server:
+    if executor_kind(cfg) in ("processes", "flower") and server:
         measured = server["bytes_sent"] + server["bytes_recv"]
         out["bytes_total_measured"] = measured
         out["bytes_per_round_measured"] = round(measured / units, 1)
@@ -398,4 +424,5 @@ SPEC = StrategySpec(
     comm_analysis=comm_analysis,
     batch_meaning=batch_meaning,
     uses_partition=True,  # clients own partitions made by the `partition` config
+    launcher=launcher,
 )

@@ -133,7 +133,9 @@ class StrategySpec:
     - extra_summary(cfg, lead_events): figures of the strategy's own for summary.json.
     - uses_partition: whether the `partition` config divides the data (federated strategies).
     - launcher: "auto" (inline for one process, spawn for more, or the external launcher
-      that started the processes); a strategy with other needs names its own launcher.
+      that started the processes); a strategy with other needs names its own launcher,
+      or gives launcher(cfg) when it depends on the config ("deployed": the run is started
+      by `distlab deploy`, not by `distlab run`).
     """
 
     name: str
@@ -149,7 +151,10 @@ class StrategySpec:
     batch_meaning: Callable[[RunConfig], str] = sampler_batch_meaning
     extra_summary: Callable[[RunConfig, list[dict]], dict] = no_extra_summary
     uses_partition: bool = False
-    launcher: str = "auto"
+    launcher: str | Callable[[RunConfig], str] = "auto"
+
+    def launcher_for(self, cfg: RunConfig) -> str:
+        return self.launcher(cfg) if callable(self.launcher) else self.launcher
 
     def __post_init__(self) -> None:
         default = self.params.model_fields["name"].default
