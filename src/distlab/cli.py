@@ -186,16 +186,19 @@ def run(
 SWEEP_OWN_FLAGS = ("name", "out_dir")
 
 
-def with_config_flags(fn):
+def with_config_flags(fn=None, *, skip: tuple[str, ...] = SWEEP_OWN_FLAGS):
     """Give a command the run command's config flags (--config, --strategy ... --set), so
     every flag of `distlab run` sets the base config of a sweep. The command takes them as
-    **config_flags."""
+    **config_flags. `skip` leaves out flags the command has its own meaning for (a sweep
+    names its cells itself; a deployed run takes --name and --out-dir as `run` does)."""
+    if fn is None:
+        return lambda f: with_config_flags(f, skip=skip)
     from distlab.config import FLAG_KEYS
 
     shared = [
         p
         for n, p in inspect.signature(run, eval_str=True).parameters.items()
-        if (n in FLAG_KEYS and n not in SWEEP_OWN_FLAGS) or n in ("config", "set_")
+        if (n in FLAG_KEYS and n not in skip) or n in ("config", "set_")
     ]
     own = [
         p
@@ -913,6 +916,184 @@ def _print_best(done) -> None:
     said = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     out.print(f"{len(done.rows)} trials ({said}); results in {plan.out}", soft_wrap=True)
     out.print(f"best: distlab run --config {plan.out / 'best.yaml'}", soft_wrap=True)
+
+
+deploy_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Federated learning on Flower's deployment engine: a server and clients that are "
+    "separate programs, on one machine or many (TLS and node authentication on).",
+)
+app.add_typer(deploy_app, name="deploy")
+
+DEPLOY_EPILOG = "Every flag of `distlab run` (see distlab run --help) sets the config."
+
+
+@deploy_app.command("certs")
+def deploy_certs(
+    out: Path = typer.Option(..., "--out", help="Directory for the CA, server and node keys."),
+    server_names: str = typer.Option(
+        "localhost,127.0.0.1",
+        "--server-names",
+        help="The server's host names and IP addresses, comma-separated (its certificate's "
+        "subject alternative names): every name clients will use in --server.",
+    ),
+    clients: int = typer.Option(3, help="Node key pairs to make (client-0 ... client-N-1)."),
+    force: bool = typer.Option(False, help="Replace existing material in --out."),
+) -> None:
+    """Make a CA, a server certificate and one key pair per client.
+
+    Example: distlab deploy certs --out certs --server-names server.lan,10.0.0.5 --clients 2
+
+    Keep ca.key and server.key on the server; copy ca.pem and client-I.key to client I.
+    """
+    from distlab.deploy.certs import make_certs, parse_server_names
+
+    paths = make_certs(out, parse_server_names(server_names), clients, force)
+    out_line = f"wrote {paths.root}: ca.pem, server.pem/.key, client-0..{clients - 1}.key/.pub"
+    print(out_line)
+
+
+@deploy_app.command("server", epilog=DEPLOY_EPILOG)
+@with_config_flags(skip=())
+def deploy_server(
+    certs: Path = typer.Option(None, help="Directory from distlab deploy certs (TLS)."),
+    keys: list[Path] = typer.Option(
+        None, "--keys", help="Node public keys to register [default: CERTS/client-*.pub]."
+    ),
+    host: str = typer.Option("0.0.0.0", help="Address of the Fleet API (clients connect)."),
+    port: int = typer.Option(9092, help="Port of the Fleet API."),
+    control_port: int = typer.Option(9093, help="Port of the Control API (127.0.0.1 only)."),
+    serverappio_port: int = typer.Option(
+        9091, help="Port of the ServerAppIo API (127.0.0.1 only)."
+    ),
+    insecure: bool = typer.Option(False, help="No TLS and no node authentication (unsafe)."),
+    connect_timeout: float = typer.Option(300, help="Seconds to wait for every client."),
+    round_timeout: float = typer.Option(180, help="Seconds to wait for a round's replies."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
+    **config_flags: Any,
+) -> None:
+    """Start a SuperLink and run a federated config on the clients that join it.
+
+    Example: distlab deploy server --certs certs --clients 2 --rounds 5
+
+    Each client runs: distlab deploy client --server HOST:9092 --ca ca.pem --key
+    client-I.key --partition-id I --num-partitions 2
+    """
+    from distlab.deploy.server import ServerOptions, prepare, serve
+
+    _check_timeouts(connect_timeout, round_timeout)
+    options = ServerOptions(
+        certs, list(keys or []), host, port, control_port, serverappio_port, insecure,
+        not insecure, connect_timeout, round_timeout,
+    )  # fmt: skip
+    data = base_config(config_flags)
+    data.setdefault("strategy", "fedavg")
+    if insecure:
+        _loud_warning()
+    prepared = prepare(data, options, overwrite, command_started())
+    say = None if as_json else _say
+    _say(f"SuperLink on {host}:{port}; waiting for {prepared.cfg.strategy.clients} clients")
+    result = serve(prepared, options, prepared.run_dir / "deploy", None, say)
+    _print_result(result, as_json)
+
+
+@deploy_app.command("client")
+def deploy_client(
+    server: str = typer.Option(..., help="The server's Fleet API, HOST:PORT."),
+    partition_id: int = typer.Option(..., "--partition-id", help="This client's id, 0..K-1."),
+    num_partitions: int = typer.Option(..., "--num-partitions", help="K, the server's clients."),
+    key: Path = typer.Option(None, help="This node's private key (client-I.key)."),
+    ca: Path = typer.Option(None, help="The server's CA certificate (ca.pem)."),
+    insecure: bool = typer.Option(False, help="No TLS (only for a server started insecure)."),
+    data_dir: Path = typer.Option(None, help="Read the dataset's files from here."),
+    local_data: bool = typer.Option(
+        False, help="Train on every training sample in --data-dir (this site's own data) "
+        "instead of partition I of the shared dataset.",
+    ),
+    threads: int = typer.Option(1, help="torch threads of the client's training."),
+    port: int = typer.Option(9094, help="Local port of the ClientAppIo API (127.0.0.1)."),
+    join_timeout: float = typer.Option(60, help="Seconds to wait until the server accepts."),
+    work_dir: Path = typer.Option(Path(".distlab-client"), help="Where the node's log goes."),
+) -> None:
+    """Start a SuperNode that trains one client of a deployed run.
+
+    Example: distlab deploy client --server 10.0.0.5:9092 --ca ca.pem --key client-0.key
+    --partition-id 0 --num-partitions 2
+    """
+    from distlab.deploy.client import ClientOptions, run_client
+
+    if join_timeout <= 0:
+        raise ValueError(f"--join-timeout must be > 0 (got {join_timeout})")
+    options = ClientOptions(
+        server, partition_id, num_partitions, key, ca, insecure, data_dir, local_data,
+        threads, port, join_timeout, work_dir,
+    )  # fmt: skip
+    run_client(options, _say)
+
+
+@deploy_app.command("local", epilog=DEPLOY_EPILOG)
+@with_config_flags(skip=())
+def deploy_local(
+    insecure: bool = typer.Option(False, help="No TLS and no node authentication."),
+    connect_timeout: float = typer.Option(120, help="Seconds to wait for every client."),
+    round_timeout: float = typer.Option(180, help="Seconds to wait for a round's replies."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
+    **config_flags: Any,
+) -> None:
+    """A whole federation on this machine: certificates, a SuperLink and one SuperNode per
+    client (--clients, default 3) over loopback, the run, and everything stopped at the end.
+
+    Example: distlab deploy local --clients 3 --rounds 3 --out-dir runs --name flower
+    """
+    from distlab.deploy.local import run_local
+
+    _check_timeouts(connect_timeout, round_timeout)
+    data = base_config(config_flags)
+    data.setdefault("strategy", "fedavg")
+    strategy = data["strategy"] if isinstance(data["strategy"], dict) else {
+        "name": data["strategy"]
+    }
+    strategy.setdefault("clients", DEPLOY_LOCAL_CLIENTS)
+    data["strategy"] = strategy
+    if insecure:
+        _loud_warning()
+    say = None if as_json else _say
+    result = run_local(
+        data, overwrite, command_started(), insecure, connect_timeout, round_timeout, say
+    )
+    _print_result(result, as_json)
+
+
+DEPLOY_LOCAL_CLIENTS = 3
+
+
+def _check_timeouts(connect: float, round_: float) -> None:
+    for flag, value in (("--connect-timeout", connect), ("--round-timeout", round_)):
+        if not value > 0:
+            raise ValueError(f"{flag} must be > 0 (got {value})")
+
+
+def _loud_warning() -> None:
+    for line in (
+        "WARNING: --insecure: no TLS and no node authentication. Anyone who can reach the",
+        "WARNING: Fleet port can read the model and join as a client. Use only on a network",
+        "WARNING: you trust, never on the internet.",
+    ):
+        print(line, file=sys.stderr)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _print_result(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.summary, indent=2))
+    else:
+        print_summary(result.summary, result.run_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -101,7 +101,8 @@ def train_round(cfg, client: int, round_: int, arrays, context):
     start = layout.join({name: arrays[name].numpy() for name in arrays.keys()})
     spec = local_spec(cfg)
     batches = client_batches(own.train[0], spec.batch, spec.epochs, cfg.seed, round_, client)
-    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, client + 1, round_]).generate_state(1)[0]))
+    # Dropout draws from torch's generator: seeded per (client, round), as a fresh process.
+    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, client, round_]).generate_state(1)[0]))
     flat, losses = train_client(model, start, data.x_train, data.y_train, batches, spec)
     named = {n: v.detach().numpy().copy() for n, v in layout.split(flat).items()}
     samples = len(own.train[0])

@@ -107,19 +107,22 @@ class Managed:
         return " | ".join(line.strip() for line in text[-lines:])
 
     def stop(self) -> None:
-        """SIGTERM to the whole group, SIGKILL after a grace period."""
-        if self.process.poll() is not None and not group_alive(self.process.pid):
-            return
-        signal_group(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            pass
-        signal_group(self.process.pid, signal.SIGKILL)
-        try:
-            self.process.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            pass
+        """SIGTERM to the whole group (Flower's own helpers included), SIGKILL to what is
+        left after a grace period; returns when every process of the group is gone."""
+        pgid = self.process.pid
+        signal_group(pgid, signal.SIGTERM)
+        if not self.wait_gone(STOP_GRACE):
+            signal_group(pgid, signal.SIGKILL)
+            self.wait_gone(STOP_GRACE)
+
+    def wait_gone(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.process.poll()  # reap the leader, or it stays in the group as a zombie
+            if not group_alive(self.process.pid):
+                return True
+            time.sleep(0.05)
+        return False
 
 
 def signal_group(pgid: int, signum: int) -> None:
@@ -146,7 +149,7 @@ def flower_env(extra: dict | None = None) -> dict:
 
 def start(name: str, argv: list[str], log: Path, env: dict | None = None) -> Managed:
     log.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log, "ab")  # noqa: SIM115 - the child keeps it
+    out = open(log, "wb")  # noqa: SIM115 - the child keeps it
     process = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,

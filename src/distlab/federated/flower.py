@@ -161,15 +161,16 @@ class FlowerExecutor:
         """(named arrays or None, samples, loss, the client event's fields)."""
         host = self.clients.get(client)
         if sent is None:
-            return None, 0, float("nan"), {"status": "lost", "reason": lost[client]}
+            why = lost[client].removeprefix("lost: ")
+            return None, 0, float("nan"), {"status": "lost", "reason": why}
         if reply is None:
             lost[client] = f"lost: no reply within {self.settings.round_timeout:g} s"
         elif reply.has_error():
             lost[client] = f"lost: {reply.error.reason or 'error ' + str(reply.error.code)}"
         if client in lost:
             host.status = "lost"
-            return None, 0, float("nan"), {"status": "lost", "reason": lost[client],
-                                           "node": host.node}
+            why = lost[client].removeprefix("lost: ")
+            return None, 0, float("nan"), {"status": "lost", "reason": why, "node": host.node}
         self.comm.count(0, message_bytes(reply))
         arrays = reply.content["params"]
         named = {name: arrays[name].numpy() for name in arrays.keys()}
