@@ -389,7 +389,7 @@ def round_row(event: Event, reports: list[Event]) -> dict[str, Any]:
     times = [e["train_seconds"] for e in trained if _number(e.get("train_seconds"))]
     training = max(times) if times else None
     duration, aggregation = event.get("duration"), event.get("aggregate_seconds")
-    rest = (duration or 0.0) - (training or 0.0) - (aggregation or 0.0)
+    rest = round(max(0.0, (duration or 0.0) - (training or 0.0) - (aggregation or 0.0)), 6)
     return {
         "round": event.get("round"),
         "seconds": event.get("seconds"),
@@ -397,9 +397,9 @@ def round_row(event: Event, reports: list[Event]) -> dict[str, Any]:
         "samples": event.get("samples"),
         "duration": duration,
         "training": training,
-        "transfer": max(0.0, rest) if _number(duration) and training is not None else None,
+        "transfer": rest if _number(duration) and training is not None else None,
         # without client reports the clients' training and the transfer are one figure
-        "unsplit": max(0.0, rest) if _number(duration) and training is None else None,
+        "unsplit": rest if _number(duration) and training is None else None,
         "aggregation": aggregation,
         "sampled": list(event.get("clients") or []),
         "failed": list(event.get("failed") or []),

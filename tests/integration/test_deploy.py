@@ -1,0 +1,165 @@
+"""Deployed federated learning on Flower's real SuperLink and SuperNodes, over loopback with
+TLS and node authentication: the run equals the in-process one, the server and clients
+work as separate commands, an unregistered key and a client without TLS are refused, and
+Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from tests.conftest import cli
+
+from distlab.deploy.certs import make_certs
+from distlab.deploy.processes import free_port
+
+pytestmark = pytest.mark.slow
+
+FLOWER = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
+          "flwr-clientapp")  # fmt: skip
+
+
+def flower_processes(marker: str) -> list[psutil.Process]:
+    """Flower processes whose command line names `marker` (a run's directory or port)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if any(name in line for name in FLOWER) and marker in line:
+            found.append(proc)
+    return found
+
+
+def no_flower_left(marker: str, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while flower_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not flower_processes(marker)
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def test_local_federation_equals_the_in_process_run(tmp_path):
+    args = ("--clients", "3", "--strategy", "fedavg", "--rounds", "3")
+    done = cli("deploy", "local", *args, "--out-dir", str(tmp_path / "DIR"), "--name", "N",
+               cwd=tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = tmp_path / "DIR" / "N"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "events.jsonl", "model.pt",
+                                                    "summary.json", "deploy"}  # fmt: skip
+    assert json.loads((run_dir / "config.json").read_text())["strategy"]["executor"] == "flower"
+    assert no_flower_left(str(run_dir))
+    assert not list((run_dir / "deploy").rglob("*.key")), "private keys must not stay"
+
+    same = cli("run", *args, "--workers", "3", "--set", "strategy.executor=processes",
+               "--out-dir", str(tmp_path / "DIR"), "--name", "in-process", "--json")  # fmt: skip
+    assert same.returncode == 0, same.stderr[-2000:]
+    reference = json.loads(same.stdout)
+    # Same data, schedule and aggregation order: only float summation order may differ.
+    assert abs(summary["final_accuracy"] - reference["final_accuracy"]) <= 0.02
+
+    log = events(run_dir)
+    joined = {e["client"] for e in log if e["kind"] == "client" and e["status"] == "connected"}
+    assert joined == {0, 1, 2}
+    rounds = [e for e in log if e["kind"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["clients"] == [0, 1, 2] and r["rejected"] == [] for r in rounds)
+    trained = [e for e in log if e["kind"] == "client" and e.get("status") == "trained"]
+    assert len(trained) == 9 and all(e["train_seconds"] > 0 for e in trained)
+    # Bytes measured on the wire's records: the model down and up for every client.
+    assert summary["bytes_per_round_measured"] >= summary["bytes_per_round_logical"]
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "distlab", *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_line(proc: subprocess.Popen, text: str, seconds: float) -> str:
+    """Read proc's stdout until a line contains `text`."""
+    deadline = time.monotonic() + seconds
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r}: {''.join(seen)[-2000:]}")
+
+
+def test_server_and_clients_as_separate_commands_and_refusals(tmp_path):
+    certs = make_certs(tmp_path / "certs", ["localhost", "127.0.0.1"], 3)
+    port = free_port()
+    server = start(
+        "deploy", "server", "--certs", str(certs.root), "--keys", str(certs.client_pub(0)),
+        "--keys", str(certs.client_pub(1)), "--clients", "2", "--rounds", "2",
+        "--host", "127.0.0.1", "--port", str(port), "--control-port", str(free_port()),
+        "--serverappio-port", str(free_port()), "--out-dir", "runs", "--name", "served",
+        cwd=tmp_path,
+    )  # fmt: skip
+    clients = []
+    try:
+        wait_for_line(server, "waiting for 2 clients", 60)
+        common = ("--server", f"127.0.0.1:{port}", "--num-partitions", "2", "--join-timeout", "20")
+
+        # A key the server did not register (client-2's) is refused, in one line.
+        refused = cli("deploy", "client", *common, "--partition-id", "1", "--ca", str(certs.ca),
+                      "--key", str(certs.client_key(2)), "--port", str(free_port()),
+                      "--work-dir", "c2", cwd=tmp_path, timeout=90)  # fmt: skip
+        assert refused.returncode == 2
+        assert "refused this node's key" in refused.stderr and refused.stderr.count("\n") == 1
+
+        # A client without TLS cannot join a TLS server.
+        plain = cli("deploy", "client", *common, "--partition-id", "1", "--insecure",
+                    "--port", str(free_port()), "--work-dir", "c3", cwd=tmp_path,
+                    timeout=90)  # fmt: skip
+        assert plain.returncode == 2 and "did not join" in plain.stderr, plain.stderr
+
+        for i in range(2):
+            clients.append(start("deploy", "client", *common, "--partition-id", str(i), "--ca",
+                                 str(certs.ca), "--key", str(certs.client_key(i)), "--port",
+                                 str(free_port()), "--work-dir", f"c{i}", cwd=tmp_path))
+        for proc in clients:
+            wait_for_line(proc, "joined", 60)
+        out, err = server.communicate(timeout=240)
+        assert server.returncode == 0, err[-2000:]
+    finally:
+        for proc in [server, *clients]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+    for proc in clients:  # a client leaves on SIGTERM, taking its SuperNode along
+        assert proc.wait(30) == 143
+    summary = json.loads((tmp_path / "runs" / "served" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 2
+    assert no_flower_left(str(port))
+    assert no_flower_left(str(tmp_path))
+
+
+def test_ctrl_c_stops_the_whole_local_federation(tmp_path):
+    proc = start("deploy", "local", "--clients", "2", "--rounds", "20", "--out-dir", "runs",
+                 "--name", "stopped", cwd=tmp_path)  # fmt: skip
+    try:
+        wait_for_line(proc, "connected", 90)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted")
+    run_dir = tmp_path / "runs" / "stopped"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert no_flower_left(str(run_dir))
