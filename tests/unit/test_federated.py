@@ -146,6 +146,21 @@ def test_updates_from_named_arrays_mark_replies_that_do_not_fit():
     assert screen_updates(updates, 6)[1] == {9: "wrong shape"}
 
 
+def test_lost_clients_are_rejected_with_the_executors_reason():
+    layout = Layout(("w",), ((2,),))
+    good = {"w": np.array([1.0, 2.0])}
+    lost = {9: "lost: no reply within 5 s"}
+
+    updates = Updates.from_named([3, 9], [good, None], [4, 0], {"loss": [0.5, np.nan]}, layout,
+                                 lost)  # fmt: skip
+    keep, rejected = screen_updates(updates, 2)
+
+    assert keep.tolist() == [True, False]
+    assert rejected == {9: "lost: no reply within 5 s"}
+    assert updates.select(np.array([1])).lost == lost
+    assert updates.select(np.array([0])).lost == {}
+
+
 def test_usable_updates_are_sorted_by_client_for_one_summation_order():
     params = torch.tensor([[7.0], [3.0], [5.0]])
     updates = Updates(np.array([7, 3, 5]), params, np.array([1, 2, 3]), {"loss": np.zeros(3)})
