@@ -161,3 +161,21 @@ def test_sweep_line_plans_every_cell(command, tmp_path):
 
     assert done.returncode == 0, done.stderr
     assert not any(tmp_path.iterdir())
+
+
+DEPLOYS = [c for c in COMMANDS if c[0][:1] == ["deploy"]]
+
+
+def test_the_readme_shows_every_deploy_command():
+    assert {args[1] for args, _ in DEPLOYS} == {"certs", "server", "client", "local"}
+
+
+@pytest.mark.parametrize("command", DEPLOYS, ids=command_id)
+def test_deploy_line_parses(command):
+    """Every option of a README deploy line exists and takes its value (the commands
+    themselves run in tests/integration/test_deploy.py with these flags)."""
+    group = typer.main.get_command(app).commands["deploy"]
+    sub, *rest = command[0][1:]
+    assert sub in group.commands
+    params = group.commands[sub].make_context(sub, rest).params
+    assert all(params[key] is not None for key in ("server", "ca", "key") if key in params)
