@@ -120,18 +120,24 @@ class Mlp(nn.Module):
 
 
 class LogReg(nn.Module):
-    """Multinomial logistic regression: one linear layer."""
+    """Multinomial logistic regression: one linear layer. With two classes it is binary
+    logistic regression with one logit z = w.x + b, the model an edge board trains
+    (distlab.edge): the outputs are (0, z), so softmax cross-entropy is the logistic loss
+    -log sigmoid(+-z) and the predicted class is z > 0."""
 
     def __init__(self, input_shape: tuple[int, ...], classes: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), classes))
+        self.binary = classes == 2
+        outputs = 1 if self.binary else classes
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        z = self.net(x)
+        return torch.cat([torch.zeros_like(z), z], dim=1) if self.binary else z
 
     def layers(self) -> list[nn.Module]:
         """One piece: a single linear layer cannot be cut (see SPLIT_POINTS)."""
-        return [self.net]
+        return [self] if self.binary else [self.net]
 
 
 class VggSmall(nn.Module):

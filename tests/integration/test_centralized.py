@@ -155,6 +155,10 @@ def test_datasets_lists_every_dataset(tmp_path, capsys):
         [1, 28, 28], 10, 4000, 1000
     )  # fmt: skip
     assert rows["synthetic"]["shape"] == [20]
+    cancer = rows["breast-cancer"]
+    assert (cancer["shape"], cancer["classes"], cancer["train"], cancer["test"]) == (
+        [30], 2, 455, 114
+    )  # fmt: skip
     assert "missing" in rows["mnist"] and str(tmp_path) in rows["mnist"]["missing"]
 
 

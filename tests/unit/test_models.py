@@ -129,3 +129,16 @@ def test_layers_share_the_models_parameters():
 def test_lenet_is_first_cut_between_convolutions_and_fully_connected_layers():
     assert SPLIT_POINTS["lenet"].declared[0] == 2
     assert SPLIT_POINTS["lenet"].boundaries == (1, 2, 3, 4)
+
+
+def test_binary_logreg_is_logistic_regression_with_one_logit():
+    import torch.nn.functional as F
+
+    model = build_model("logreg", (5,), 2, seed=0)
+    assert [tuple(p.shape) for p in model.parameters()] == [(1, 5), (1,)]
+    x, y = torch.randn(8, 5), torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    z = model.net(x).squeeze(1)
+    loss = F.cross_entropy(model(x), y)
+    logistic = F.binary_cross_entropy_with_logits(z, y.float())
+    assert torch.allclose(loss, logistic, atol=1e-6)
+    assert torch.equal(model(x).argmax(1), (z > 0).long())

@@ -110,6 +110,19 @@ def load_digits(root: Path, download: bool) -> Dataset:
     return Dataset("digits", to_img(xtr), _labels(ytr), to_img(xte), _labels(yte), 10)
 
 
+def load_breast_cancer(root: Path, download: bool) -> Dataset:
+    """sklearn's 569 Wisconsin breast-cancer cases (30 features, malignant 0 / benign 1),
+    shuffled with a fixed seed, split 455/114, standardized with the training split's mean
+    and deviation (what the edge boards' logistic regression trains on)."""
+    from sklearn.datasets import load_breast_cancer as sk_breast_cancer
+
+    bunch = sk_breast_cancer()
+    xtr, ytr, xte, yte = _shuffled_split(bunch.data.astype(np.float64), bunch.target, 455)
+    mean, std = xtr.mean(axis=0), xtr.std(axis=0)
+    scale = lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))  # noqa: E731
+    return Dataset("breast-cancer", scale(xtr), _labels(ytr), scale(xte), _labels(yte), 2)
+
+
 def make_synthetic(
     samples: int = 2000, features: int = 20, classes: int = 4, seed: int = 0, test: int = 500
 ) -> Dataset:
@@ -155,6 +168,9 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist-sample": DatasetSpec(load_mnist_sample, "5000 real MNIST images (embedded)", False),
     "digits": DatasetSpec(load_digits, "sklearn 8x8 handwritten digits (embedded)", False),
     "synthetic": DatasetSpec(load_synthetic, "Gaussian clusters, 20 features, 4 classes", False),
+    "breast-cancer": DatasetSpec(
+        load_breast_cancer, "sklearn breast cancer, 30 features, 2 classes (embedded)", False
+    ),
     "mnist": DatasetSpec(load_mnist_files, "MNIST from IDX files in DATA_DIR/mnist", True),
     "fashion-mnist": DatasetSpec(
         load_fashion_files, "Fashion-MNIST from IDX files in DATA_DIR/fashion-mnist", True
