@@ -6,6 +6,7 @@ Ctrl-C leaves no process behind."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -167,4 +168,89 @@ def test_ctrl_c_stops_the_whole_local_federation(tmp_path):
     assert err.strip().splitlines()[-1].startswith("error: interrupted")
     run_dir = tmp_path / "runs" / "stopped"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert no_flower_left(str(run_dir))
+
+
+def supernode_of(deploy: subprocess.Popen, client: int) -> psutil.Process:
+    """The SuperNode process that `deploy local` started for `client`."""
+    for child in psutil.Process(deploy.pid).children(recursive=True):
+        line = " ".join(child.cmdline())
+        if "flower-supernode" in line and f"partition-id={client} " in line:
+            return child
+    raise AssertionError(f"no SuperNode for client {client}")
+
+
+def browser():
+    import shutil
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs a headless browser: install Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def wait_until(check, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_supernode_is_named_and_the_dashboard_follows_the_run(tmp_path):
+    """Fault test and live dashboard at once: client 2's SuperNode (its whole process
+    group, as when its machine dies) is killed once all three have joined; the run completes
+    with the other two and names the lost client, while a real browser on `distlab
+    dashboard` shows the three clients, the round counter advancing and the charts."""
+    port = free_port()
+    deploy = start("deploy", "local", "--clients", "3", "--rounds", "2", "--set",
+                   "strategy.min_clients=2", "--out-dir", "runs", "--name", "faulty",
+                   cwd=tmp_path)  # fmt: skip
+    board = start("dashboard", "runs", "--port", str(port), cwd=tmp_path)
+    page = None
+    try:
+        for _ in range(3):
+            wait_for_line(deploy, "connected", 120)
+        os.killpg(supernode_of(deploy, 2).pid, signal.SIGKILL)
+        page = browser()
+        page.get(f"http://127.0.0.1:{port}/#run=faulty")
+        script = "return document.querySelectorAll('tr.client-row').length"
+        wait_until(lambda: page.execute_script(script) == 3, 60, "three client rows")
+        counter = "return document.getElementById('round-counter').textContent"
+        first = page.execute_script(counter)
+        wait_until(lambda: page.execute_script(counter).strip().startswith("2"), 180,
+                   "the round counter to reach 2")  # fmt: skip
+        charts = page.execute_script(
+            "return Array.from(document.querySelectorAll('.main-svg'))"
+            ".filter(s => s.getBoundingClientRect().width > 0 && s.querySelector('path')).length"
+        )
+        assert charts >= 3, charts
+        _, err = deploy.communicate(timeout=120)
+    finally:
+        if page is not None:
+            page.quit()
+        for proc in (deploy, board):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+    assert deploy.returncode == 0, err[-2000:]
+    assert not first.strip().startswith("2")
+    run_dir = tmp_path / "runs" / "faulty"
+    log = events(run_dir)
+    lost = [e for e in log if e["kind"] == "client" and e.get("status") == "lost"]
+    assert lost and {e["client"] for e in lost} == {2}, lost
+    rounds = [e for e in log if e["kind"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["rejected"] == [2] for r in rounds)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert no_flower_left(str(run_dir))

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import make_config
 
 from distlab.api import run
 from distlab.dashboard.runs import RunsReader, list_runs, run_detail
 from distlab.runtime.launch import RunFailed
-from tests.conftest import make_config
 
 NODE = 12107536797416033456  # Flower node ids exceed 2**53
 FED = {"name": "fedavg", "clients": 3, "rounds": 2}
@@ -65,11 +65,32 @@ def next_round(rank_file: Path, lost: int | None = None) -> list[dict]:
         for c in (0, 1, 2) if c != lost
     ]  # fmt: skip
     if lost is not None:
-        events.append({"kind": "client", "seconds": at - 0.1, "round": last + 1, "client": lost,
-                       "status": "lost", "node": node_of(lost), "reason": "lost: no reply"})
-    events.append({"kind": "round", "seconds": at, "round": last + 1, "loss": 1.5, "samples": 300,
-                   "duration": 0.5, "aggregate_seconds": 0.05, "clients": [0, 1, 2], "failed": [],
-                   "rejected": [lost] if lost is not None else [], "attempts": 1})
+        events.append(
+            {
+                "kind": "client",
+                "seconds": at - 0.1,
+                "round": last + 1,
+                "client": lost,
+                "status": "lost",
+                "node": node_of(lost),
+                "reason": "lost: no reply",
+            }
+        )
+    events.append(
+        {
+            "kind": "round",
+            "seconds": at,
+            "round": last + 1,
+            "loss": 1.5,
+            "samples": 300,
+            "duration": 0.5,
+            "aggregate_seconds": 0.05,
+            "clients": [0, 1, 2],
+            "failed": [],
+            "rejected": [lost] if lost is not None else [],
+            "attempts": 1,
+        }
+    )
     events.append({"kind": "eval", "seconds": at + 0.01, "loss": 1.2, "accuracy": 0.7,
                    "round": last + 1})  # fmt: skip
     return events
@@ -100,7 +121,10 @@ def make_runs(root: Path) -> Path:
     sweep = runs / "sweep"
     sweep.mkdir()
     shutil.copytree(runs / "fed", sweep / "workers=1")
-    cells = [{"name": "workers=1", "status": "completed"}, {"name": "workers=2", "status": "pending"}]
+    cells = [
+        {"name": "workers=1", "status": "completed"},
+        {"name": "workers=2", "status": "pending"},
+    ]
     (sweep / "sweep.json").write_text(json.dumps({"name": "sweep", "cells": cells}))
     return runs
 
@@ -203,8 +227,19 @@ def test_rounds_split_their_time_into_training_transfer_and_aggregation(runs):
 def test_a_lost_client_is_rejected_with_its_reason(live):
     rank_file = live / "live" / "events" / "rank-0.jsonl"
     append_events(rank_file, next_round(rank_file, lost=1))
-    append_events(rank_file, [{"kind": "client", "seconds": 99.0, "client": 0, "node": NODE + 9,
-                               "status": "refused", "reason": "partition id 0 already connected"}])
+    append_events(
+        rank_file,
+        [
+            {
+                "kind": "client",
+                "seconds": 99.0,
+                "client": 0,
+                "node": NODE + 9,
+                "status": "refused",
+                "reason": "partition id 0 already connected",
+            }
+        ],
+    )
     fed = run_detail(live, "live")["federated"]
     last = fed["rounds"][-1]
     assert last["round"] == 3 and last["rejected"] == {"1": "lost: no reply"}
@@ -246,9 +281,9 @@ def test_data_parallel_runs_show_step_times_and_bytes_per_rank(runs):
     assert ranks[0]["steps"] == summary["steps"] and len(ranks[0]["duration"]) == summary["steps"]
     assert ranks[0]["step_mean"] > 0
     for rank in ("0", "1"):
-        counted = summary["bytes_per_rank"][rank]
-        row = ranks[int(rank)]
-        assert (row["bytes_sent"], row["bytes_recv"]) == (counted["bytes_sent"], counted["bytes_recv"])
+        counted, row = summary["bytes_per_rank"][rank], ranks[int(rank)]
+        assert row["bytes_sent"] == counted["bytes_sent"]
+        assert row["bytes_recv"] == counted["bytes_recv"]
     curves = detail["curves"]
     assert curves["unit"] == "step" and len(curves["train"]["x"]) == summary["steps"]
     assert curves["eval"]["accuracy"][-1] == summary["final_accuracy"]

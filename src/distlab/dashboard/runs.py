@@ -16,11 +16,17 @@ import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 STALE_SECONDS = 600.0  # a run without summary.json whose files stood still this long is dead
 MAX_POINTS = 2000  # a curve sent to the browser keeps at most this many points
+# A view of a long run costs time to rebuild: one that took over SLOW_BUILD seconds is rebuilt
+# no sooner than REBUILD_FACTOR times that after, so following a run of any length spends at
+# most a tenth of a core; a short run's view is rebuilt on every change.
+SLOW_BUILD = 0.05
+REBUILD_FACTOR = 10.0
 SUMMARY_FIGURES = (
     "wall_seconds",
     "startup_seconds",
@@ -160,6 +166,15 @@ class JsonlFile:
         self.events, self._offset, self._identity = [], 0, identity
 
 
+def merge(per_file: list[list[Event]]) -> list[Event]:
+    """Every file's events in one list ordered by time then rank (one file: as written)."""
+    if len(per_file) == 1:
+        return per_file[0]
+    merged = [e for events in per_file for e in events]
+    merged.sort(key=lambda e: (_seconds(e), _rank(e)))
+    return merged
+
+
 class RunState:
     """What the dashboard holds of one run directory; each file is read again only when it
     changed, and the derived detail is rebuilt only when the events changed."""
@@ -170,7 +185,7 @@ class RunState:
         self.version = 0
         self._json: dict[str, tuple[tuple[int, int], dict[str, Any] | None]] = {}
         self._events: list[Event] | None = None
-        self._detail: tuple[int, dict[str, Any]] | None = None
+        self._views: dict[str, tuple[int, float, float, Any]] = {}
 
     def json_file(self, name: str) -> dict[str, Any] | None:
         path = self.run_dir / name
@@ -201,9 +216,7 @@ class RunState:
         changed = [f.read() for f in self.files.values()]
         if any(changed) or self._events is None:
             self.version += 1
-            merged = [e for f in self.files.values() for e in f.events]
-            merged.sort(key=lambda e: (_seconds(e), _rank(e)))
-            self._events = merged
+            self._events = merge([f.events for f in self.files.values()])
         return self._events
 
     def updated(self) -> float | None:
@@ -233,11 +246,20 @@ class RunState:
         except OSError:
             return None
 
-    def cached_detail(self, build) -> dict[str, Any]:
+    def view(self, name: str, build: Callable[[list[Event]], Any]) -> Any:
+        """build(events), kept until the events change (and, for a slow build, a while
+        longer: see REBUILD_FACTOR)."""
         events = self.events()
-        if self._detail is None or self._detail[0] != self.version:
-            self._detail = (self.version, build(events))
-        return self._detail[1]
+        kept = self._views.get(name)
+        if kept is not None:
+            version, built, cost, value = kept
+            wait = REBUILD_FACTOR * cost if cost > SLOW_BUILD else 0.0
+            if version == self.version or time.monotonic() - built < wait:
+                return value
+        begin = time.monotonic()
+        value = build(events)
+        self._views[name] = (self.version, begin, time.monotonic() - begin, value)
+        return value
 
 
 # --- the run list ------------------------------------------------------------------------
@@ -274,6 +296,11 @@ def lead_rank(events: list[Event], summary: dict[str, Any] | None = None) -> int
         return summary["lead_rank"]
     start = next((e for e in events if e.get("phase") == "start" and "lead_rank" in e), None)
     return int(start["lead_rank"]) if start is not None else 0
+
+
+def lead_events(events: list[Event], summary: dict[str, Any] | None = None) -> list[Event]:
+    rank = lead_rank(events, summary)
+    return [e for e in events if _rank(e) == rank]
 
 
 def progress(lead: list[Event]) -> dict[str, Any]:
@@ -316,9 +343,7 @@ def run_row(state: RunState, path: str, group: str | None, now: float) -> dict[s
     if summary is not None:
         figures = summary_progress(summary)
     else:
-        events = state.events()
-        lead = lead_rank(events)
-        figures = progress([e for e in events if _rank(e) == lead])
+        figures = state.view("progress", lambda events: progress(lead_events(events)))
     return {
         "name": state.run_dir.name if path != "." else state.run_dir.resolve().name,
         "path": path,
@@ -560,8 +585,7 @@ def rank_row(rank: int, role: Any, steps: list[Event], total: Event | None) -> d
 
 def build_detail(events: list[Event], summary: dict[str, Any] | None) -> dict[str, Any]:
     """Everything the run page draws, from the events alone (plus the summary's figures)."""
-    rank = lead_rank(events, summary)
-    lead = [e for e in events if _rank(e) == rank]
+    lead = lead_events(events, summary)
     figures = {k: summary.get(k) for k in SUMMARY_FIGURES} if summary else {}
     return {
         "progress": progress(lead),
@@ -576,7 +600,7 @@ def build_detail(events: list[Event], summary: dict[str, Any] | None) -> dict[st
 def run_detail_of(state: RunState, path: str, group: str | None, now: float) -> dict[str, Any]:
     row = run_row(state, path, group, now)
     summary = state.json_file("summary.json")
-    detail = state.cached_detail(lambda events: build_detail(events, summary))
+    detail = state.view("detail", lambda events: build_detail(events, summary))
     return {**row, **detail, "config": state.json_file("config.json"), "now": now}
 
 

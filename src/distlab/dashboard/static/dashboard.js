@@ -168,7 +168,8 @@
   }
 
   function groupHead(group, sweep) {
-    const head = el("div", { class: "group-head", text: sweep ? "sweep " + sweep.name + " " : group + " " });
+    const head = el("div", { class: "group-head" }, sweep ? "sweep " : "",
+      el("span", { class: "group-name", text: sweep ? sweep.name : group }), " ");
     if (sweep) {
       const counts = Object.entries(sweep.status).map(([s, n]) => `${n} ${s}`).join(", ");
       head.append(el("span", { class: "sweep-cells", text: `· ${sweep.cells} cells: ${counts}` }));
@@ -177,8 +178,8 @@
   }
 
   function runItem(run) {
-    const unit = run.unit === "round" ? "rounds" : "steps";
     const done = run.unit === "round" ? run.rounds : run.steps;
+    const unit = run.unit + (done === 1 && !known(run.total) ? "" : "s");
     const progress = known(done) ? `${fmt(done)}${known(run.total) ? "/" + fmt(run.total) : ""} ${unit}` : "";
     const meta = [run.strategy, run.dataset, run.model].filter(known).join(" · ");
     return el(
@@ -291,7 +292,13 @@
     div.hidden = empty;
     if (note) note.hidden = !empty;
     if (empty) { Plotly.purge(div); return; }
-    Plotly.react(div, traces, layout(extra), { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] });
+    Plotly.react(div, traces, layout(extra), { displayModeBar: false, responsive: true });
+  }
+
+  // An axis of rounds or steps: from 0, and a tick on every integer while there are few
+  function countAxis(title, xs) {
+    const top = Math.max(0, ...xs.filter(known));
+    return { title: { text: title }, rangemode: "tozero", dtick: top <= 12 ? 1 : undefined };
   }
 
   function line(name, x, y, color, extra) {
@@ -306,10 +313,10 @@
     if (c.train.x.length) traces.push(line(trainLabel, c.train.x, c.train.loss, COLORS.train));
     const sameAxis = c.eval.unit === c.unit || !c.train.x.length;
     if (c.eval.x.length && sameAxis) traces.push(line("test loss", c.eval.x, c.eval.loss, COLORS.test, { line: { color: COLORS.test, width: 2, dash: "dot" } }));
-    plot("chart-loss", traces, { xaxis: { title: { text: c.unit } }, yaxis: { title: { text: "loss" } } });
+    plot("chart-loss", traces, { xaxis: countAxis(c.unit, c.train.x.concat(c.eval.x)), yaxis: { title: { text: "loss" } } });
     const acc = c.eval.x.length ? [line("test accuracy", c.eval.x, c.eval.accuracy, COLORS.accuracy)] : [];
     plot("chart-accuracy", acc, {
-      xaxis: { title: { text: c.eval.unit || "eval" } },
+      xaxis: countAxis(c.eval.unit || "eval", c.eval.x),
       yaxis: { title: { text: "accuracy" }, tickformat: ".0%", range: [0, 1.02] },
       showlegend: false,
     });
@@ -328,7 +335,7 @@
     if (rounds.some((r) => known(r.unsplit))) split.push(part("unsplit", "clients (training + transfer)", COLORS.unsplit));
     if (rounds.some((r) => known(r.aggregation))) split.push(part("aggregation", "aggregation", COLORS.aggregation));
     plot("chart-round-split", rounds.length ? split : [], {
-      barmode: "stack", xaxis: { title: { text: "round" }, dtick: rounds.length <= 20 ? 1 : undefined },
+      barmode: "stack", xaxis: { ...countAxis("round", x), rangemode: "normal" },
       yaxis: { title: { text: "seconds" } },
     });
     const times = fed.train_seconds.length
@@ -390,9 +397,9 @@
       const rejected = Object.entries(r.rejected).map(([c, why]) => (why ? `${c} (${why})` : c)).join(", ");
       body.append(el("tr", { class: "round-row", "data-round": String(r.round) },
         el("td", { class: "num", text: fmt(r.round) }),
-        el("td", { class: "mono", text: `${ranges(r.sampled)} (${r.sampled.length})` }),
+        el("td", { class: "mono nowrap", text: `${ranges(r.sampled)} (${r.sampled.length})` }),
         el("td", { class: "mono bad", text: ranges(r.failed) }),
-        el("td", { class: "mono bad", text: rejected }),
+        el("td", { class: "note bad", text: rejected }),
         el("td", { class: "num", text: fmt(r.attempts) }),
         el("td", { class: "num", text: fmt(r.duration, 3) }),
         el("td", { class: "num", text: fmt(r.loss) })));
@@ -402,8 +409,10 @@
   function renderRanks(ranks) {
     const steps = ranks.filter((r) => r.duration.length).map((r, i) =>
       line(`rank ${r.rank}`, r.step, r.duration.map((d) => d * 1000), RANK_COLORS[i % RANK_COLORS.length], { line: { width: 1.2, color: RANK_COLORS[i % RANK_COLORS.length] } }));
-    plot("chart-step-times", steps, { xaxis: { title: { text: "step" } }, yaxis: { title: { text: "step time (ms)" }, rangemode: "tozero" } });
-    const counted = ranks.filter((r) => known(r.bytes_sent) || known(r.bytes_recv));
+    const silent = ranks.length - steps.length;
+    $("step-note").textContent = silent ? `(${silent} rank${silent > 1 ? "s" : ""} record totals only)` : "";
+    plot("chart-step-times", steps, { xaxis: countAxis("step", ranks.flatMap((r) => r.step)), yaxis: { title: { text: "step time (ms)" }, rangemode: "tozero" } });
+    const counted = ranks.filter((r) => r.bytes_sent || r.bytes_recv);
     const names = counted.map((r) => `rank ${r.rank}`);
     const bars = counted.length
       ? [
