@@ -251,6 +251,7 @@ def test_a_killed_supernode_is_named_and_the_dashboard_follows_the_run(tmp_path)
     assert lost and {e["client"] for e in lost} == {2}, lost
     rounds = [e for e in log if e["kind"] == "round"]
     assert [r["round"] for r in rounds] == [1, 2]
-    assert all(r["rejected"] == [2] for r in rounds)
+    # The kill may land after client 2 took round 1's message; from then on it is rejected.
+    assert all(set(r["rejected"]) <= {2} for r in rounds) and rounds[-1]["rejected"] == [2]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert no_flower_left(str(run_dir))
