@@ -21,6 +21,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+# The help is plain click text (rich_markup_mode=None), but typer 0.20 still escapes the
+# "[default: ...]" brackets for rich, printing "\[default: ...]"; without rich it does not.
+typer.core.HAS_RICH = False
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,

@@ -74,3 +74,14 @@ def test_show_prints_the_status_and_the_cause_of_a_failed_run(tmp_path, capsys):
     assert info.value.code == 0
     assert "failed" in text
     assert "cause: rank 0 failed: RuntimeError: injected fault at step 2" in text
+
+
+@pytest.mark.parametrize(
+    "command", [["sweep"], ["dashboard"], ["deploy", "local"], ["deploy", "client"]]
+)
+def test_help_shows_defaults_in_plain_brackets(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = capsys.readouterr().out
+    assert "[default: " in text and "\\[" not in text
