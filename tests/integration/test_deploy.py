@@ -119,7 +119,7 @@ def test_server_and_clients_as_separate_commands_and_refusals(tmp_path):
     clients = []
     try:
         wait_for_line(server, "waiting for 2 clients", 60)
-        common = ("--server", f"127.0.0.1:{port}", "--num-partitions", "2", "--join-timeout", "20")
+        common = ("--server", f"127.0.0.1:{port}", "--num-partitions", "2")
 
         # A key the server did not register (client-2's) is refused, in one line.
         refused = cli("deploy", "client", *common, "--partition-id", "1", "--ca", str(certs.ca),
@@ -129,7 +129,7 @@ def test_server_and_clients_as_separate_commands_and_refusals(tmp_path):
         assert "refused this node's key" in refused.stderr and refused.stderr.count("\n") == 1
 
         # A client without TLS cannot join a TLS server.
-        plain = cli("deploy", "client", *common, "--partition-id", "1", "--insecure",
+        plain = cli("deploy", "client", *common, "--partition-id", "1", "--insecure", "--join-timeout", "8",
                     "--port", str(free_port()), "--work-dir", "c3", cwd=tmp_path,
                     timeout=90)  # fmt: skip
         assert plain.returncode == 2 and "did not join" in plain.stderr, plain.stderr
