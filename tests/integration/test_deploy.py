@@ -129,9 +129,9 @@ def test_server_and_clients_as_separate_commands_and_refusals(tmp_path):
         assert "refused this node's key" in refused.stderr and refused.stderr.count("\n") == 1
 
         # A client without TLS cannot join a TLS server.
-        plain = cli("deploy", "client", *common, "--partition-id", "1", "--insecure", "--join-timeout", "8",
-                    "--port", str(free_port()), "--work-dir", "c3", cwd=tmp_path,
-                    timeout=90)  # fmt: skip
+        plain = cli("deploy", "client", *common, "--partition-id", "1", "--insecure",
+                    "--join-timeout", "8", "--port", str(free_port()), "--work-dir", "c3",
+                    cwd=tmp_path, timeout=90)  # fmt: skip
         assert plain.returncode == 2 and "did not join" in plain.stderr, plain.stderr
 
         for i in range(2):

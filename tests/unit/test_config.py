@@ -235,7 +235,7 @@ def errors_of(data: dict) -> str:
         ({"optimizer": {"momentum": 1.0}}, "optimizer.momentum must be < 1"),
         ({"device": "gpu"}, "device must be one of cpu, cuda or auto (got 'gpu')"),
         ({"optimizer": {"name": "rmsprop"}}, "optimizer.name must be one of sgd or adam"),
-        ({"dataset": "imagenet"}, "unknown dataset 'imagenet' (allowed: breast-cancer, cifar10, digits"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet' (allowed: breast-cancer, cifar10"),
         ({"model": "resnet"}, "unknown model 'resnet' (allowed: cnn-dropout, lenet, logreg, mlp,"),
         ({"strategy": {"name": "nope"}}, "unknown strategy.name 'nope' (allowed: centralized"),
         ({"partition": {"scheme": "nope"}}, "unknown partition.scheme 'nope' (allowed: iid"),
