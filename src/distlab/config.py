@@ -70,6 +70,20 @@ class FaultConfig(Frozen):
     """raise an exception, exit the process at once, or hang (block forever)."""
 
 
+class EdgeConfig(Frozen):
+    """Microcontroller boards as federated clients (strategy.executor=serial): board i
+    hosts client i, so strategy.clients equals the number of boards."""
+
+    boards: int = Field(0, ge=0)
+    """Simulated boards to start: the firmware on simavr behind a pty each (0 = use ports)."""
+    ports: list[str] = []
+    """Serial ports of real boards, e.g. [/dev/ttyACM0, /dev/ttyACM1]."""
+    baud: int = 115200
+    """Serial line speed; the protocol allows 9600, 19200, 38400, 57600 and 115200."""
+    timeout: float = Field(10.0, gt=0)
+    """Seconds a board may stay silent before it is named as lost."""
+
+
 class RunConfig(Frozen):
     """One training job: what to train, on which data, under which paradigm."""
 
@@ -117,6 +131,8 @@ class RunConfig(Frozen):
     """Save the final model's state_dict as model.pt in the run directory."""
     oversubscribe: bool = False
     """Allow more local processes than OVERSUBSCRIBE_FACTOR x the cores (slow, but legal)."""
+    edge: EdgeConfig = EdgeConfig()
+    """Edge boards for the serial executor of the federated family."""
     tensorboard: bool = False
     """Write TensorBoard scalars (loss, accuracy, bytes per step or round, the summary) to
     RUN_DIR/tensorboard; view with `tensorboard --logdir OUT_DIR`. Needs the tensorboard
