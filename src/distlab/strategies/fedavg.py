@@ -16,6 +16,8 @@ in one process) or `sequential` (one after another in one process, as a host doe
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,7 +38,7 @@ from distlab.federated.server import RoundPlan, train_rounds
 from distlab.federated.types import Executor, Layout, Updates
 from distlab.federated.vectorized import VectorExecutor, VectorTrainer
 from distlab.strategies.aggregate import AggregatorOptions, get_aggregator, needed_updates
-from distlab.strategies.spec import StrategyBase, StrategySpec
+from distlab.strategies.spec import StrategyBase, StrategySpec, model_fits_data
 from distlab.training import flat_params, set_flat_params
 
 if TYPE_CHECKING:
@@ -61,12 +63,14 @@ class Params(StrategyBase):
     local_batch: int | Literal["full"] | None = None
     """Local batch B: a size, 'full' (the whole local set; with E=1 this is FedSGD), or
     None = the run's batch_size."""
-    executor: Literal["auto", "processes", "vectorized", "sequential", "flower"] = "auto"
+    executor: Literal["auto", "processes", "vectorized", "sequential", "flower", "serial"] = (
+        "auto"
+    )
     """Where clients train: processes (server on rank 0, clients on ranks 1..workers),
     vectorized (one process, all sampled clients at once), sequential (one process, one
     client after another, as a host does), flower (SuperNodes of Flower's deployment
-    engine: distlab deploy server or local), auto = processes when workers > 1 else
-    vectorized."""
+    engine: distlab deploy server or local), serial (edge boards over serial lines, see the
+    edge.* keys), auto = processes when workers > 1 else vectorized."""
     algorithm: Literal[
         "fedavg", "fedsgd", "fedprox", "fedavgm", "fedadam", "fedadagrad", "fedyogi"
     ] = "fedavg"
@@ -263,6 +267,8 @@ class ExecutorKind:
     start: Callable[[ClientSetup], Executor]
     host: Callable[[ClientSetup], object] | None = None
     launcher: str = "auto"
+    check_data: Callable[[RunConfig, object], None] | None = None
+    """Rules that need the dataset (a board's model size), before any process starts."""
     """"auto", or "deployed" for an executor whose clients are other programs: such a run
     is started by `distlab deploy`, never by `distlab run`."""
 
@@ -321,12 +327,85 @@ def start_flower(setup: ClientSetup) -> Executor:
     return executor
 
 
+def check_serial(cfg: RunConfig) -> None:
+    """Board i hosts client i, and a board runs plain SGD on the logistic loss."""
+    from distlab.edge.protocol import BAUD_RATES
+
+    check_one_process(cfg)
+    edge, p = cfg.edge, cfg.strategy
+    if edge.boards and edge.ports:
+        raise ValueError("give edge.boards (simulated) or edge.ports (real boards), not both")
+    count = edge.boards or len(edge.ports)
+    if not count:
+        raise ValueError(
+            "executor serial needs boards: --set edge.boards=N (simulated) or "
+            "--set edge.ports=[/dev/ttyACM0,...]"
+        )
+    if count != p.clients:
+        raise ValueError(f"each board hosts one client: {count} boards for {p.clients} clients")
+    if edge.baud not in BAUD_RATES:
+        allowed = ", ".join(map(str, BAUD_RATES))
+        raise ValueError(f"edge.baud must be one of {allowed} (got {edge.baud})")
+    if edge.boards:
+        from distlab.edge.toolchain import FIRMWARE_NEEDS, RUNNER_NEEDS, missing_message
+
+        problem = missing_message(FIRMWARE_NEEDS + RUNNER_NEEDS)
+        if problem:
+            raise ValueError(f"simulated boards: building the firmware and simavr runner {problem}")
+    missing = [port for port in edge.ports if not os.path.exists(port)]
+    if missing:
+        raise ValueError(f"edge.ports: {missing[0]} does not exist")
+    opt = cfg.optimizer
+    if opt.name != "sgd" or opt.momentum or opt.weight_decay:
+        raise ValueError("a board trains with plain SGD: optimizer sgd, no momentum or decay")
+    if p.mu:
+        raise ValueError("a board has no proximal term: strategy.mu must be 0 with executor serial")
+
+
+def check_serial_data(cfg: RunConfig, data) -> None:
+    """The board's model: binary logistic regression on at most MAX_FEATURES features."""
+    from distlab.edge.protocol import MAX_FEATURES
+
+    features = math.prod(data.input_shape)
+    if cfg.model != "logreg" or data.classes != 2:
+        raise ValueError(
+            "a board trains binary logistic regression: --model logreg on a two-class dataset "
+            f"(got model {cfg.model!r} on {cfg.dataset} with {data.classes} classes; try "
+            "--dataset breast-cancer)"
+        )
+    if features > MAX_FEATURES:
+        raise ValueError(
+            f"the firmware holds at most {MAX_FEATURES} features; {cfg.dataset} has {features}"
+        )
+
+
+def start_serial(setup: ClientSetup) -> Executor:
+    """The boards, greeted; each trains its client's shard (see federated/serial.py)."""
+    from distlab.federated.serial import SerialExecutor, open_boards
+
+    ctx = setup.ctx
+    boards, simulated = open_boards(ctx.cfg)
+    return SerialExecutor(
+        boards, setup.data, ctx.data.x_train, ctx.data.y_train, Layout.of(setup.model),
+        setup.spec, ctx.cfg.optimizer.lr, ctx.comm, ctx.recorder, simulated,
+    )  # fmt: skip
+
+
 EXECUTORS: dict[str, ExecutorKind] = {
     "processes": ExecutorKind(server_and_hosts, check_hosts, start_processes, host_processes),
     "vectorized": ExecutorKind(one_process, check_one_process, start_vectorized),
     "sequential": ExecutorKind(one_process, check_one_process, ClientSetup.sequential),
     "flower": ExecutorKind(one_process, check_one_process, start_flower, launcher="deployed"),
+    "serial": ExecutorKind(one_process, check_serial, start_serial,
+                           check_data=check_serial_data),  # fmt: skip
 }
+
+
+def check_data(cfg: RunConfig, data) -> None:
+    model_fits_data(cfg, data)
+    kind = EXECUTORS[executor_kind(cfg)]
+    if kind.check_data is not None:
+        kind.check_data(cfg, data)
 
 
 def run(ctx: WorkerContext, params: Params) -> None:
@@ -397,7 +476,7 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
     per_round = 2 * params * 4 * (p.clients_per_round or p.clients)
     out = {"bytes_per_round_logical": per_round, "bytes_total_logical": per_round * units}
     server = per_rank.get(str(SERVER))
-    if executor_kind(cfg) in ("processes", "flower") and server:
+    if executor_kind(cfg) in ("processes", "flower", "serial") and server:
         measured = server["bytes_sent"] + server["bytes_recv"]
         out["bytes_total_measured"] = measured
         out["bytes_per_round_measured"] = round(measured / units, 1)
@@ -425,4 +504,5 @@ SPEC = StrategySpec(
     batch_meaning=batch_meaning,
     uses_partition=True,  # clients own partitions made by the `partition` config
     launcher=launcher,
+    check_data=check_data,
 )
