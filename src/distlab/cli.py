@@ -1288,18 +1288,20 @@ class _EdgeBars:
         self.tasks: dict[int, Any] = {}
 
     def __enter__(self) -> _EdgeBars:
-        if self.progress is not None:
-            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
+        if self.tasks:
             self.progress.stop()
 
-    def add_boards(self, ports: list[str]) -> None:
-        for index, port in enumerate(ports):
-            if self.progress is not None:
-                self.tasks[index] = self.progress.add_task(f"board {index} {port}", total=None)
+    def add_boards(self, boards: list) -> None:
+        """Called once every board has answered: nothing is drawn before (a bad port's
+        error stays one line)."""
+        if self.progress is None:
+            return
+        self.progress.start()
+        for board in boards:
+            self.tasks[board.board_id] = self.progress.add_task(board.name, total=None)
 
     def advance(self, board: int, done: int, total: int) -> None:
         if self.progress is not None:

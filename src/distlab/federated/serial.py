@@ -128,7 +128,7 @@ def open_boards(cfg) -> tuple[list, object]:
     if edge.boards:
         from distlab.edge.sim import start_simulated_boards
 
-        simulated = start_simulated_boards(edge.boards)
+        simulated = start_simulated_boards(edge.boards, baud=edge.baud)
         ports = simulated.ports
     boards = []
     try:
