@@ -222,6 +222,7 @@ def test_a_killed_supernode_is_named_and_the_dashboard_follows_the_run(tmp_path)
         for _ in range(3):
             wait_for_line(deploy, "connected", 120)
         os.killpg(supernode_of(deploy, 2).pid, signal.SIGKILL)
+        wait_for_line(board, "dashboard: http", 60)  # serving before the browser asks
         page = browser()
         page.get(f"http://127.0.0.1:{port}/#run=faulty")
         script = "return document.querySelectorAll('tr.client-row').length"
