@@ -80,3 +80,24 @@ def assert_no_orphans(pids: list[int]) -> None:
 @pytest.fixture
 def small_config(tmp_path):
     return lambda **fields: make_config(tmp_path, **fields)
+
+
+def headless_chromium(window: str = "1400,1000", console_log: bool = False):
+    """Debian's chromium driven by its chromedriver, headless; skips the test, naming the
+    packages, where they are missing."""
+    import shutil
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs a headless browser: install Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 f"--window-size={window}"):  # fmt: skip
+        options.add_argument(flag)
+    if console_log:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)

@@ -922,13 +922,18 @@ def _print_best(done) -> None:
     out.print(f"best: distlab run --config {plan.out / 'best.yaml'}", soft_wrap=True)
 
 
-deploy_app = typer.Typer(
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    help="Federated learning on Flower's deployment engine: a server and clients that are "
+def command_group(name: str, help: str) -> typer.Typer:
+    """A `distlab NAME SUBCOMMAND` group, with plain help like the top level's."""
+    group = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help=help)
+    app.add_typer(group, name=name)
+    return group
+
+
+deploy_app = command_group(
+    "deploy",
+    "Federated learning on Flower's deployment engine: a server and clients that are "
     "separate programs, on one machine or many (TLS and node authentication on).",
 )
-app.add_typer(deploy_app, name="deploy")
 
 DEPLOY_EPILOG = "Every flag of `distlab run` (see distlab run --help) sets the config."
 
@@ -1142,13 +1147,11 @@ def dashboard(
     serve(runs_dir, host, port, token, announce=lambda url: print(f"dashboard: {url}", flush=True))
 
 
-edge_app = typer.Typer(
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    help="Arduino Unos that train logistic regression over a serial line: real boards on USB, "
+edge_app = command_group(
+    "edge",
+    "Arduino Unos that train logistic regression over a serial line: real boards on USB, "
     "or the same firmware on simavr behind a pty (see docs/edge.md).",
 )
-app.add_typer(edge_app, name="edge")
 
 EDGE_BAUD_HELP = "Line speed: 9600, 19200, 38400, 57600 or 115200 (the firmware's, see make BAUD=)."
 

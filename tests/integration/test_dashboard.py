@@ -5,7 +5,6 @@ follows the run live as events are appended; off loopback every request needs th
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tests.conftest import cli, make_config
+from tests.conftest import cli, headless_chromium, make_config
 from tests.unit.test_dashboard_runs import FED, append_events, make_live, next_round
 
 from distlab.api import run
@@ -65,19 +64,7 @@ def server(runs):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip("needs a headless browser: install Debian's chromium and chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    chrome = headless_chromium(console_log=True)
     yield chrome
     chrome.quit()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from tests.conftest import cli
+from tests.conftest import cli, headless_chromium
 
 from distlab.deploy.certs import make_certs
 from distlab.deploy.processes import free_port
@@ -180,23 +180,6 @@ def supernode_of(deploy: subprocess.Popen, client: int) -> psutil.Process:
     raise AssertionError(f"no SuperNode for client {client}")
 
 
-def browser():
-    import shutil
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip("needs a headless browser: install Debian's chromium and chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000"):  # fmt: skip
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 def wait_until(check, seconds: float, what: str):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -223,7 +206,7 @@ def test_a_killed_supernode_is_named_and_the_dashboard_follows_the_run(tmp_path)
             wait_for_line(deploy, "connected", 120)
         os.killpg(supernode_of(deploy, 2).pid, signal.SIGKILL)
         wait_for_line(board, "dashboard: http", 60)  # serving before the browser asks
-        page = browser()
+        page = headless_chromium()
         page.get(f"http://127.0.0.1:{port}/#run=faulty")
         script = "return document.querySelectorAll('tr.client-row').length"
         wait_until(lambda: page.execute_script(script) == 3, 60, "three client rows")
