@@ -116,7 +116,9 @@ class RunConfig(Frozen):
     """Seed for every random choice: model init, shuffling, partitioning, sampling, dropout;
     in [0, 2**32 - 1]."""
     eval_every: int = Field(0, ge=0)
-    """Evaluate every this many steps (rounds for federated); 0 = once per epoch."""
+    """Evaluate every this many steps (rounds for federated); 0 = once per epoch, or for
+    federated runs every tenth of the rounds (every round up to 19 rounds); the last
+    round is always evaluated."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """Device: cpu (gloo), cuda (NCCL) or auto (cuda when present)."""
     threads: int = Field(0, ge=0)
