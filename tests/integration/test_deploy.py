@@ -199,11 +199,11 @@ def test_a_killed_supernode_is_named_and_the_dashboard_follows_the_run(tmp_path)
     deploy = start("deploy", "local", "--clients", "3", "--rounds", "2", "--set",
                    "strategy.min_clients=2", "--out-dir", "runs", "--name", "faulty",
                    cwd=tmp_path)  # fmt: skip
-    board = start("dashboard", "runs", "--port", str(port), cwd=tmp_path)
-    page = None
+    board, page = None, None
     try:
         for _ in range(3):
             wait_for_line(deploy, "connected", 120)
+        board = start("dashboard", "runs", "--port", str(port), cwd=tmp_path)  # runs/ exists
         os.killpg(supernode_of(deploy, 2).pid, signal.SIGKILL)
         wait_for_line(board, "dashboard: http", 60)  # serving before the browser asks
         page = headless_chromium()
@@ -224,7 +224,7 @@ def test_a_killed_supernode_is_named_and_the_dashboard_follows_the_run(tmp_path)
         if page is not None:
             page.quit()
         for proc in (deploy, board):
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
     assert deploy.returncode == 0, err[-2000:]
