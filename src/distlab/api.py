@@ -24,7 +24,8 @@ from distlab.rundir import (
     load_run,
     prepare_run_dir,
     write_json,
-    write_partition_record,
+    write_partition_json,
+    write_partition_plot,
 )
 from distlab.runtime import launch
 from distlab.strategies import StrategySpec, get_spec, spec_ref
@@ -93,11 +94,12 @@ def open_board(cfg: RunConfig, spec: StrategySpec, start: float, external) -> Te
 
 
 def prepare(cfg: RunConfig, overwrite: bool, split, board: TensorBoardLog | None) -> Path:
-    """Make the run directory: config, partition record, TensorBoard files."""
+    """Make the run directory: config, TensorBoard files, partition record (last: a run
+    directory with partition.json is one that finish_run completes, plot included)."""
     run_dir = prepare_run_dir(cfg, overwrite)
-    record_partition(run_dir, split)
     if board is not None:
         board.open(run_dir)
+    record_partition(run_dir, split)
     return run_dir
 
 
@@ -140,9 +142,19 @@ class OversubscribeWarning(UserWarning):
 
 
 def record_partition(run_dir: Path, split) -> None:
-    """partition.json and its plot, for every run whose data is divided among workers."""
+    """partition.json, for every run whose data is divided among workers; finish_run draws
+    its plot once training is over, so that matplotlib never delays the first step."""
     if split is not None and len(split.indices) > 1:
-        write_partition_record(run_dir, split)
+        write_partition_json(run_dir, split)
+
+
+def draw_partition(run_dir: Path) -> None:
+    """partition.png from partition.json, whatever the run's outcome. The record is the JSON:
+    a plot that cannot be drawn is a warning, never a lost summary or a hidden failure."""
+    try:
+        write_partition_plot(run_dir)
+    except (ValueError, OSError) as exc:
+        warnings.warn(f"partition.png not written: {exc}", stacklevel=2)
 
 
 def _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event, board) -> RunResult:
@@ -219,7 +231,8 @@ def finish_run(
     """Merge the ranks' events and write summary.json, whatever the run's outcome. A failed
     run's `error` is the one-line cause (the rank that caused it); `rank_errors` keeps what
     each rank reported, its peers' connection errors included. `board` gets what it missed
-    of the lead's events and the summary, and is closed."""
+    of the lead's events and the summary, and is closed. partition.png is drawn once
+    summary.json is written: a second Ctrl-C while it draws costs the figure, not the record."""
     files = sorted((run_dir / "events").glob("rank-*.jsonl"))
     events = merge_events(files, run_dir / "events.jsonl")
     summary = summarize(cfg, spec, events, world, time.time() - start, status, run_dir)
@@ -230,5 +243,6 @@ def finish_run(
             for rank, message in sorted(failure.rank_errors.items())
         ]
     write_json(run_dir / "summary.json", summary)
+    draw_partition(run_dir)
     if board is not None:
         board.finish(events, summary)

@@ -130,13 +130,30 @@ def partition_record(p: Partition) -> dict[str, Any]:
 def write_partition_record(run_dir: str | Path, partition: Partition) -> Path:
     """Write run_dir/partition.json and run_dir/partition.png (stacked bars); returns the
     JSON path."""
+    path = write_partition_json(run_dir, partition)
+    write_partition_plot(run_dir)
+    return path
+
+
+def write_partition_json(run_dir: str | Path, partition: Partition) -> Path:
+    """Write run_dir/partition.json, the record of who trains on what; returns its path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = partition_record(partition)
     path = run_dir / "partition.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    title = f"{partition.scheme} partition, TV distance {record['metrics']['tv_distance']:.3f}"
+    path.write_text(json.dumps(partition_record(partition), indent=2) + "\n")
+    return path
+
+
+def write_partition_plot(run_dir: str | Path) -> Path | None:
+    """Draw run_dir/partition.png (stacked bars) from run_dir/partition.json; None when the
+    run has no partition record. A run draws it once it has trained: matplotlib and the
+    drawing cost about half a second that would otherwise delay the first step."""
+    run_dir = Path(run_dir)
+    source = run_dir / "partition.json"
+    if not source.is_file():
+        return None
+    record = read_json(source)
+    title = f"{record['scheme']} partition, TV distance {record['metrics']['tv_distance']:.3f}"
     from distlab.plots import plot_partition  # matplotlib: only when there is a partition
 
-    plot_partition(partition.counts, run_dir / "partition.png", "bar", title)
-    return path
+    return plot_partition(np.asarray(record["counts"]), run_dir / "partition.png", "bar", title)

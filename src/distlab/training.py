@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,8 +18,41 @@ if TYPE_CHECKING:
 def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig):
     """SGD (momentum, weight decay) or Adam from the run's optimizer settings."""
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return EagerAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return EagerSGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class EagerOptimizer:
+    """torch.optim's methods without their torch.compile guards.
+
+    torch wraps `add_param_group`, `zero_grad`, `state_dict`, `load_state_dict` and every
+    `step` in decorators that import torch._dynamo on their first call, and with it sympy:
+    about 800 modules and 0.7 s before the first step, on every rank. Outside torch.compile
+    the decorators do nothing else, so calling the functions they wrap computes the same
+    bits. tests/unit/test_startup.py checks both: no torch._dynamo, identical parameters."""
+
+    add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+    zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+    state_dict = inspect.unwrap(torch.optim.Optimizer.state_dict)
+    load_state_dict = inspect.unwrap(torch.optim.Optimizer.load_state_dict)
+
+
+def eager_step(optimizer: type[torch.optim.Optimizer]):
+    """An optimizer class's own step body under no_grad: what its decorator sets up for a
+    non-differentiable optimizer, less the graph breaks that import torch._dynamo."""
+    return torch.no_grad()(inspect.unwrap(optimizer.step))
+
+
+class EagerSGD(EagerOptimizer, torch.optim.SGD):
+    """torch.optim.SGD, bit for bit, that never imports torch._dynamo."""
+
+    step = eager_step(torch.optim.SGD)
+
+
+class EagerAdam(EagerOptimizer, torch.optim.Adam):
+    """torch.optim.Adam, bit for bit, that never imports torch._dynamo."""
+
+    step = eager_step(torch.optim.Adam)
 
 
 def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -133,10 +133,10 @@ def run_worker(
 
 def warm_up(ctx: WorkerContext) -> int:
     """Pay one-time costs before the barrier, so that no rank pays them on the clock: the
-    first optimizer imports torch's compiler stack (about a second), the first backward pass
-    starts autograd's threads and the first update initializes the optimizer's kernels. The
-    model is thrown away and the random streams are left as they were. Returns the model's
-    parameter count."""
+    first backward pass starts autograd's threads and the first update initializes the
+    optimizer's kernels (make_optimizer's optimizers import no torch._dynamo, which cost
+    about a second here). The model is thrown away and the random streams are left as they
+    were. Returns the model's parameter count."""
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         model = ctx.build_model()
         optimizer = make_optimizer(model.parameters(), ctx.cfg.optimizer)
