@@ -48,7 +48,7 @@ def sweep_command(tmp_path: Path, seeds: str = "0,1,2") -> list[str]:
     # Three cells of a few seconds each: the second is killed while it trains.
     return [
         sys.executable, "-m", "distlab", "sweep", "--name", "K", "--out-dir", str(tmp_path),
-        "--grid", f"seed={seeds}", "--epochs", "20", "--dataset", "synthetic", "--model", "mlp",
+        "--grid", f"seed={seeds}", "--epochs", "80", "--dataset", "synthetic", "--model", "mlp",
         "--set", "threads=1",
     ]  # fmt: skip
 
