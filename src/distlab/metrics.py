@@ -45,7 +45,9 @@ class Recorder:
         event.update({k: _clean(v) for k, v in fields.items() if v is not None})
         if self._file is not None:
             self._file.write(json.dumps(event) + "\n")
-            if time.monotonic() - self._last_flush > FLUSH_SECONDS:
+            # Milestones (a rank started, training began) are rare and what watchers wait
+            # for: they go to disk at once; steps are flushed at most every FLUSH_SECONDS.
+            if kind == "phase" or time.monotonic() - self._last_flush > FLUSH_SECONDS:
                 self.flush()
         if self.on_event is not None:
             self.on_event(event)
