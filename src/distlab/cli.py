@@ -1005,7 +1005,7 @@ def deploy_server(
     say = None if as_json else _say
     if say is not None:
         say(f"SuperLink on {host}:{port}; waiting for {prepared.cfg.strategy.clients} clients")
-    result = serve(prepared, options, prepared.run_dir / "deploy", None, say)
+    result = serve(prepared, options, None, say)
     _print_result(result, as_json)
 
 

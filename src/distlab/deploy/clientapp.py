@@ -115,8 +115,8 @@ def train_round(cfg, client: int, round_: int, arrays, context):
 def client_samples(cfg, client: int, context):
     """The dataset and this client's (train, held-out) indices as a one-client ClientData."""
     from distlab.data.datasets import load_dataset
-    from distlab.data.partition import partition
     from distlab.federated.clients import ClientData, split_clients
+    from distlab.strategies.fedavg import data_partition
 
     data_dir = node_setting(context, "data-dir") or cfg.data_dir
     data = load_dataset(cfg.dataset, data_dir, False)
@@ -125,7 +125,7 @@ def client_samples(cfg, client: int, context):
         everything = np.arange(len(data.y_train))
         own = split_clients([everything], fraction, cfg.seed)
         return data, own
-    parts = partition(data.y_train.numpy(), cfg.strategy.clients, cfg.partition, cfg.seed)
+    parts = data_partition(cfg, data.y_train.numpy())  # as every in-process rank computes it
     both = split_clients(parts.indices, fraction, cfg.seed)
     return data, ClientData([both.train[client]], [both.test[client]])
 

@@ -57,19 +57,18 @@ def run_local(
         if not insecure:
             options.certs = make_certs(secrets / "certs", ["localhost", P.LOOPBACK], clients).root
         prepared = prepare(data, options, overwrite, start)
-        work = prepared.run_dir / "deploy"
         server = f"{P.LOOPBACK}:{options.port}"
 
         def start_clients(link: P.SuperLink) -> list[P.Managed]:
             return [
                 P.start_supernode(
-                    work, server, i, clients,
+                    prepared.work, server, i, clients,
                     None if insecure else CertPaths(options.certs).client_key(i),
                     link.ca, P.free_port(),
                 )
                 for i in range(clients)
             ]  # fmt: skip
 
-        return serve(prepared, options, work, start_clients, say)
+        return serve(prepared, options, start_clients, say)
     finally:
         shutil.rmtree(secrets, ignore_errors=True)

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distlab.runtime.signals import set_parent_death_signal
@@ -207,7 +207,6 @@ class SuperLink:
     addresses: LinkAddresses
     home: Path
     ca: Path | None
-    runs: list[int] = field(default_factory=list)
 
     def flwr(self, *args: str, timeout: float = 120.0) -> str:
         """`flwr ARGS... distlab` against this SuperLink; its stdout, DeployError on failure."""
@@ -284,9 +283,7 @@ def submit(link: SuperLink, app_dir: Path, job: Path) -> int:
     out = link.flwr(
         "run", str(app_dir), CONNECTION, "--run-config", f'job="{job}"', "--format", "json"
     )
-    run_id = parse_json_field(out, "run-id")
-    link.runs.append(run_id)
-    return run_id
+    return parse_json_field(out, "run-id")
 
 
 def stop_run(link: SuperLink, run_id: int) -> None:

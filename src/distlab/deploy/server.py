@@ -11,7 +11,6 @@ sources and the SuperLink's log.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +99,11 @@ class Prepared:
     keys: list[Path]
     start: float
 
+    @property
+    def work(self) -> Path:
+        """Where the Flower processes keep their state and logs: the run's deploy/."""
+        return self.run_dir / "deploy"
+
 
 def prepare(data: dict, options: ServerOptions, overwrite: bool, start: float) -> Prepared:
     """Check everything, then write the run directory and the ServerApp's job."""
@@ -164,7 +168,7 @@ def run_on_link(
     """Submit distlab's app and wait until its ServerApp is done; `watch` is called while
     waiting (the local federation checks its SuperNodes). Raises RunFailed for a failed
     run, DeployError when the SuperLink dies."""
-    app_dir = write_app(prepared.run_dir / "deploy" / "app")
+    app_dir = write_app(prepared.work / "app")
     run_id = P.submit(link, app_dir, prepared.job)
     try:
         wait_done(prepared, link, run_id, watch)
@@ -277,24 +281,16 @@ def finish(prepared: Prepared, status: str, failure=None) -> None:
                    failure)
 
 
-def keep_logs(work: Path, run_dir: Path) -> None:
-    """The Flower processes' logs go with the run (never the keys)."""
-    logs = work / "logs"
-    if logs.is_dir() and logs.resolve() != (run_dir / "deploy" / "logs").resolve():
-        shutil.copytree(logs, run_dir / "deploy" / "logs", dirs_exist_ok=True)
-
-
 def serve(
     prepared: Prepared,
     options: ServerOptions,
-    work: Path,
     start_clients: Callable[[P.SuperLink], list[P.Managed]] | None = None,
     say: Callable[[str], None] | None = None,
 ):
     """Run a prepared deployment to its end and record it: the SuperLink (and, for a local
-    federation, the SuperNodes `start_clients` starts) stopped whatever happens, the logs
-    kept, summary.json written with the status. Ctrl-C and SIGTERM stop it as they stop
-    `distlab run`."""
+    federation, the SuperNodes `start_clients` starts) stopped whatever happens, their
+    logs in the run's deploy/logs, summary.json written with the status. Ctrl-C and
+    SIGTERM stop it as they stop `distlab run`."""
     from distlab.rundir import load_run
     from distlab.runtime import launch
     from distlab.runtime.failures import RunFailed
@@ -302,7 +298,7 @@ def serve(
     status, failure, procs = "failed", None, []
     with launch.sigterm_raises():
         try:
-            link = open_link(prepared, options, work)
+            link = open_link(prepared, options, prepared.work)
             procs.append(link.proc)
             if start_clients is not None:
                 procs += start_clients(link)
@@ -322,6 +318,5 @@ def serve(
             launch.hold_sigterm()
             for proc in reversed(procs):
                 proc.stop()
-            keep_logs(work, prepared.run_dir)
             finish(prepared, status, failure)
     return load_run(prepared.run_dir)

@@ -79,11 +79,12 @@ class FlowerExecutor:
                 )
             time.sleep(self.settings.poll_seconds)
 
-    def discover(self) -> None:
-        """Ask every node not asked before which client it hosts."""
-        nodes = [int(n) for n in self.grid.get_node_ids() if int(n) not in self.asked]
+    def discover(self) -> set[int]:
+        """Ask every node not asked before which client it hosts; the nodes connected now."""
+        live = {int(n) for n in self.grid.get_node_ids()}
+        nodes = sorted(live - self.asked)
         if not nodes:
-            return
+            return live
         messages = [self.message(node, QUERY, {"config": self.config_json}, "query")
                     for node in nodes]
         replies = self.grid.send_and_receive(messages, timeout=self.settings.round_timeout)
@@ -99,6 +100,7 @@ class FlowerExecutor:
                 continue
             info = dict(reply.content[RECORD])
             self.join(node, info)
+        return live
 
     def join(self, node: int, info: dict) -> None:
         client = int(info["partition_id"])
@@ -115,8 +117,7 @@ class FlowerExecutor:
     # --- one round ------------------------------------------------------------------------
 
     def train(self, round_: int, start: torch.Tensor, clients: np.ndarray) -> Updates:
-        self.discover()  # a node that (re)joined since the last round
-        live = set(int(n) for n in self.grid.get_node_ids())
+        live = self.discover()  # and ask a node that (re)joined since the last round
         arrays = {n: v.numpy() for n, v in self.layout.split(start.detach()).items()}
         messages, lost = {}, {}
         for client in clients.tolist():
@@ -198,14 +199,6 @@ class FlowerExecutor:
 
     def close(self) -> None:
         pass
-
-    def roster(self) -> list[dict]:
-        """The clients as the run ends: client, node, address, status, rounds."""
-        return [
-            {"client": c, "node": h.node, "address": h.address, "status": h.status,
-             "rounds": h.rounds}
-            for c, h in sorted(self.clients.items())
-        ]
 
 
 def numpy_ndarrays_named(arrays: dict[str, np.ndarray]):
