@@ -251,7 +251,7 @@ def test_an_unreachable_address_is_said_within_30_seconds(tmp_path):
 
 
 def test_ctrl_c_keeps_the_finished_trials_and_resume_runs_the_rest(tmp_path):
-    base = write(tmp_path / "base.yaml", {"dataset": "synthetic", "model": "mlp", "epochs": 1})
+    base = write(tmp_path / "base.yaml", {"dataset": "synthetic", "model": "mlp", "epochs": 60})
     space = write(tmp_path / "space.yaml", {"optimizer.lr": {"grid": [0.1, 0.05]}})
     out = tmp_path / "out"
     command = [sys.executable, "-m", "distlab", "tune", "--config", str(base), "--space",
