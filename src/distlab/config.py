@@ -123,6 +123,9 @@ class RunConfig(Frozen):
     """Device: cpu (gloo), cuda (NCCL) or auto (cuda when present)."""
     threads: int = Field(0, ge=0)
     """Torch threads per process; 0 = max(1, cores // processes)."""
+    intra_node: Literal["auto", "gloo"] = "auto"
+    """How CPU ranks on one host exchange tensors: auto (through shared memory when every
+    rank of the group runs on this host, gloo otherwise) or gloo (always the process group)."""
     timeout: float = Field(120.0, gt=0)
     """Seconds a collective may block before the run fails with the stuck rank named."""
     out_dir: Path = Path("runs")
@@ -438,7 +441,8 @@ def config_field(path: str):
     elif section == "strategy":
         from distlab.strategies import STRATEGIES, params_for
 
-        models = [params_for(name) for name in STRATEGIES]
+        # in registry order, importing strategies only until one has the key
+        models = (params_for(name) for name in STRATEGIES)
     else:
         return None
     return next((m.model_fields[rest[0]] for m in models if rest[0] in m.model_fields), None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -75,7 +76,9 @@ def refuse_worker_import() -> None:
     if not getattr(process, "_inheriting", False):
         return
     if process.name.startswith(WORKER_NAME):
-        raise SystemExit(UNGUARDED_EXIT)
+        # os._exit, not SystemExit: a fork server's child turns any exception, SystemExit
+        # included, into exit code 1
+        os._exit(UNGUARDED_EXIT)
     raise RuntimeError(unguarded_message())
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import select
 import signal
 import threading
 from collections.abc import Iterator
@@ -57,3 +59,20 @@ def set_parent_death_signal(signum: int) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signum)
     except (OSError, AttributeError):
         pass
+
+
+def die_with(pid: int) -> None:
+    """SIGKILL this process as soon as process `pid` ends: PR_SET_PDEATHSIG for a process
+    whose parent is not the one it must die with (a rank forked by the fork server dies with
+    the launcher, not with the server). A thread waits on a pidfd of `pid`."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # already gone
+        os.kill(os.getpid(), signal.SIGKILL)
+        return
+
+    def wait_then_die() -> None:
+        select.select([fd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=wait_then_die, name="distlab-die-with", daemon=True).start()

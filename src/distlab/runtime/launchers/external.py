@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from distlab.config import RunConfig
 from distlab.data.datasets import Dataset
+from distlab.runtime.environ import external_env, local_world_size
 from distlab.runtime.failures import (
     RunFailed,
     RunInterrupted,
@@ -38,30 +39,6 @@ from distlab.runtime.worker import Job, notify, resolve_device, run_worker, thre
 
 # Seconds rank 0 of an externally launched run waits for the other ranks' reports of a failure.
 REPORT_WAIT_SECONDS = 3.0
-
-
-def external_env(environ: dict[str, str] | None = None) -> tuple[int, int, int] | None:
-    """(rank, world, local_rank) when a launcher started this process, else None."""
-    env = os.environ if environ is None else environ
-    for rank_key, world_key, local_key in (
-        ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
-        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
-        ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
-        ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
-    ):
-        if rank_key in env and world_key in env and int(env[world_key]) > 1:
-            return int(env[rank_key]), int(env[world_key]), int(env.get(local_key, 0))
-    return None
-
-
-def local_world_size(world: int, environ: dict[str, str] | None = None) -> int:
-    """How many of the run's processes share this machine (for the default thread count)."""
-    env = os.environ if environ is None else environ
-    for key in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
-        if env.get(key, "").isdigit() and int(env[key]) > 0:
-            return int(env[key])
-    per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # Slurm writes "2(x3)"
-    return int(per_node) if per_node.isdigit() and int(per_node) > 0 else world
 
 
 def is_follower() -> bool:

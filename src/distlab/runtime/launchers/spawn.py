@@ -1,7 +1,9 @@
 """The spawn launcher: N local processes, watched until the first one fails.
 
-Each rank is a fresh interpreter (multiprocessing's spawn) joined to a TCPStore the parent
-hosts on a free port, so there are no port races. The first death or exception becomes a
+Each rank is forked from multiprocessing's fork server, an interpreter that has imported
+torch and nothing of the run (runtime/prestart.py), and is handed the parent's config,
+working directory and environment; it joins a TCPStore the parent hosts on a free port, so
+there are no port races. The first death or exception becomes a
 RunFailed that names the rank; the other ranks are stopped and none outlives the parent
 (PR_SET_PDEATHSIG).
 """
@@ -13,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing import connection, get_context
 from pathlib import Path
@@ -37,7 +40,8 @@ from distlab.runtime.failures import (
     unguarded_message,
     write_error,
 )
-from distlab.runtime.signals import raise_terminated, set_parent_death_signal
+from distlab.runtime.prestart import preload
+from distlab.runtime.signals import die_with, raise_terminated, set_parent_death_signal
 from distlab.runtime.worker import (
     Job,
     load_entry,
@@ -71,8 +75,17 @@ def launch_local(
         wait_for_workers=False,
         timeout=timedelta(seconds=cfg.timeout),
     )
-    ctx, world = get_context("spawn"), job.world
-    args = (job, cfg.model_dump_json(), str(run_dir), start, store.port, thread_count(cfg, world))
+    preload()
+    ctx, world = get_context("forkserver"), job.world
+    args = (
+        job,
+        cfg.model_dump_json(),
+        str(Path(run_dir).resolve()),
+        start,
+        store.port,
+        thread_count(cfg, world),
+        Inherited.now(),
+    )
     procs = [
         ctx.Process(target=_child, args=(rank, *args), name=f"{WORKER_NAME}{rank}", daemon=True)
         for rank in range(world)
@@ -186,12 +199,43 @@ def _die_with_parent() -> None:
     set_parent_death_signal(signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class Inherited:
+    """What a spawned interpreter would have taken from the parent and a fork of the
+    server must be given: the working directory and environment as they are at launch
+    (the server kept those of its own start), and the launcher to die with."""
+
+    cwd: str
+    environ: dict[str, str]
+    launcher: int
+
+    @classmethod
+    def now(cls) -> Inherited:
+        return cls(os.getcwd(), dict(os.environ), os.getpid())
+
+    def apply(self) -> None:
+        # The server is this process's parent and outlives a killed launcher while any of
+        # its children lives, so the parent-death signal alone would leave ranks running.
+        die_with(self.launcher)
+        os.chdir(self.cwd)
+        os.environ.clear()
+        os.environ.update(self.environ)
+
+
 def _child(
-    rank: int, job: Job, cfg_json: str, run_dir: str, start: float, port: int, threads: int
+    rank: int,
+    job: Job,
+    cfg_json: str,
+    run_dir: str,
+    start: float,
+    port: int,
+    threads: int,
+    inherited: Inherited,
 ) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how Ctrl-C ends a run
     signal.signal(signal.SIGTERM, raise_terminated)  # unwinds, so the events are flushed
+    inherited.apply()
     cfg = parse_config(cfg_json, load_entry(job.entry))
     torch.set_num_threads(threads)
     try:

@@ -1,0 +1,34 @@
+"""What the environment says about how this process was started; imports no torch, so the
+`distlab` command can ask before its heavy imports."""
+
+from __future__ import annotations
+
+import os
+
+# (rank, world size, local rank) variables of each launcher distlab joins: torchrun, Open MPI,
+# MPICH/Intel MPI (PMI) and Slurm.
+LAUNCHER_KEYS = (
+    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+)
+
+
+def external_env(environ: dict[str, str] | None = None) -> tuple[int, int, int] | None:
+    """(rank, world, local_rank) when a launcher started this process, else None."""
+    env = os.environ if environ is None else environ
+    for rank_key, world_key, local_key in LAUNCHER_KEYS:
+        if rank_key in env and world_key in env and int(env[world_key]) > 1:
+            return int(env[rank_key]), int(env[world_key]), int(env.get(local_key, 0))
+    return None
+
+
+def local_world_size(world: int, environ: dict[str, str] | None = None) -> int:
+    """How many of the run's processes share this machine (for the default thread count)."""
+    env = os.environ if environ is None else environ
+    for key in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        if env.get(key, "").isdigit() and int(env[key]) > 0:
+            return int(env[key])
+    per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # Slurm writes "2(x3)"
+    return int(per_node) if per_node.isdigit() and int(per_node) > 0 else world
