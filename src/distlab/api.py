@@ -19,6 +19,7 @@ from typing import Any
 from distlab.config import RunConfig, validate_config
 from distlab.data.datasets import load_dataset
 from distlab.metrics import merge_events
+from distlab.resume import reopen_run_dir, resumable_run
 from distlab.rundir import (
     RunResult,
     load_run,
@@ -36,10 +37,11 @@ __all__ = ["RunConfig", "RunResult", "load_run", "run", "prepare_run_dir"]
 
 
 def run(
-    config: RunConfig | dict[str, Any],
+    config: RunConfig | dict[str, Any] | None = None,
     overwrite: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     started: float | None = None,
+    resume: str | Path | None = None,
 ) -> RunResult:
     """Validate, launch and summarize one run. Bad input raises ValueError before anything
     is written; a failed rank raises launch.RunFailed after the run directory is finalized;
@@ -48,8 +50,17 @@ def run(
     the run starts. `started` (epoch seconds) is when the run was asked for, the origin of
     wall and start-up seconds: the command's launch for the CLI, this call by default.
     With cfg.tensorboard the process that speaks for the run also writes those events,
-    then the summary, as TensorBoard scalars."""
+    then the summary, as TensorBoard scalars.
+
+    `resume` (a run directory) continues that run from its newest complete checkpoint, in
+    the same directory; `config`, when given, must equal the run's own but for keys that do
+    not change the result (RESUME_FREE_KEYS)."""
     launch.refuse_worker_import()
+    resumed = None if resume is None else resumable_run(Path(resume), config)
+    if resumed is not None:
+        config = resumed.config
+    if config is None:
+        raise ValueError("run needs a config (or resume=RUN_DIR)")
     # A RunConfig built directly skipped the strategy's cross-field checks: validate again.
     data = config.model_dump() if isinstance(config, RunConfig) else dict(config)
     cfg = validate_config(data)
@@ -81,7 +92,12 @@ def run(
             cfg, spec, job, external, overwrite, start, data, split, on_event, board
         )
     launcher = launch.local_launcher(spec.launcher_for(cfg), job)
-    run_dir = prepare(cfg, overwrite, split, board)
+    if resumed is not None:
+        checkpoint = resumed.checkpoint_for(job.world)
+        run_dir = reopen_run_dir(resumed.run_dir, checkpoint, board)
+        start -= checkpoint.seconds(job.lead)  # wall seconds count the run's earlier life
+    else:
+        run_dir = prepare(cfg, overwrite, split, board)
     return _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event, board)
 
 

@@ -134,6 +134,12 @@ def run(
     name: str = typer.Option(None, help=_help("name")),
     tensorboard: bool = typer.Option(None, "--tensorboard", help=_help("tensorboard")),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    resume: Path = typer.Option(
+        None,
+        "--resume",
+        help="Continue this run directory's stopped run from its newest checkpoint, with "
+        "its own config (other flags may change only where and how fast it runs).",
+    ),
     set_: list[str] = typer.Option(
         None, "--set", help="Override any config key: --set strategy.mode=async (repeatable)."
     ),
@@ -163,7 +169,11 @@ def run(
 
     warnings.showwarning = _warning_line
     flags = {FLAG_KEYS[k]: v for k, v in locals().items() if k in FLAG_KEYS}
-    cfg = build_config(config, flags, set_ or [])
+    cfg = (
+        build_config(config, flags, set_ or [])
+        if resume is None
+        else resumed_config(resume, config, flags, set_ or [])
+    )
     # Under torchrun, mpirun or Slurm every rank runs this command; rank 0 speaks for the run.
     follower = is_follower()
     progress = None if (quiet or as_json or follower) else _progress()
@@ -173,6 +183,7 @@ def run(
             overwrite=overwrite,
             on_event=_progress_hook(progress) if progress else None,
             started=command_started(),
+            resume=resume,
         )
     finally:
         if progress is not None and progress.live.is_started:
@@ -183,6 +194,20 @@ def run(
         print(json.dumps(result.summary, indent=2))
     elif not quiet:
         print_summary(result.summary, result.run_dir)
+
+
+def resumed_config(run_dir: Path, file: Path | None, flags: dict, overrides: list[str]):
+    """The config of a run to resume: its own, with what the flags change (the API refuses
+    a change that matters); None when no flag is given, so the run's own is used."""
+    from distlab.config import build_data, validate_config
+    from distlab.rundir import read_json
+
+    if file is None and not overrides and all(v is None for v in flags.values()):
+        return None
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"--resume: {str(run_dir)!r} is not a run directory (no config.json)")
+    own = read_json(run_dir / "config.json")
+    return validate_config(build_data(file, flags, overrides, start=own))
 
 
 # The run flags that set a config (all but where the run directory goes): a sweep's base
@@ -1019,7 +1044,8 @@ def deploy_client(
     insecure: bool = typer.Option(False, help="No TLS (only for a server started insecure)."),
     data_dir: Path = typer.Option(None, help="Read the dataset's files from here."),
     local_data: bool = typer.Option(
-        False, help="Train on every training sample in --data-dir (this site's own data) "
+        False,
+        help="Train on every training sample in --data-dir (this site's own data) "
         "instead of partition I of the shared dataset.",
     ),
     threads: int = typer.Option(1, help="torch threads of the client's training."),
@@ -1063,9 +1089,9 @@ def deploy_local(
     _check_timeouts(connect_timeout, round_timeout)
     data = base_config(config_flags)
     data.setdefault("strategy", "fedavg")
-    strategy = data["strategy"] if isinstance(data["strategy"], dict) else {
-        "name": data["strategy"]
-    }
+    strategy = (
+        data["strategy"] if isinstance(data["strategy"], dict) else {"name": data["strategy"]}
+    )
     strategy.setdefault("clients", DEPLOY_LOCAL_CLIENTS)
     data["strategy"] = strategy
     if insecure:
@@ -1260,9 +1286,7 @@ def edge_train(
     bars = _EdgeBars(quiet=as_json)
     try:
         with bars:
-            result = run_edge(
-                data, hyper, sim, port, baud, timeout, bars.advance, bars.add_boards
-            )
+            result = run_edge(data, hyper, sim, port, baud, timeout, bars.advance, bars.add_boards)
     except ToolchainError as exc:
         raise ValueError(f"distlab edge train --sim: {exc}") from None
     except (BoardError, SimulatorError) as exc:
@@ -1330,6 +1354,7 @@ def _edge_table(result) -> None:
     central = f"{result.centralized_accuracy:.4f}"
     table.add_row("centralized", "", samples, "", "", central, "")
     out.print(table)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage and config errors print one line and exit 2, never a traceback."""

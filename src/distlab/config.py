@@ -70,6 +70,15 @@ class FaultConfig(Frozen):
     """raise an exception, exit the process at once, or hang (block forever)."""
 
 
+class CheckpointConfig(Frozen):
+    """Checkpoints a run can be resumed from (distlab run --resume RUN_DIR; torchrun
+    --max-restarts restarts resume by themselves)."""
+
+    every: int = Field(0, ge=0)
+    """Write a checkpoint every this many steps, or rounds for round-based strategies
+    (federated, local SGD, gossip); 0 = never."""
+
+
 class EdgeConfig(Frozen):
     """Microcontroller boards as federated clients (strategy.executor=serial): board i
     hosts client i, so strategy.clients equals the number of boards."""
@@ -136,6 +145,8 @@ class RunConfig(Frozen):
     """Save the final model's state_dict as model.pt in the run directory."""
     oversubscribe: bool = False
     """Allow more local processes than OVERSUBSCRIBE_FACTOR x the cores (slow, but legal)."""
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    """Checkpoints, e.g. --set checkpoint.every=100."""
     edge: EdgeConfig = EdgeConfig()
     """Edge boards for the serial executor of the federated family."""
     tensorboard: bool = False
@@ -395,7 +406,11 @@ def _allowed_keys(loc: tuple) -> str:
     return f" (allowed: {', '.join(model.model_fields)})"
 
 
-NESTED: dict[str, type[BaseModel]] = {"optimizer": OptimizerConfig, "fault": FaultConfig}
+NESTED: dict[str, type[BaseModel]] = {
+    "optimizer": OptimizerConfig,
+    "fault": FaultConfig,
+    "checkpoint": CheckpointConfig,
+}
 
 
 # The run command's flags -> the dotted config keys they set; `--grid` takes either form.

@@ -100,6 +100,18 @@ class Recorder:
             self._file.flush()
         self._last_flush = time.monotonic()
 
+    def position(self) -> dict[str, Any]:
+        """Where this recorder stands, for a checkpoint: the size of its event file (flushed
+        first), its clock, and the byte counters its next step's deltas start from."""
+        self.flush()
+        offset = self._file.tell() if self._file is not None else 0
+        seconds = round(time.time() - self.start, 6)
+        return {"offset": offset, "seconds": seconds, "last_bytes": list(self._last_bytes)}
+
+    def restore(self, position: dict[str, Any]) -> None:
+        """Continue from a checkpoint's position (the file was cut back to it on opening)."""
+        self._last_bytes = tuple(position["last_bytes"])
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

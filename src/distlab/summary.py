@@ -55,6 +55,9 @@ def summarize(
         # a step event is an optimizer update; an async server's dropped gradient is not
         "steps": sum(1 for e in steps if not e.get("dropped")),
         "rounds": len(rounds),
+        # each time the run went on from a checkpoint (--resume, or a torchrun restart)
+        "restarts": sum(1 for e in lead if e.get("phase") == "resume"),
+        "resumed_at": [e["at"] for e in lead if e.get("phase") == "resume"],
     }
     samples = sum(e.get("samples", 0) for e in units) if units else None
     summary["samples"] = samples
@@ -116,7 +119,11 @@ def train_seconds(lead: list[dict[str, Any]]) -> float | None:
     if "train" not in phases or "train_end" not in phases:
         return None
     evaluating = sum(e.get("duration", 0.0) for e in lead if e["kind"] == "eval")
-    return round(phases["train_end"] - phases["train"] - evaluating, 4)
+    # a resumed run's clock goes on from its checkpoint: the restart is not training
+    restarting = sum(
+        e["seconds"] - e["checkpoint_seconds"] for e in lead if e.get("phase") == "resume"
+    )
+    return round(phases["train_end"] - phases["train"] - evaluating - restarting, 4)
 
 
 def comm_summary(

@@ -44,6 +44,16 @@ class Communicator(ABC):
         self.seconds += seconds
         self.calls += 1
 
+    def counters(self) -> dict[str, float]:
+        """The running totals, for a checkpoint."""
+        return {"sent": self.bytes_sent, "recv": self.bytes_recv, "calls": self.calls,
+                "seconds": self.seconds}  # fmt: skip
+
+    def restore_counters(self, counters: dict[str, float]) -> None:
+        """Continue the totals of a checkpoint: a resumed run counts what it moved before."""
+        self.bytes_sent, self.bytes_recv = int(counters["sent"]), int(counters["recv"])
+        self.calls, self.seconds = int(counters["calls"]), float(counters["seconds"])
+
     def stats(self) -> dict[str, float]:
         return {
             "bytes_sent": self.bytes_sent,

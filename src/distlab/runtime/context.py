@@ -16,6 +16,7 @@ from torch import nn
 from distlab.data.datasets import Dataset
 from distlab.metrics import Recorder
 from distlab.models import build_model
+from distlab.runtime.checkpoint import Checkpointer, rng_state, set_rng_state
 from distlab.runtime.comm import Communicator, SoloCommunicator
 from distlab.training import EvalResult, evaluate
 
@@ -39,6 +40,50 @@ class WorkerContext:
     shared: dict | None = None
     """Objects the launcher shares among ranks without a process group (the shared
     launcher's model in shared memory, lock and counters); None under other launchers."""
+    checkpoints: Checkpointer | None = None
+    """When checkpoints are due, and the state this rank resumes from (None: no run dir)."""
+
+    @property
+    def resuming(self) -> bool:
+        return self.checkpoints is not None and self.checkpoints.resumed is not None
+
+    def checkpoint_due(self, at: int) -> bool:
+        return self.checkpoints is not None and self.checkpoints.due(at)
+
+    def save_checkpoint(
+        self, at: int, unit: str, objects: dict, position: dict, extra: dict | None = None
+    ) -> None:
+        """Write this rank's checkpoint at `at` steps or rounds: the state_dict of each of
+        `objects` (models, optimizers), the random generators, `position` (where the
+        schedule stands), the recorder's and communicator's counters, and `extra` (what the
+        algorithm keeps besides; tensors and plain data only)."""
+        assert self.checkpoints is not None
+        recorder = self.recorder.position()
+        state = {
+            "at": at,
+            "unit": unit,
+            "position": position,
+            "objects": {name: obj.state_dict() for name, obj in objects.items()},
+            "rng": rng_state(),
+            "recorder": recorder,
+            "comm": self.comm.counters(),
+            "extra": extra or {},
+        }
+        self.checkpoints.save(at, unit, state, recorder["seconds"])
+
+    def restore(self, objects: dict) -> dict | None:
+        """On a resumed run, load the checkpoint into `objects` and the generators, continue
+        the counters, and return the checkpoint (its "position" and "extra"); None on a
+        fresh start."""
+        if not self.resuming:
+            return None
+        state = self.checkpoints.resumed
+        for name, obj in objects.items():
+            obj.load_state_dict(state["objects"][name])
+        set_rng_state(state["rng"])
+        self.comm.restore_counters(state["comm"])
+        self.recorder.restore(state["recorder"])
+        return state
 
     @property
     def is_lead(self) -> bool:

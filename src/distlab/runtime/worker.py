@@ -22,6 +22,7 @@ from distlab.config import RunConfig
 from distlab.data.datasets import Dataset, load_dataset
 from distlab.metrics import Recorder
 from distlab.models import count_parameters
+from distlab.runtime.checkpoint import Checkpointer
 from distlab.runtime.comm import Communicator, TorchCommunicator
 from distlab.runtime.context import WorkerContext, move_dataset, seed_generators
 from distlab.training import compute_gradients, make_optimizer
@@ -98,6 +99,9 @@ def run_worker(
     comm = comm or TorchCommunicator()
     events = run_dir / "events" / f"rank-{rank}.jsonl" if run_dir else None
     role, lead = job.roles[rank], job.lead
+    checkpoints = Checkpointer.open(run_dir, rank, cfg.checkpoint.every)
+    if checkpoints.resumed is not None:
+        start = rewind_events(events, checkpoints.resumed["recorder"], start)
     recorder = Recorder(
         events,
         run_name(run_dir),
@@ -108,12 +112,17 @@ def run_worker(
         comm=comm,
         on_event=on_event,
     )
-    ctx = WorkerContext(cfg, rank, world, role, comm, device, data, recorder, run_dir, lead, shared)
+    ctx = WorkerContext(
+        cfg, rank, world, role, comm, device, data, recorder, run_dir, lead, shared, checkpoints
+    )
     seed_generators(cfg.seed, rank)
     try:
         params = warm_up(ctx)
+        # a resumed rank's "start" is in its event file already
         recorder.phase(
-            "start",
+            "resume" if ctx.resuming else "start",
+            at=checkpoints.resumed["at"] if ctx.resuming else None,
+            checkpoint_seconds=checkpoints.resumed["recorder"]["seconds"] if ctx.resuming else None,
             pid=os.getpid(),
             device=str(device),
             threads=torch.get_num_threads(),
@@ -129,6 +138,14 @@ def run_worker(
         recorder.phase("end", peak_rss_mb=peak_rss_mb())
     finally:
         recorder.close()
+
+
+def rewind_events(events: Path | None, position: dict, start: float) -> float:
+    """Cut this rank's event file back to where its checkpoint was taken (what came after is
+    done again), and return the clock origin that continues the checkpoint's seconds."""
+    if events is not None and events.is_file() and events.stat().st_size > position["offset"]:
+        os.truncate(events, position["offset"])
+    return start - position["seconds"]
 
 
 def warm_up(ctx: WorkerContext) -> int:

@@ -29,7 +29,8 @@ def run(ctx: WorkerContext, params: Params) -> None:
     model = ctx.build_model()
     opt = make_optimizer(model.parameters(), ctx.cfg.optimizer)
     step = averaged_gradient_step(ctx, model, opt, attach_flat_grads(model, extra=2))
-    train_epochs(ctx, model, step, sampler_schedule(ctx, ctx.rank, ctx.world))
+    keep = {"model": model, "optimizer": opt}
+    train_epochs(ctx, model, step, sampler_schedule(ctx, ctx.rank, ctx.world), keep=keep)
 
 
 def averaged_gradient_step(ctx: WorkerContext, model, opt, buf: torch.Tensor) -> StepFn:

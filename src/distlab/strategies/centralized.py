@@ -29,7 +29,8 @@ def check(cfg) -> None:
 def run(ctx: WorkerContext, params: Params) -> None:
     model = ctx.build_model()
     opt = make_optimizer(model.parameters(), ctx.cfg.optimizer)
-    train_epochs(ctx, model, local_step(model, opt), sampler_schedule(ctx, 0, 1))
+    keep = {"model": model, "optimizer": opt}
+    train_epochs(ctx, model, local_step(model, opt), sampler_schedule(ctx, 0, 1), keep=keep)
 
 
 SPEC = StrategySpec("centralized", Params, run, processes=single_process, check=check)

@@ -54,15 +54,21 @@ def train_epochs(
     step: StepFn,
     schedule: Schedule,
     evaluate: bool = True,
+    keep: dict | None = None,
 ) -> int:
-    """Run cfg.epochs epochs of `step` over the batches of `schedule`; returns steps done."""
+    """Run cfg.epochs epochs of `step` over the batches of `schedule`; returns steps done.
+    `keep` names what a checkpoint holds besides the random generators (default: the
+    model; pass its optimizer too); a resumed run starts after the checkpoint's step."""
     cfg, x, y = ctx.cfg, ctx.data.x_train, ctx.data.y_train
-    total = cfg.epochs * len(schedule(0))
-    ctx.recorder.phase("train", total=total, unit="step")
-    done = 0
-    for epoch in range(cfg.epochs):
-        for idx in schedule(epoch):
-            index = torch.from_numpy(idx).to(x.device)
+    keep = {"model": model} if keep is None else keep
+    resumed = ctx.restore(keep)
+    done, first, skip = (0, 0, 0) if not resumed else _position(resumed["position"])
+    if not resumed:
+        ctx.recorder.phase("train", total=cfg.epochs * len(schedule(0)), unit="step")
+    for epoch in range(first, cfg.epochs):
+        batches = schedule(epoch)
+        for i in range(skip if epoch == first else 0, len(batches)):
+            index = torch.from_numpy(batches[i]).to(x.device)
             start = time.perf_counter()
             loss, samples = step(x[index], y[index])
             done += 1
@@ -71,10 +77,25 @@ def train_epochs(
             ctx.recorder.step(done, loss, samples, time.perf_counter() - start, epoch=epoch)
             if evaluate and cfg.eval_every and done % cfg.eval_every == 0:
                 ctx.evaluate(model, step=done, epoch=epoch)
+            epoch_eval = evaluate and not cfg.eval_every and i == len(batches) - 1
+            if not epoch_eval:  # else after the epoch's evaluation, which it must follow
+                save_if_due(ctx, done, keep, epoch, i + 1)
         if evaluate and not cfg.eval_every:
             ctx.evaluate(model, step=done, epoch=epoch)
+            save_if_due(ctx, done, keep, epoch + 1, 0)
     if evaluate and cfg.eval_every and done % cfg.eval_every:
         ctx.evaluate(model, step=done, epoch=cfg.epochs - 1)
     ctx.recorder.phase("train_end", steps=done)
     ctx.save_model(model)
     return done
+
+
+def _position(position: dict) -> tuple[int, int, int]:
+    """(steps done, epoch to go on in, batches of it already done)."""
+    return position["done"], position["epoch"], position["batch"]
+
+
+def save_if_due(ctx: WorkerContext, done: int, keep: dict, epoch: int, batch: int) -> None:
+    """A checkpoint when one is due: `batch` batches of `epoch` are done."""
+    if ctx.checkpoint_due(done):
+        ctx.save_checkpoint(done, "step", keep, {"done": done, "epoch": epoch, "batch": batch})

@@ -60,7 +60,8 @@ def run(ctx: WorkerContext, params: Params) -> None:
         ctx.comm.all_reduce(stats)
         return float(stats[0] / stats[1]), int(stats[1])
 
-    train_epochs(ctx, base, step, sampler_schedule(ctx, ctx.rank, ctx.world))
+    keep = {"model": base, "optimizer": opt}
+    train_epochs(ctx, base, step, sampler_schedule(ctx, ctx.rank, ctx.world), keep=keep)
 
 
 def comm_analysis(cfg, per_rank: dict, params: int, steps: int) -> dict:

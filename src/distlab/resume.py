@@ -1,0 +1,150 @@
+"""Resuming a run: which runs can be resumed, from which checkpoint, with which config.
+
+`resumable_run` checks everything before a process starts (one-line ValueErrors): the
+directory is a run, the run did not complete, it has a complete checkpoint, and a config
+given with it differs from the run's own only in keys that do not change the result.
+`reopen_run_dir` then clears the records of the run's end (summary, merged events, error
+reports), drops checkpoints newer than the chosen one and writes resume.json for the ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from distlab.config import RunConfig, validate_config
+from distlab.rundir import read_json
+from distlab.runtime.checkpoint import (
+    Checkpoint,
+    checkpoints_of,
+    latest_complete,
+    read_sidecar,
+    write_resume,
+)
+
+if TYPE_CHECKING:
+    from distlab.tensorboard import TensorBoardLog
+
+# Keys a resumed run may change: where and how fast it runs, not what it computes (and the
+# injected fault that stopped it).
+RESUME_FREE_KEYS = frozenset(
+    {
+        "name",
+        "out_dir",
+        "data_dir",
+        "download",
+        "threads",
+        "timeout",
+        "intra_node",
+        "oversubscribe",
+        "save_model",
+        "tensorboard",
+        "checkpoint",
+        "fault",
+    }
+)
+
+
+@dataclass
+class ResumableRun:
+    run_dir: Path
+    config: RunConfig
+
+    def checkpoint_for(self, world: int) -> Checkpoint:
+        """The newest complete checkpoint; a newer damaged one is passed over with a warning
+        that names it."""
+        checkpoint, skipped = latest_complete(self.run_dir, world)
+        for line in skipped:
+            warnings.warn(f"{line}; resuming from an earlier one", CheckpointWarning, stacklevel=3)
+        if checkpoint is None:
+            raise ValueError(
+                f"run {str(self.run_dir)!r} has no complete checkpoint to resume from (a run "
+                "writes them with --set checkpoint.every=N)"
+            )
+        check_versions(checkpoint)
+        return checkpoint
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was passed over because it is damaged."""
+
+
+def resumable_run(run_dir: Path, config: RunConfig | dict[str, Any] | None) -> ResumableRun:
+    """The run at `run_dir`, if it can be resumed with `config` (None: its own)."""
+    if not (run_dir / "config.json").is_file():
+        raise ValueError(f"--resume: {str(run_dir)!r} is not a run directory (no config.json)")
+    summary = run_dir / "summary.json"
+    if summary.is_file() and read_json(summary).get("status") == "completed":
+        raise ValueError(f"--resume: run {str(run_dir)!r} already completed; nothing to resume")
+    own = validate_config(read_json(run_dir / "config.json"))
+    if config is not None:
+        given = config if isinstance(config, RunConfig) else validate_config(dict(config))
+        check_same_config(own, given)
+        own = given
+    if not checkpoints_of(run_dir):
+        raise ValueError(
+            f"--resume: run {str(run_dir)!r} has no checkpoint (a run writes them with "
+            "--set checkpoint.every=N)"
+        )
+    return ResumableRun(run_dir, own)
+
+
+def check_same_config(own: RunConfig, given: RunConfig) -> None:
+    """ValueError naming each key whose value differs, but for RESUME_FREE_KEYS."""
+    a, b = flatten(json.loads(own.to_json())), flatten(json.loads(given.to_json()))
+    changed = [
+        f"{key} {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if key.split(".")[0] not in RESUME_FREE_KEYS and a.get(key) != b.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"--resume: the config differs from the run's in {', '.join(changed)}; a resumed "
+            "run keeps its config (start a new run to change it)"
+        )
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_versions(checkpoint: Checkpoint) -> None:
+    """A checkpoint from another distlab or torch release may not replay the same steps."""
+    from distlab.runtime.checkpoint import code_versions
+
+    record = read_sidecar(checkpoint.folder / "rank-0.json")
+    theirs = record.get("versions", {})
+    ours = code_versions()
+    differ = [f"{k} {theirs.get(k)} (now {v})" for k, v in ours.items() if theirs.get(k) != v]
+    if differ:
+        raise ValueError(
+            f"--resume: the checkpoint at {checkpoint.label} was written by "
+            f"{', '.join(differ)}; resume it with the versions that wrote it"
+        )
+
+
+def reopen_run_dir(
+    run_dir: Path, checkpoint: Checkpoint, board: TensorBoardLog | None = None
+) -> Path:
+    """Make `run_dir` ready to go on from `checkpoint`: the records of its end are removed
+    (finish_run writes them again), newer checkpoints dropped, resume.json written."""
+    for name in ("summary.json", "events.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "errors", ignore_errors=True)
+    for newer in checkpoints_of(run_dir):
+        if newer.at > checkpoint.at:
+            shutil.rmtree(newer.folder, ignore_errors=True)
+    write_resume(run_dir, checkpoint)
+    if board is not None:
+        board.open(run_dir)
+    return run_dir

@@ -1,0 +1,249 @@
+"""Checkpoints: a rank's whole training state at a step or round, written atomically and read
+back with torch.load(weights_only=True).
+
+RUN_DIR/checkpoints/<unit>-<NNNNNNNN>/ holds, per rank, rank-R.pt (the state: models,
+optimizers, random generators, the position in the schedule, the recorder's place in its
+event file, the communicator's counters, what the algorithm keeps besides) and rank-R.json
+(its size and SHA-256). Each is written to a temporary file, fsynced and renamed, the JSON
+last, so a checkpoint is complete once every rank's JSON exists and its .pt matches it; an
+incomplete or damaged one is never loaded. A rank keeps its two newest checkpoints, so the
+previous one stays until the new one is complete.
+
+A resumed run (distlab run --resume, or a torchrun restart) finds RUN_DIR/resume.json naming
+the checkpoint to start from; each rank cuts its event file back to where that checkpoint
+was taken, so the events continue without duplicates.
+
+Only tensors and plain data (dicts, lists, numbers, strings) go in: the files cross process
+and machine boundaries, so they are never pickled objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINTS = "checkpoints"
+RESUME_FILE = "resume.json"
+KEEP = 2
+
+
+@dataclass
+class Checkpoint:
+    """One complete checkpoint on disk."""
+
+    folder: Path
+    at: int
+    unit: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.unit} {self.at}"
+
+    def rank_file(self, rank: int) -> Path:
+        return self.folder / f"rank-{rank}.pt"
+
+    def seconds(self, rank: int) -> float:
+        """The rank's event clock when the checkpoint was taken."""
+        return float(read_sidecar(self.folder / f"rank-{rank}.json").get("seconds", 0.0))
+
+
+def folder_name(unit: str, at: int) -> str:
+    return f"{unit}-{at:08d}"
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(file) into a temporary file beside `path`, fsync, rename, fsync the folder: a
+    reader sees the old file or the whole new one, even after a crash."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(record).encode()))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def damage(checkpoint: Checkpoint, world: int) -> str | None:
+    """Why `checkpoint` cannot be loaded (a rank's file missing, cut short or altered), or
+    None when every rank's file matches its record."""
+    for rank in range(world):
+        record = read_sidecar(checkpoint.folder / f"rank-{rank}.json")
+        data = checkpoint.rank_file(rank)
+        if not record or not data.is_file():
+            return f"rank {rank}'s file is missing"
+        if data.stat().st_size != record.get("bytes") or sha256(data) != record.get("sha256"):
+            return f"rank {rank}'s file does not match its checksum (cut short or altered)"
+    return None
+
+
+def checkpoints_of(run_dir: Path) -> list[Checkpoint]:
+    """Every checkpoint folder of a run, newest first (complete or not)."""
+    found = []
+    for folder in (run_dir / CHECKPOINTS).glob("*-*"):
+        unit, _, at = folder.name.rpartition("-")
+        if folder.is_dir() and at.isdigit():
+            found.append(Checkpoint(folder, int(at), unit))
+    return sorted(found, key=lambda c: c.at, reverse=True)
+
+
+def latest_complete(run_dir: Path, world: int) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint every rank completed, and a line for each newer one passed over
+    because it was damaged (an incomplete newest one, cut off by the end of the run, is
+    passed over silently)."""
+    skipped = []
+    for checkpoint in checkpoints_of(run_dir):
+        why = damage(checkpoint, world)
+        if why is None:
+            return checkpoint, skipped
+        if "missing" not in why:
+            skipped.append(f"checkpoint at {checkpoint.label} is damaged: {why}")
+    return None, skipped
+
+
+def code_versions() -> dict[str, str]:
+    """The releases whose arithmetic a checkpoint's continuation depends on."""
+    from distlab import __version__
+
+    return {"distlab": __version__, "torch": torch.__version__}
+
+
+# --- random generators: plain data -----------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's (CPU and CUDA), numpy's and Python's global generators."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["name"], keys, n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def generator_state(rng: np.random.Generator) -> dict[str, Any]:
+    """A numpy Generator's state as plain data (its integers may exceed 64 bits)."""
+    return json.loads(json.dumps(rng.bit_generator.state))
+
+
+def set_generator_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
+    rng.bit_generator.state = state
+
+
+# --- the per-rank object ------------------------------------------------------------------
+
+
+@dataclass
+class Checkpointer:
+    """What a rank knows of checkpoints: when one is due, how to write it, and the state it
+    resumes from (None on a fresh start)."""
+
+    run_dir: Path | None
+    rank: int
+    every: int = 0
+    resumed: dict[str, Any] | None = None
+    written: list[Path] = field(default_factory=list)
+
+    def due(self, at: int) -> bool:
+        return self.run_dir is not None and self.every > 0 and at % self.every == 0
+
+    def save(self, at: int, unit: str, state: dict[str, Any], seconds: float) -> Path:
+        """Write this rank's state for `at` (a step or round count) and drop its checkpoints
+        older than the previous one."""
+        assert self.run_dir is not None
+        folder = self.run_dir / CHECKPOINTS / folder_name(unit, at)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = folder / f"rank-{self.rank}.pt"
+        atomic_write(data, lambda f: torch.save(state, f))
+        record = {"bytes": data.stat().st_size, "sha256": sha256(data), "seconds": seconds}
+        record |= {"at": at, "unit": unit, "versions": code_versions()}
+        write_json(folder / f"rank-{self.rank}.json", record)
+        self.written.append(folder)
+        self.prune()
+        return folder
+
+    def prune(self) -> None:
+        """Keep this rank's KEEP newest checkpoints; a folder goes once no rank has a file
+        left in it."""
+        for folder in self.written[:-KEEP]:
+            for suffix in (".pt", ".json"):
+                (folder / f"rank-{self.rank}{suffix}").unlink(missing_ok=True)
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # another rank's files are still there
+        self.written = self.written[-KEEP:]
+
+    @classmethod
+    def open(cls, run_dir: Path | None, rank: int, every: int) -> Checkpointer:
+        """This rank's checkpointer; with RUN_DIR/resume.json, loaded with the state the run
+        resumes from."""
+        if run_dir is None or not (run_dir / RESUME_FILE).is_file():
+            return cls(run_dir, rank, every)
+        resume = json.loads((run_dir / RESUME_FILE).read_text())
+        folder = run_dir / CHECKPOINTS / resume["checkpoint"]
+        state = torch.load(folder / f"rank-{rank}.pt", weights_only=True)
+        # what this rank wrote before: pruned as the run goes on
+        written = [c.folder for c in reversed(checkpoints_of(run_dir)) if c.at <= state["at"]]
+        return cls(run_dir, rank, every, state, written)
+
+
+def write_resume(run_dir: Path, checkpoint: Checkpoint) -> None:
+    """Tell the ranks about to start which checkpoint they resume from."""
+    record = {"checkpoint": checkpoint.folder.name, "at": checkpoint.at, "unit": checkpoint.unit}
+    write_json(run_dir / RESUME_FILE, record)
+
+
+def clear_resume(run_dir: Path) -> None:
+    (run_dir / RESUME_FILE).unlink(missing_ok=True)
