@@ -19,7 +19,13 @@ from typing import Any
 from distlab.config import RunConfig, validate_config
 from distlab.data.datasets import load_dataset
 from distlab.metrics import merge_events
-from distlab.resume import reopen_run_dir, resumable_run
+from distlab.resume import (
+    elastic_run,
+    mark_elastic,
+    reopen_run_dir,
+    restart_from_scratch,
+    resumable_run,
+)
 from distlab.rundir import (
     RunResult,
     load_run,
@@ -29,6 +35,7 @@ from distlab.rundir import (
     write_partition_plot,
 )
 from distlab.runtime import launch
+from distlab.runtime.environ import elastic_restart
 from distlab.strategies import StrategySpec, get_spec, spec_ref
 from distlab.summary import summarize
 from distlab.tensorboard import TensorBoardLog
@@ -89,7 +96,7 @@ def run(
     job = make_job(cfg, spec, world)
     if external is not None:
         return _run_external(
-            cfg, spec, job, external, overwrite, start, data, split, on_event, board
+            cfg, spec, job, external, overwrite, start, data, split, on_event, board, resumed
         )
     launcher = launch.local_launcher(spec.launcher_for(cfg), job)
     if resumed is not None:
@@ -206,15 +213,34 @@ def _leads(external: tuple[int, int, int] | None) -> bool:
 
 
 def _run_external(
-    cfg, spec, job, external, overwrite, start, data, split, on_event, board
+    cfg, spec, job, external, overwrite, start, data, split, on_event, board, resumed
 ) -> RunResult:
     rank, world, local_rank = external
+    clock = {"start": start}
 
     def prepare_dir() -> Path:
-        return prepare(cfg, overwrite, split, board)
+        """Rank 0: a new run directory, or the run this one goes on with: --resume, or
+        the run torchrun restarted (its newest checkpoint, or its start)."""
+        if resumed is None and elastic_restart() == 0:
+            run_dir = prepare(cfg, overwrite, split, board)
+            mark_elastic(run_dir)
+            return run_dir
+        found = resumed or elastic_run(cfg)
+        if found is None:
+            raise ValueError(
+                "torchrun restarted the run, but its run directory was not found in "
+                f"{str(cfg.out_dir)!r}"
+            )
+        checkpoint = found.latest_checkpoint(world) if resumed is None else None
+        if resumed is not None:
+            checkpoint = resumed.checkpoint_for(world)
+        if checkpoint is None:  # stopped before its first checkpoint: from the start
+            return restart_from_scratch(found.run_dir, board)
+        clock["start"] = start - checkpoint.seconds(job.lead)
+        return reopen_run_dir(found.run_dir, checkpoint, board)
 
     def finish(run_dir: Path, status: str, failure: launch.RunFailed | None) -> None:
-        finish_run(cfg, spec, run_dir, world, start, status, failure, board)
+        finish_run(cfg, spec, run_dir, world, clock["start"], status, failure, board)
 
     with launch.sigterm_raises(ignore_after_error=_leads(external)):
         run_dir = launch.join_external(

@@ -10,6 +10,7 @@ reports), drops checkpoints newer than the chosen one and writes resume.json for
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from distlab.config import RunConfig, validate_config
 from distlab.rundir import read_json
 from distlab.runtime.checkpoint import (
+    CHECKPOINTS,
+    RESUME_FILE,
     Checkpoint,
     checkpoints_of,
     latest_complete,
@@ -66,6 +69,15 @@ class ResumableRun:
                 "writes them with --set checkpoint.every=N)"
             )
         check_versions(checkpoint)
+        return checkpoint
+
+    def latest_checkpoint(self, world: int) -> Checkpoint | None:
+        """The newest complete checkpoint, or None (a damaged newer one is warned about)."""
+        checkpoint, skipped = latest_complete(self.run_dir, world)
+        for line in skipped:
+            warnings.warn(f"{line}; resuming from an earlier one", CheckpointWarning, stacklevel=3)
+        if checkpoint is not None:
+            check_versions(checkpoint)
         return checkpoint
 
 
@@ -145,6 +157,56 @@ def reopen_run_dir(
         if newer.at > checkpoint.at:
             shutil.rmtree(newer.folder, ignore_errors=True)
     write_resume(run_dir, checkpoint)
+    if board is not None:
+        board.open(run_dir)
+    return run_dir
+
+
+# --- torchrun restarts ---------------------------------------------------------------------
+
+ELASTIC_FILE = "elastic.json"
+
+
+def elastic_identity() -> dict[str, str] | None:
+    """What names one torchrun job across its restarts: its rendezvous id and endpoint."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    where = f"{os.environ.get('MASTER_ADDR', '')}:{os.environ.get('MASTER_PORT', '')}"
+    return {"run_id": os.environ["TORCHELASTIC_RUN_ID"], "master": where}
+
+
+def mark_elastic(run_dir: Path) -> None:
+    """Under torchrun, note which job the run directory belongs to, so that a restart of
+    the same job finds it again (a default run name holds the time it was made)."""
+    identity = elastic_identity()
+    if identity is not None:
+        (run_dir / ELASTIC_FILE).write_text(json.dumps(identity) + "\n")
+
+
+def elastic_run(cfg: RunConfig) -> ResumableRun | None:
+    """The run directory of this torchrun job, which its agent restarted; None when none
+    of the directories in cfg.out_dir is marked with this job's identity."""
+    identity = elastic_identity()
+    out = Path(cfg.out_dir)
+    if identity is None or not out.is_dir():
+        return None
+    marked = [m for m in out.glob(f"*/{ELASTIC_FILE}") if read_sidecar(m) == identity]
+    if not marked:
+        return None
+    run_dir = max(marked, key=lambda m: m.stat().st_mtime).parent
+    check_same_config(validate_config(read_json(run_dir / "config.json")), cfg)
+    return ResumableRun(run_dir, cfg)
+
+
+def restart_from_scratch(run_dir: Path, board: TensorBoardLog | None = None) -> Path:
+    """A restarted run that had not reached a checkpoint starts over in its directory."""
+    for name in ("summary.json", "events.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    for path in (run_dir / "events").glob("rank-*.jsonl"):
+        path.unlink()
+    shutil.rmtree(run_dir / "errors", ignore_errors=True)
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    (run_dir / RESUME_FILE).unlink(missing_ok=True)
     if board is not None:
         board.open(run_dir)
     return run_dir

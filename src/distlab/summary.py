@@ -56,7 +56,7 @@ def summarize(
         "steps": sum(1 for e in steps if not e.get("dropped")),
         "rounds": len(rounds),
         # each time the run went on from a checkpoint (--resume, or a torchrun restart)
-        "restarts": sum(1 for e in lead if e.get("phase") == "resume"),
+        "restarts": restarts(lead),
         "resumed_at": [e["at"] for e in lead if e.get("phase") == "resume"],
     }
     samples = sum(e.get("samples", 0) for e in units) if units else None
@@ -103,6 +103,14 @@ def environment(events: list[dict[str, Any]]) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+
+
+def restarts(lead: list[dict[str, Any]]) -> int:
+    """How often the run went on after its processes stopped: each resume from a checkpoint,
+    and torchrun's restarts of a run that had no checkpoint yet (they start it over)."""
+    resumes = sum(1 for e in lead if e.get("phase") == "resume")
+    elastic = [e["elastic_restart"] for e in lead if e.get("elastic_restart")]
+    return max([resumes, *elastic])
 
 
 def startup_seconds(lead: list[dict[str, Any]]) -> float | None:

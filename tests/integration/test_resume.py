@@ -168,3 +168,36 @@ def test_a_checkpoint_holds_tensors_and_plain_data_only(tmp_path):
     assert {"at", "position", "objects", "rng", "recorder", "comm"} <= set(state)
     assert state["objects"]["optimizer"]["state"]  # momentum buffers
     assert final_state(result).keys() == state["objects"]["model"].keys()
+
+
+def torchrun_elastic(tmp_path: Path, name: str) -> subprocess.Popen:
+    """torchrun with one restart allowed, 2 allreduce workers, a checkpoint every 50 steps."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc-per-node", "2", "--max-restarts", "1"]
+    where = ["--workers", "2", "--out-dir", str(tmp_path), "--name", name, "--set", "timeout=60"]
+    return subprocess.Popen(
+        [*launcher, "-m", "distlab", "run", *ARGS, *LONG, "--strategy", "allreduce", *where],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(tmp_path):
+    full = torchrun_elastic(tmp_path, "full")
+    assert full.wait(timeout=300) == 0, full.stderr.read()[-3000:]
+    proc = torchrun_elastic(tmp_path, "cut")
+    run_dir = tmp_path / "cut"
+    wait_for_checkpoints(run_dir, world=2, count=2)
+    worker = next(
+        e["pid"]
+        for e in map(json.loads, (run_dir / "events" / "rank-1.jsonl").read_text().splitlines())
+        if e.get("phase") == "start"
+    )
+    os.kill(worker, signal.SIGKILL)
+
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["restarts"] == 1 and len(summary["resumed_at"]) == 1
+    assert_same_run(tmp_path / "full", run_dir, "step")

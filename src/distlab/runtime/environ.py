@@ -32,3 +32,8 @@ def local_world_size(world: int, environ: dict[str, str] | None = None) -> int:
             return int(env[key])
     per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # Slurm writes "2(x3)"
     return int(per_node) if per_node.isdigit() and int(per_node) > 0 else world
+
+
+def elastic_restart() -> int:
+    """How often torchrun's agent has restarted this process group (0: the first start)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from distlab.config import RunConfig
 from distlab.data.datasets import Dataset
-from distlab.runtime.environ import external_env, local_world_size
+from distlab.runtime.environ import elastic_restart, external_env, local_world_size
 from distlab.runtime.failures import (
     RunFailed,
     RunInterrupted,
@@ -93,7 +93,9 @@ def rendezvous(cfg: RunConfig, rank: int, world: int) -> dist.Store:
         store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
     except dist.DistError as exc:
         raise RunFailed(_rendezvous_failure(str(exc), world, cfg.timeout)) from None
-    return store
+    # torchrun's agent keeps one store across its restarts of the workers: each attempt
+    # needs keys of its own, or the process group meets the dead attempt's addresses
+    return dist.PrefixStore(f"attempt-{elastic_restart()}", store)
 
 
 def _rendezvous_failure(message: str, world: int, timeout: float) -> str:
