@@ -7,10 +7,13 @@ import torch
 from distlab.strategies.aggregate import (
     AGGREGATORS,
     AggregatorOptions,
+    Collected,
+    StreamingMean,
     get_aggregator,
     krum,
     median,
     needed_updates,
+    start_aggregation,
     trimmed_mean,
     weighted_mean,
 )
@@ -119,3 +122,67 @@ def test_needed_updates_is_more_than_2f_plus_2_for_krum_only():
 def test_unknown_aggregator_names_the_allowed_ones():
     with pytest.raises(ValueError, match="unknown aggregator 'mode' .*mean, median"):
         get_aggregator("mode")
+
+
+def random_round(clients=50, size=7, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    updates = torch.randn(clients, size, generator=gen)
+    counts = torch.randint(1, 100, (clients,), generator=gen).numpy()
+    return updates, counts
+
+
+def fed_in_chunks(aggregation, updates, counts, chunk):
+    for lo in range(0, len(updates), chunk):
+        aggregation.add(updates[lo : lo + chunk], counts[lo : lo + chunk])
+    return aggregation.result()
+
+
+def test_streaming_mean_by_hand():
+    mean = StreamingMean()
+    mean.add(vecs([1.0, 0.0]), [3])
+    mean.add(vecs([4.0, 8.0]), [1])
+
+    # the same numbers as the one-shot case above: (3 * 1 + 4) / 4, (0 + 8) / 4
+    assert mean.result().tolist() == [1.75, 2.0]
+
+
+def test_streaming_mean_of_one_chunk_is_the_one_shot_mean_bit_for_bit():
+    updates, counts = random_round()
+
+    streamed = fed_in_chunks(StreamingMean(), updates, counts, chunk=50)
+
+    assert torch.equal(streamed, weighted_mean(updates, counts))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 49])
+def test_streaming_mean_in_chunks_equals_the_one_shot_mean_up_to_rounding(chunk):
+    updates, counts = random_round()
+
+    streamed = fed_in_chunks(StreamingMean(), updates, counts, chunk)
+
+    assert streamed.dtype == torch.float32 and streamed.shape == (7,)
+    assert torch.allclose(streamed, weighted_mean(updates, counts), rtol=1e-6, atol=1e-7)
+
+
+def test_streaming_mean_of_nothing_is_an_error():
+    with pytest.raises(ValueError, match="at least one client update"):
+        StreamingMean().result()
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed-mean", "krum"])
+def test_rules_that_need_every_update_collect_the_chunks(name):
+    updates, counts = random_round()
+    options = AggregatorOptions(trim_ratio=0.2, krum_f=3, krum_m=4)
+
+    streamed = fed_in_chunks(start_aggregation(name, options), updates, counts, chunk=7)
+
+    assert isinstance(start_aggregation(name, options), Collected)
+    assert torch.equal(streamed, AGGREGATORS[name](updates, counts, options))
+
+
+def test_only_the_mean_streams():
+    options = AggregatorOptions()
+    kinds = {name: type(start_aggregation(name, options)) for name in AGGREGATORS}
+
+    assert kinds == {"mean": StreamingMean, "median": Collected, "trimmed-mean": Collected,
+                     "krum": Collected}  # fmt: skip

@@ -30,7 +30,7 @@ from distlab.federated.server import (
 from distlab.federated.types import Layout, Updates
 from distlab.federated.vectorized import VectorTrainer, pad_schedules
 from distlab.models import build_model
-from distlab.strategies.aggregate import AGGREGATORS
+from distlab.strategies.aggregate import AGGREGATORS, StreamingMean
 from distlab.strategies.fedavg import EXECUTORS, SERVER_OPTIMIZER, Params, make_server_step
 from distlab.training import flat_params
 
@@ -203,7 +203,7 @@ def test_round_failed_names_failed_and_rejected_clients():
     )
 
     with pytest.raises(RoundFailed) as failure:
-        run_round(plan, executor, 1, torch.zeros(2))
+        run_round(plan, executor, 1, torch.zeros(2), StreamingMean)
 
     message = str(failure.value)
     assert "fewer than 6 usable client updates after 2 attempts" in message

@@ -3,10 +3,17 @@
 The server decides: which clients take part (seeded sampling), which of them fail (seeded
 failure injection), which returned updates are usable, and in which order they are
 combined. What the round does with them comes from outside: a `RoundPlan` (how many rounds,
-clients, retries...), an `aggregate(updates) -> tensor` function, a pure `server_step` and
-an `Executor` (types.py) that trains the clients it is handed. A strategy (fedavg.py) maps
-its parameters to these; a new executor or aggregation rule plugs in without touching this
-module, which imports no strategy.
+clients, retries...), a fresh `Aggregation` per attempt (types.py), a pure `server_step` and
+an `Executor` (types.py) that trains the clients it is handed.
+
+A round trains its clients plan.chunk at a time, in client-id order: each chunk is screened
+and its usable rows are folded into the round's aggregation before the next chunk trains,
+so with a streaming rule (the weighted mean) a round holds one chunk of parameter rows
+whatever its number of clients; only the clients' ids, sample counts and losses are kept
+for the round event. A round of one chunk is what a round was before chunking, bit for bit.
+
+A strategy (fedavg.py) maps its parameters to these; a new executor or aggregation rule
+plugs in without touching this module, which imports no strategy.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import numpy as np
 import torch
 
 from distlab.federated.optimizers import ServerOptimizer, ServerStep
-from distlab.federated.types import Executor, Updates
+from distlab.federated.types import Aggregation, Executor, Updates
 
 # Stream tags for the server's generators (the clients' streams are in clients.py).
 SAMPLE_STREAM = 11
@@ -27,6 +34,9 @@ FAILURE_STREAM = 12
 
 # Client ids a RoundFailed message lists before it only counts the rest.
 LISTED = 10
+
+# Clients per chunk of a round unless a plan says otherwise: 1,000 LeNet updates are 178 MB.
+CHUNK = 1000
 
 
 class RoundFailed(ValueError):
@@ -39,7 +49,8 @@ class RoundPlan:
     """What the round loop needs to know of a federated run.
 
     needed: usable updates a round needs (min_clients, or more for a robust aggregator);
-    local_epochs only scales the samples a round event reports; eval_every 0 = every round.
+    local_epochs only scales the samples a round event reports; eval_every 0 = every round;
+    chunk: clients handed to the executor and folded into the aggregate at a time.
     """
 
     rounds: int
@@ -51,6 +62,7 @@ class RoundPlan:
     failure_rate: float = 0.0
     local_epochs: int = 1
     eval_every: int = 0
+    chunk: int = CHUNK
 
     def __post_init__(self) -> None:
         if not 1 <= self.needed <= self.clients_per_round <= self.clients:
@@ -58,6 +70,35 @@ class RoundPlan:
                 "round plan needs 1 <= needed <= clients_per_round <= clients (got "
                 f"{self.needed}, {self.clients_per_round}, {self.clients})"
             )
+        if self.chunk < 1:
+            raise ValueError(f"round plan chunk must be >= 1 (got {self.chunk})")
+
+
+@dataclass
+class Attempt:
+    """One try at a round: its aggregation so far and, per usable client in client order,
+    the small figures the round event needs (never the parameter rows)."""
+
+    aggregation: Aggregation
+    rejected: dict[int, str] = field(default_factory=dict)
+    clients: list[np.ndarray] = field(default_factory=list)
+    num_examples: list[np.ndarray] = field(default_factory=list)
+    losses: list[np.ndarray] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, kept: Updates, rejected: dict[int, str]) -> None:
+        self.rejected.update(rejected)
+        self.clients.append(kept.clients)
+        self.num_examples.append(kept.num_examples)
+        self.losses.append(kept.losses)
+        if len(kept.clients):
+            begin = time.perf_counter()
+            self.aggregation.add(kept.params, kept.num_examples)
+            self.seconds += time.perf_counter() - begin
+
+    @property
+    def usable(self) -> int:
+        return sum(len(c) for c in self.clients)
 
 
 @dataclass
@@ -65,9 +106,14 @@ class RoundOutcome:
     sampled: np.ndarray
     failed: np.ndarray
     rejected: dict[int, str]
-    updates: Updates
     attempts: int
-    retried_failed: list[int] = field(default_factory=list)
+    retried_failed: list[int]
+    aggregate: torch.Tensor
+    clients: np.ndarray
+    """The usable clients, in client order; num_examples and losses are theirs."""
+    num_examples: np.ndarray
+    losses: np.ndarray
+    aggregate_seconds: float
 
 
 def sample_clients(seed: int, round_: int, attempt: int, clients: int, per_round: int):
@@ -123,24 +169,55 @@ def usable_in_client_order(updates: Updates, keep: np.ndarray) -> Updates:
     return updates.select(rows[np.argsort(clients[rows], kind="stable")])
 
 
-def run_round(plan: RoundPlan, executor: Executor, round_: int, start: torch.Tensor):
-    """Sample, inject failures, train, screen; retry with a fresh sample (at most
-    plan.max_retries times) while fewer than plan.needed updates are usable."""
+def run_round(
+    plan: RoundPlan,
+    executor: Executor,
+    round_: int,
+    start: torch.Tensor,
+    new_aggregation: Callable[[], Aggregation],
+) -> RoundOutcome:
+    """Sample, inject failures, train and aggregate chunk by chunk; retry with a fresh sample
+    and a fresh aggregation (the partial one is dropped) at most plan.max_retries times while
+    fewer than plan.needed updates are usable."""
     earlier: list[int] = []  # failed or rejected in an earlier attempt, in that order
     failed_before: dict[int, None] = {}  # a dict: ordered, each client once
     rejected_before: dict[int, str] = {}
     for attempt in range(plan.max_retries + 1):
         sampled = sample_clients(plan.seed, round_, attempt, plan.clients, plan.clients_per_round)
         failed = draw_failures(plan.seed, round_, attempt, sampled, plan.failure_rate)
-        updates = executor.train(round_, start, sampled[~failed])
-        keep, rejected = screen_updates(updates, start.numel())
-        if keep.sum() >= plan.needed:
-            kept = usable_in_client_order(updates, keep)
-            return RoundOutcome(sampled, sampled[failed], rejected, kept, attempt + 1, earlier)
-        earlier += [int(c) for c in sampled[failed]] + list(rejected)
+        tried = Attempt(new_aggregation())
+        train_chunks(plan, executor, round_, start, sampled[~failed], tried)
+        if tried.usable >= plan.needed:
+            return finish_round(sampled, sampled[failed], tried, attempt + 1, earlier)
+        earlier += [int(c) for c in sampled[failed]] + list(tried.rejected)
         failed_before.update(dict.fromkeys(int(c) for c in sampled[failed]))
-        rejected_before.update(rejected)
+        rejected_before.update(tried.rejected)
     raise RoundFailed(failure_message(plan, round_, list(failed_before), rejected_before))
+
+
+def train_chunks(plan, executor, round_, start, clients: np.ndarray, tried: Attempt) -> None:
+    """Train `clients` (sorted) plan.chunk at a time and fold each chunk's usable updates
+    into `tried`; one executor call even for no clients, as before chunking."""
+    for lo in range(0, max(len(clients), 1), plan.chunk):
+        train_chunk(executor, round_, start, clients[lo : lo + plan.chunk], tried)
+
+
+def train_chunk(executor, round_, start, clients: np.ndarray, tried: Attempt) -> None:
+    """One chunk; a function of its own so that its rows are freed before the next trains."""
+    updates = executor.train(round_, start, clients)
+    keep, rejected = screen_updates(updates, start.numel())
+    tried.add(usable_in_client_order(updates, keep), rejected)
+
+
+def finish_round(sampled, failed, tried: Attempt, attempts: int, earlier) -> RoundOutcome:
+    begin = time.perf_counter()
+    aggregate = tried.aggregation.result()
+    seconds = tried.seconds + time.perf_counter() - begin
+    return RoundOutcome(
+        sampled, failed, tried.rejected, attempts, earlier, aggregate,
+        np.concatenate(tried.clients), np.concatenate(tried.num_examples),
+        np.concatenate(tried.losses), seconds,
+    )  # fmt: skip
 
 
 def failure_message(plan: RoundPlan, round_: int, failed: list[int], rejected: dict) -> str:
@@ -178,29 +255,30 @@ def round_fields(outcome: RoundOutcome) -> dict:
 def train_rounds(
     plan: RoundPlan,
     executor: Executor,
-    aggregate: Callable[[Updates], torch.Tensor],
+    new_aggregation: Callable[[], Aggregation],
     server_step: ServerStep,
     start: torch.Tensor,
     recorder,
     on_eval: Callable[[int, torch.Tensor], None],
 ) -> torch.Tensor:
-    """The round loop: returns the final global parameters. `on_eval(round, global)` runs
-    every plan.eval_every rounds (0 = every round) and after the last one."""
+    """The round loop: returns the final global parameters. `new_aggregation()` gives each
+    attempt at a round its own aggregation; `on_eval(round, global)` runs every
+    plan.eval_every rounds (0 = every round) and after the last one."""
     server, current = ServerOptimizer(server_step), start.clone()
     every = plan.eval_every or 1
     recorder.phase("train", total=plan.rounds, unit="round")
     for round_ in range(1, plan.rounds + 1):
         begin = time.perf_counter()
-        outcome = run_round(plan, executor, round_, current)
+        outcome = run_round(plan, executor, round_, current, new_aggregation)
         combine = time.perf_counter()
-        current = server.step(current, aggregate(outcome.updates))
-        ups = outcome.updates
+        current = server.step(current, outcome.aggregate)
+        step_seconds = time.perf_counter() - combine
         recorder.round(
             round_,
-            loss=float(np.mean(ups.losses)),
-            samples=int(ups.num_examples.sum()) * plan.local_epochs,
+            loss=float(np.mean(outcome.losses)),
+            samples=int(outcome.num_examples.sum()) * plan.local_epochs,
             duration=time.perf_counter() - begin,
-            aggregate_seconds=round(time.perf_counter() - combine, 6),
+            aggregate_seconds=round(outcome.aggregate_seconds + step_seconds, 6),
             **round_fields(outcome),
         )
         if round_ % every == 0 or round_ == plan.rounds:

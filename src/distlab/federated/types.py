@@ -1,4 +1,5 @@
-"""What crosses between the federated round loop and an executor: `Updates` and `Executor`.
+"""What crosses between the federated round loop and an executor (`Updates`, `Executor`) or
+an aggregation rule (`Aggregation`).
 
 The server (server.py) and every executor (processes.py, vectorized.py, sequential.py, and
 later a Flower or a serial-line one) import this module and nothing of each other, so there
@@ -90,7 +91,8 @@ class Updates:
 
     def select(self, rows: np.ndarray) -> Updates:
         """The updates of the given row positions, in that order."""
-        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        index = torch.from_numpy(np.array(rows, dtype=np.int64))  # a copy: rows may be reversed
+        kept = set(self.clients[rows].tolist()) if self.lost else set()
         return Updates(
             self.clients[rows],
             self.params[index],
@@ -98,7 +100,7 @@ class Updates:
             {k: v[rows] for k, v in self.metrics.items()},
             self.layout,
             None if self.malformed is None else self.malformed[rows],
-            {c: why for c, why in self.lost.items() if c in set(self.clients[rows].tolist())},
+            {c: why for c, why in self.lost.items() if c in kept},
         )
 
     @classmethod
@@ -133,6 +135,17 @@ class Updates:
             bad,
             dict(lost or {}),
         )
+
+
+class Aggregation(Protocol):
+    """One round's aggregate, fed the usable updates chunk by chunk in client order
+    (strategies/aggregate.py: a streaming weighted mean, or a rule that collects them)."""
+
+    def add(self, updates: torch.Tensor, num_examples: np.ndarray) -> None:
+        """Fold in one chunk: (clients, P) rows and their sample counts."""
+
+    def result(self) -> torch.Tensor:
+        """The aggregate of every chunk added, shape (P,)."""
 
 
 class Executor(Protocol):

@@ -7,6 +7,13 @@ Every function takes `updates` as a list of equal-length 1-D tensors or arrays, 
 `AGGREGATORS` maps each name a strategy accepts to one signature, (updates, num_examples,
 AggregatorOptions) -> tensor, so a strategy picks a rule by name and the round loop only
 sees a function; `needed_updates` says how many updates a rule needs at least.
+
+A round's updates can also arrive chunk by chunk (`start_aggregation`): the weighted mean
+streams, holding one running sum, so a round's memory grows with the chunk and not with its
+clients. The coordinate-wise median, the trimmed mean and Krum need every update at once (a
+median or a trimmed mean needs each coordinate's order over all clients, Krum the distances
+between all pairs), so for them the chunks are collected and the rule runs on all of them:
+their memory still grows with the clients of a round.
 """
 
 from __future__ import annotations
@@ -131,6 +138,72 @@ AGGREGATORS: dict[str, Aggregator] = {
     "trimmed-mean": lambda updates, counts, o: trimmed_mean(updates, counts, o.trim_ratio),
     "krum": lambda updates, counts, o: krum(updates, counts, o.krum_f, o.krum_m),
 }
+
+
+class StreamingMean:
+    """The weighted mean fed chunk by chunk: each chunk's own weighted mean, times its sample
+    count, summed in float64 and divided by the total count at the end.
+
+    Holds no chunk: memory is one P vector whatever the number of chunks. A round of one
+    chunk gives exactly `weighted_mean` of it; with several chunks the result equals the
+    one-shot mean up to float32 rounding. Each chunk's counts must have a positive sum.
+    """
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.only: torch.Tensor | None = None  # the first chunk's mean, the answer if alone
+        self.total: torch.Tensor | None = None
+        self.weight = 0.0
+
+    def add(self, updates: ClientVectors, num_examples: Sequence[float]) -> None:
+        mean = weighted_mean(updates, num_examples)
+        weight = float(np.asarray(num_examples, dtype=np.float64).sum())
+        part = mean.double() * weight
+        self.total = part if self.total is None else self.total + part
+        self.only = mean if self.chunks == 0 else None
+        self.weight += weight
+        self.chunks += 1
+
+    def result(self) -> torch.Tensor:
+        if self.chunks == 0:
+            raise ValueError("updates must hold at least one client update (got 0)")
+        if self.only is not None:
+            return self.only
+        return (self.total / self.weight).float()
+
+
+class Collected:
+    """A rule that needs every update at once, fed chunk by chunk: keeps the chunks and runs
+    the rule on all of them, in the order they came (memory grows with the round)."""
+
+    def __init__(self, rule: Callable[[torch.Tensor, np.ndarray], torch.Tensor]) -> None:
+        self.rule = rule
+        self.chunks: list[torch.Tensor] = []
+        self.counts: list[np.ndarray] = []
+
+    def add(self, updates: ClientVectors, num_examples: Sequence[float]) -> None:
+        self.chunks.append(stack_updates(updates))
+        self.counts.append(np.asarray(num_examples))
+
+    def result(self) -> torch.Tensor:
+        if not self.chunks:
+            raise ValueError("updates must hold at least one client update (got 0)")
+        stacked = self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
+        self.chunks = []  # the concatenated copy replaces the chunks before the rule runs
+        return self.rule(stacked, np.concatenate(self.counts))
+
+
+# The rules with a chunked form; every other one collects its chunks.
+STREAMING = {"mean": StreamingMean}
+
+
+def start_aggregation(name: str, options: AggregatorOptions) -> StreamingMean | Collected:
+    """A fresh aggregation of one round under rule `name`, fed with `add(updates,
+    num_examples)` per chunk and read with `result()`."""
+    rule = get_aggregator(name)
+    if name in STREAMING:
+        return STREAMING[name]()
+    return Collected(lambda updates, counts: rule(updates, counts, options))
 
 
 def get_aggregator(name: str) -> Aggregator:

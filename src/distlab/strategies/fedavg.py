@@ -34,10 +34,10 @@ from distlab.federated.evaluation import local_accuracy, personalized_accuracy
 from distlab.federated.optimizers import ServerOptions, ServerStep, server_step
 from distlab.federated.processes import ProcessExecutor, client_hosts, host_clients
 from distlab.federated.sequential import SequentialExecutor
-from distlab.federated.server import RoundPlan, train_rounds
-from distlab.federated.types import Executor, Layout, Updates
+from distlab.federated.server import CHUNK, RoundPlan, train_rounds
+from distlab.federated.types import Aggregation, Executor, Layout, Updates
 from distlab.federated.vectorized import VectorExecutor, VectorTrainer
-from distlab.strategies.aggregate import AggregatorOptions, get_aggregator, needed_updates
+from distlab.strategies.aggregate import AggregatorOptions, needed_updates, start_aggregation
 from distlab.strategies.spec import StrategyBase, StrategySpec, model_fits_data
 from distlab.training import flat_params, set_flat_params
 
@@ -79,6 +79,13 @@ class Params(StrategyBase):
     aggregator: Literal["mean", "median", "trimmed-mean", "krum"] = "mean"
     """How client models are combined: sample-weighted mean, coordinate-wise median,
     coordinate-wise trimmed mean, or Krum."""
+    aggregate_chunk: int = Field(CHUNK, ge=1)
+    """Clients a round trains and folds into the aggregate at a time: the mean streams, so a
+    round's memory grows with this, not with clients_per_round (median, trimmed-mean and
+    krum keep every update of the round anyway). A round of one chunk is exact; with more,
+    the mean equals the one-shot mean up to float rounding. Under the processes executor a
+    chunk's clients mostly sit on few hosts, so a chunk smaller than a round trains less in
+    parallel."""
     mu: float = Field(0.0, ge=0)
     """FedProx proximal weight: clients minimize loss + mu/2 ||w - w_global||^2."""
     server_lr: float = Field(1.0, gt=0)
@@ -210,6 +217,7 @@ def round_plan(cfg: RunConfig, params: Params) -> RoundPlan:
         failure_rate=params.client_failure_rate,
         local_epochs=params.local_epochs,
         eval_every=cfg.eval_every or default_eval_every(params.rounds),
+        chunk=params.aggregate_chunk,
     )
 
 
@@ -219,12 +227,21 @@ def default_eval_every(rounds: int) -> int:
     return max(1, rounds // 10)
 
 
+def make_aggregation(params: Params) -> Callable[[], Aggregation]:
+    """A fresh aggregation of the configured rule for each attempt at a round, fed chunk by
+    chunk (the weighted mean streams; the robust rules collect every update)."""
+    options = aggregator_options(params)
+    return lambda: start_aggregation(params.aggregator, options)
+
+
 def make_aggregate(params: Params) -> Callable[[Updates], torch.Tensor]:
-    """The configured aggregator over the client models, weighted by sample counts."""
-    rule, options = get_aggregator(params.aggregator), aggregator_options(params)
+    """The configured aggregator over one round's client models, all at once."""
+    new_aggregation = make_aggregation(params)
 
     def aggregate(updates: Updates) -> torch.Tensor:
-        return rule(updates.params, updates.num_examples, options)
+        aggregation = new_aggregation()
+        aggregation.add(updates.params, updates.num_examples)
+        return aggregation.result()
 
     return aggregate
 
@@ -436,7 +453,7 @@ def serve(setup: ClientSetup, params: Params, on_eval) -> torch.Tensor:
         return train_rounds(
             round_plan(ctx.cfg, params),
             executor,
-            make_aggregate(params),
+            make_aggregation(params),
             make_server_step(params),
             flat_params(setup.model).clone(),
             ctx.recorder,
