@@ -52,6 +52,13 @@ def assert_same_run(full: Path, resumed: Path, unit: str) -> None:
     assert [e["accuracy"] for e in evals if e["kind"] == "eval"] == [
         e["accuracy"] for e in full_evals if e["kind"] == "eval"
     ]
+    assert moved(resumed) == moved(full)  # the bytes of the lost work are not counted twice
+
+
+def moved(run_dir: Path) -> dict:
+    """Each rank's bytes sent and received, from its comm event."""
+    events = map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+    return {e["rank"]: (e["bytes_sent"], e["bytes_recv"]) for e in events if e["kind"] == "comm"}
 
 
 def final_state_of(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -201,3 +208,33 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["restarts"] == 1 and len(summary["resumed_at"]) == 1
     assert_same_run(tmp_path / "full", run_dir, "step")
+
+
+FEDERATED = {
+    "vectorized": {"workers": 1},
+    "processes": {"workers": 2, "strategy": {"executor": "processes"}},
+    "sequential-fedadam": {
+        "workers": 1,
+        "strategy": {"executor": "sequential", "algorithm": "fedadam", "server_lr": 0.01},
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(FEDERATED))
+def test_a_federated_run_killed_after_a_checkpoint_resumes_to_the_same_rounds(tmp_path, case):
+    fields = dict(FEDERATED[case])
+    strategy = {"name": "fedavg", "clients": 6, "clients_per_round": 3, "rounds": 8}
+    strategy |= fields.pop("strategy", {})
+    base = {"strategy": strategy, "checkpoint": {"every": 2}, "eval_every": 3, **fields}
+    full = run(make_config(tmp_path, name="full", **base)).run_dir
+    # the server (rank 0) dies in round 5, after the checkpoint of round 4
+    fault = {"rank": 0, "step": 5, "kind": "raise"}
+    with pytest.raises(RunFailed):
+        run(make_config(tmp_path, name="cut", fault=fault, **base))
+    cut = tmp_path / "runs" / "cut"
+
+    run(make_config(tmp_path, name="cut", **base), resume=cut)
+
+    assert_same_run(full, cut, "round")
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["resumed_at"] == [4]

@@ -19,6 +19,7 @@ from distlab.runtime.comm import Communicator
 
 SERVER = 0
 STOP = -1
+CHECKPOINT = -2
 
 
 def client_hosts(clients: int, hosts: int) -> np.ndarray:
@@ -62,10 +63,17 @@ class ProcessExecutor:
         for h in np.unique(self.owner):
             self.comm.send(torch.tensor([STOP, 0], dtype=torch.int64), int(h))
 
+    def checkpoint(self, round_: int) -> None:
+        """Have every host write its checkpoint of `round_` (its counters and recorder): a
+        checkpoint is complete only with every rank's file."""
+        for h in np.unique(self.owner):
+            self.comm.send(torch.tensor([CHECKPOINT, round_], dtype=torch.int64), int(h))
 
-def host_clients(comm: Communicator, local: SequentialExecutor) -> int:
+
+def host_clients(comm: Communicator, local: SequentialExecutor, on_checkpoint=None) -> int:
     """Client-host side: train whatever the server asks for until it says stop; returns the
-    number of client trainings done."""
+    number of client trainings done. `on_checkpoint(round)` writes this host's checkpoint
+    when the server asks for one."""
     size = local.layout.size
     header = torch.empty(2, dtype=torch.int64)
     done = 0
@@ -74,6 +82,10 @@ def host_clients(comm: Communicator, local: SequentialExecutor) -> int:
         round_, count = int(header[0]), int(header[1])
         if round_ == STOP:
             return done
+        if round_ == CHECKPOINT:
+            if on_checkpoint is not None:
+                on_checkpoint(count)
+            continue
         ids = torch.empty(count, dtype=torch.int64)
         comm.recv(ids, SERVER)
         start = torch.empty(size)

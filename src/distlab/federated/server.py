@@ -252,6 +252,17 @@ def round_fields(outcome: RoundOutcome) -> dict:
     return fields
 
 
+@dataclass
+class RoundState:
+    """Where the round loop stands after a round: what a checkpoint keeps of it, and what a
+    resumed loop starts from. Client sampling, failures and client training are drawn from
+    generators keyed by (seed, round), so nothing else carries over between rounds."""
+
+    rounds_done: int
+    current: torch.Tensor
+    server_state: dict
+
+
 def train_rounds(
     plan: RoundPlan,
     executor: Executor,
@@ -260,14 +271,23 @@ def train_rounds(
     start: torch.Tensor,
     recorder,
     on_eval: Callable[[int, torch.Tensor], None],
+    resumed: RoundState | None = None,
+    on_round_end: Callable[[RoundState], None] | None = None,
 ) -> torch.Tensor:
     """The round loop: returns the final global parameters. `new_aggregation()` gives each
     attempt at a round its own aggregation; `on_eval(round, global)` runs every
-    plan.eval_every rounds (0 = every round) and after the last one."""
+    plan.eval_every rounds (0 = every round) and after the last one; `on_round_end(state)`
+    after each round and its evaluation (a checkpoint). `resumed` continues a loop after
+    its checkpoint's round."""
     server, current = ServerOptimizer(server_step), start.clone()
     every = plan.eval_every or 1
-    recorder.phase("train", total=plan.rounds, unit="round")
-    for round_ in range(1, plan.rounds + 1):
+    first = 1
+    if resumed is None:
+        recorder.phase("train", total=plan.rounds, unit="round")
+    else:
+        current, server.state = resumed.current.clone(), resumed.server_state
+        first = resumed.rounds_done + 1
+    for round_ in range(first, plan.rounds + 1):
         begin = time.perf_counter()
         outcome = run_round(plan, executor, round_, current, new_aggregation)
         combine = time.perf_counter()
@@ -283,5 +303,7 @@ def train_rounds(
         )
         if round_ % every == 0 or round_ == plan.rounds:
             on_eval(round_, current)
+        if on_round_end is not None:
+            on_round_end(RoundState(round_, current, server.state))
     recorder.phase("train_end", rounds=plan.rounds)
     return current

@@ -34,7 +34,7 @@ from distlab.federated.evaluation import local_accuracy, personalized_accuracy
 from distlab.federated.optimizers import ServerOptions, ServerStep, server_step
 from distlab.federated.processes import ProcessExecutor, client_hosts, host_clients
 from distlab.federated.sequential import SequentialExecutor
-from distlab.federated.server import CHUNK, RoundPlan, train_rounds
+from distlab.federated.server import CHUNK, RoundPlan, RoundState, train_rounds
 from distlab.federated.types import Aggregation, Executor, Layout, Updates
 from distlab.federated.vectorized import VectorExecutor, VectorTrainer
 from distlab.strategies.aggregate import AggregatorOptions, needed_updates, start_aggregation
@@ -326,7 +326,13 @@ def start_processes(setup: ClientSetup) -> ProcessExecutor:
 
 
 def host_processes(setup: ClientSetup) -> int:
-    return host_clients(setup.ctx.comm, setup.sequential())
+    ctx = setup.ctx
+    ctx.restore({})  # a host keeps no state between rounds: its counters and recorder
+
+    def on_checkpoint(round_: int) -> None:
+        ctx.save_checkpoint(round_, "round", {}, {"round": round_})
+
+    return host_clients(ctx.comm, setup.sequential(), on_checkpoint)
 
 
 def start_vectorized(setup: ClientSetup) -> VectorExecutor:
@@ -458,9 +464,37 @@ def serve(setup: ClientSetup, params: Params, on_eval) -> torch.Tensor:
             flat_params(setup.model).clone(),
             ctx.recorder,
             on_eval,
+            resumed=resumed_rounds(ctx),
+            on_round_end=after_round(ctx, executor),
         )
     finally:
         executor.close()
+
+
+def resumed_rounds(ctx: WorkerContext) -> RoundState | None:
+    """The round loop's state from the checkpoint a resumed run starts from, else None."""
+    state = ctx.restore({})
+    if state is None:
+        return None
+    extra = state["extra"]
+    return RoundState(state["at"], extra["current"], extra["server_state"])
+
+
+def after_round(ctx: WorkerContext, executor: Executor):
+    """on_round_end: the server's checkpoint when one is due (the global model, the server
+    optimizer's state), after the executor's other ranks have written theirs; then the
+    injected fault, if it is this round's (fault.step counts rounds here)."""
+
+    def on_round_end(state: RoundState) -> None:
+        done = state.rounds_done
+        if ctx.checkpoint_due(done):
+            if hasattr(executor, "checkpoint"):
+                executor.checkpoint(done)
+            extra = {"current": state.current, "server_state": state.server_state}
+            ctx.save_checkpoint(done, "round", {}, {"round": done}, extra)
+        ctx.maybe_fault(done)
+
+    return on_round_end
 
 
 def make_evaluator(setup: ClientSetup, params: Params):
