@@ -1005,6 +1005,9 @@ def deploy_server(
     connect_timeout: float = typer.Option(300, help="Seconds to wait for every client."),
     round_timeout: float = typer.Option(180, help="Seconds to wait for a round's replies."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    resume: Path = typer.Option(
+        None, "--resume", help="Go on with this deployed run from its newest checkpoint."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     **config_flags: Any,
 ) -> None:
@@ -1022,11 +1025,10 @@ def deploy_server(
         certs, list(keys or []), host, port, control_port, serverappio_port, insecure,
         not insecure, connect_timeout, round_timeout,
     )  # fmt: skip
-    data = base_config(config_flags)
-    data.setdefault("strategy", "fedavg")
+    data = deploy_data(config_flags, resume)
     if insecure:
         _loud_warning()
-    prepared = prepare(data, options, overwrite, command_started())
+    prepared = prepare(data, options, overwrite, command_started(), resume)
     say = None if as_json else _say
     if say is not None:
         say(f"SuperLink on {host}:{port}; waiting for {prepared.cfg.strategy.clients} clients")
@@ -1076,6 +1078,9 @@ def deploy_local(
     connect_timeout: float = typer.Option(120, help="Seconds to wait for every client."),
     round_timeout: float = typer.Option(180, help="Seconds to wait for a round's replies."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    resume: Path = typer.Option(
+        None, "--resume", help="Go on with this deployed run from its newest checkpoint."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json to stdout."),
     **config_flags: Any,
 ) -> None:
@@ -1087,8 +1092,7 @@ def deploy_local(
     from distlab.deploy.local import run_local
 
     _check_timeouts(connect_timeout, round_timeout)
-    data = base_config(config_flags)
-    data.setdefault("strategy", "fedavg")
+    data = deploy_data(config_flags, resume)
     strategy = (
         data["strategy"] if isinstance(data["strategy"], dict) else {"name": data["strategy"]}
     )
@@ -1098,12 +1102,27 @@ def deploy_local(
         _loud_warning()
     say = None if as_json else _say
     result = run_local(
-        data, overwrite, command_started(), insecure, connect_timeout, round_timeout, say
+        data, overwrite, command_started(), insecure, connect_timeout, round_timeout, say, resume
     )
     _print_result(result, as_json)
 
 
 DEPLOY_LOCAL_CLIENTS = 3
+
+
+def deploy_data(config_flags: dict, resume: Path | None) -> dict:
+    """A deployed run's config mapping: the flags' (fedavg unless they say otherwise), or,
+    with --resume, the run's own with what the flags change."""
+    from distlab.config import merge
+    from distlab.rundir import read_json
+
+    data = base_config(config_flags)
+    if resume is None:
+        data.setdefault("strategy", "fedavg")
+        return data
+    if not (resume / "config.json").is_file():
+        raise ValueError(f"--resume: {str(resume)!r} is not a run directory (no config.json)")
+    return merge(read_json(resume / "config.json"), data)
 
 
 def _check_timeouts(connect: float, round_: float) -> None:

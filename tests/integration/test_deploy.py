@@ -85,6 +85,32 @@ def test_local_federation_equals_the_in_process_run(tmp_path):
     assert summary["bytes_per_round_measured"] >= summary["bytes_per_round_logical"]
 
 
+def test_a_deployed_run_stopped_after_a_checkpoint_resumes_on_a_new_federation(tmp_path):
+    args = ("--clients", "2", "--strategy", "fedavg", "--rounds", "2")
+    where = ("--out-dir", str(tmp_path), "--name", "N")
+    stopped = cli("deploy", "local", *args, *where, "--set", "checkpoint.every=1",
+                  "--set", "fault.rank=0", "--set", "fault.step=1", cwd=tmp_path,
+                  timeout=300)  # fmt: skip
+    assert stopped.returncode == 1
+    assert "error: run failed: server failed: injected fault at step 1" in stopped.stderr
+    run_dir = tmp_path / "N"
+
+    done = cli("deploy", "local", "--resume", str(run_dir), "--set", "fault=null",
+               cwd=tmp_path, timeout=300)  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_at"] == [1]
+    assert [e["round"] for e in events(run_dir) if e["kind"] == "round"] == [1, 2]
+    assert no_flower_left(str(run_dir))
+    same = cli("run", *args, "--workers", "2", "--set", "strategy.executor=processes",
+               "--out-dir", str(tmp_path), "--name", "in-process")  # fmt: skip
+    assert same.returncode == 0, same.stderr[-2000:]
+    deployed = torch.load(run_dir / "model.pt", weights_only=True)
+    in_process = torch.load(tmp_path / "in-process" / "model.pt", weights_only=True)
+    assert max((deployed[k] - in_process[k]).abs().max().item() for k in deployed) < 1e-4
+
+
 def start(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "distlab", *args],

@@ -42,6 +42,7 @@ def run_local(
     connect_timeout: float = 120.0,
     round_timeout: float = 180.0,
     say=None,
+    resume: Path | None = None,
 ):
     """Run the config on one local SuperNode per client (strategy.clients); the finished
     RunResult."""
@@ -56,7 +57,7 @@ def run_local(
     try:
         if not insecure:
             options.certs = make_certs(secrets / "certs", ["localhost", P.LOOPBACK], clients).root
-        prepared = prepare(data, options, overwrite, start)
+        prepared = prepare(data, options, overwrite, start, resume)
         server = f"{P.LOOPBACK}:{options.port}"
 
         def start_clients(link: P.SuperLink) -> list[P.Managed]:

@@ -11,6 +11,7 @@ sources and the SuperLink's log.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from distlab.deploy import processes as P
 from distlab.deploy.app import write_app
 from distlab.deploy.certs import CertPaths, check_node_pub, check_server_certs
 from distlab.deploy.serverapp import DONE_FILE, JOB_FILE
+from distlab.resume import reopen_run_dir, resumable_run
 
 # How often the watcher looks at the ServerApp's marker, and asks Flower for the run's state
 # (a ServerApp that died before it could write the marker).
@@ -65,8 +67,9 @@ def deployed_config(data: dict):
             "--workers does not apply to a deployed run: each client is a SuperNode "
             f"(got --workers {data['workers']})"
         )
-    return validate_config({**data, "strategy": {**strategy, "name": "fedavg",
-                                                 "executor": "flower"}})
+    return validate_config(
+        {**data, "strategy": {**strategy, "name": "fedavg", "executor": "flower"}}
+    )
 
 
 def check_keys(options: ServerOptions, clients: int) -> list[Path]:
@@ -105,13 +108,18 @@ class Prepared:
         return self.run_dir / "deploy"
 
 
-def prepare(data: dict, options: ServerOptions, overwrite: bool, start: float) -> Prepared:
-    """Check everything, then write the run directory and the ServerApp's job."""
+def prepare(
+    data: dict, options: ServerOptions, overwrite: bool, start: float, resume: Path | None = None
+) -> Prepared:
+    """Check everything, then write the run directory and the ServerApp's job. `resume` (a
+    deployed run's directory) goes on with that run from its newest checkpoint; `data` then
+    holds the run's own config with what the flags change."""
     from distlab import api
     from distlab.data.datasets import load_dataset
     from distlab.strategies import get_spec
 
     cfg = deployed_config(data)
+    resumed = None if resume is None else resumable_run(Path(resume), cfg)
     spec = get_spec("fedavg")
     certs = None if options.insecure else check_certs(options.certs)
     keys = check_keys(options, cfg.strategy.clients)
@@ -119,7 +127,13 @@ def prepare(data: dict, options: ServerOptions, overwrite: bool, start: float) -
     dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     spec.check_data(cfg, dataset)
     split = spec.data_partition(cfg, dataset.y_train.cpu().numpy())
-    run_dir = api.prepare(cfg, overwrite, split, None)
+    if resumed is None:
+        run_dir = api.prepare(cfg, overwrite, split, None)
+    else:
+        checkpoint = resumed.checkpoint_for(1)
+        shutil.rmtree(resumed.run_dir / "deploy", ignore_errors=True)  # the last SuperLink's
+        run_dir = reopen_run_dir(resumed.run_dir, checkpoint)
+        start -= checkpoint.seconds(0)
     job = write_job(cfg, run_dir, start, options)
     return Prepared(cfg, spec, run_dir, job, certs, keys, start)
 
@@ -201,16 +215,17 @@ def wait_done(prepared: Prepared, link: P.SuperLink, run_id: int, watch) -> None
 def check_run_state(link: P.SuperLink, run_id: int, done: Path) -> None:
     """A run Flower reports finished while no marker was written: its ServerApp died."""
     try:
-        out = link.flwr("ls", "--run-id", str(run_id), P.CONNECTION, "--format", "json",
-                        timeout=30)
+        out = link.flwr("ls", "--run-id", str(run_id), P.CONNECTION, "--format", "json", timeout=30)
     except (P.DeployError, OSError):
         return
     if '"finished:' in out and not done.exists():
         time.sleep(2 * POLL_SECONDS)  # the marker may be on its way
         if not done.exists():
             state = out.split('"finished:', 1)[1].split('"', 1)[0]
-            raise P.DeployError(f"Flower reports the run finished ({state}) but distlab's "
-                                "ServerApp wrote no result; see deploy/logs/superlink.log")
+            raise P.DeployError(
+                f"Flower reports the run finished ({state}) but distlab's "
+                "ServerApp wrote no result; see deploy/logs/superlink.log"
+            )
 
 
 def watcher(run_dir: Path, clients: list[P.Managed], say) -> Callable[[], None]:
@@ -267,8 +282,10 @@ def event_line(event: dict) -> str | None:
         sampled, lost = event["clients"], event.get("rejected") or []
         used = len(sampled) - len(event.get("failed") or []) - len(lost)
         extra = f", rejected {', '.join(map(str, lost))}" if lost else ""
-        return (f"round {event['round']}: loss {event['loss']:.4f}, {used} of {len(sampled)} "
-                f"clients, {event['duration']:.1f} s{extra}")
+        return (
+            f"round {event['round']}: loss {event['loss']:.4f}, {used} of {len(sampled)} "
+            f"clients, {event['duration']:.1f} s{extra}"
+        )
     if kind == "eval" and "round" in event:
         return f"round {event['round']}: test accuracy {event['accuracy']:.4f}"
     return None
@@ -277,8 +294,9 @@ def event_line(event: dict) -> str | None:
 def finish(prepared: Prepared, status: str, failure=None) -> None:
     from distlab import api
 
-    api.finish_run(prepared.cfg, prepared.spec, prepared.run_dir, 1, prepared.start, status,
-                   failure)
+    api.finish_run(
+        prepared.cfg, prepared.spec, prepared.run_dir, 1, prepared.start, status, failure
+    )
 
 
 def serve(
