@@ -17,7 +17,7 @@ Phase 1: rank r trains member r (`member_model`, default --model) alone for `mem
 epochs, from seed S + r (S = --seed): with `member_data: all` it walks the whole training set
 in the order of a centralized run with --seed S + r (so member r is that run, step for step,
 for a model without dropout); with `member_data: shards` it walks its own IID share. No
-message is sent while members train.
+message is sent while members train (but a barrier before each checkpoint).
 
 Phase 2: --epochs epochs of the target (`target_model`, built from seed S, on rank 0, the
 lead) over the whole training set in the centralized run's order for seed S; every rank
@@ -32,6 +32,13 @@ target's (`stage: target`, with the logits bytes of that step); eval events are 
 (accuracy) with `member_accuracies` and `ensemble_accuracy` beside it; each member epoch ends
 with a `members_eval` phase event carrying the same two figures. The ensemble's accuracy is
 that of the members' averaged probabilities (temperature 1). model.pt is the target.
+
+Checkpoints (--set checkpoint.every=N): N counts the lead's steps, the step numbers of its
+record (member 0's, then the target's, one count through both phases). Each rank's holds
+its member and the member's optimizer (the lead's also the target and its optimizer), its
+random generators and its position (phase, epoch, batch, its own step count); the
+ensemble's soft labels are recomputed by the members at every target step, so none are
+kept. A run resumed from one ends as the uninterrupted run does, bit for bit.
 """
 
 from __future__ import annotations
@@ -102,9 +109,9 @@ def member_shards(cfg: RunConfig, labels: np.ndarray) -> Partition:
     return partition(labels, cfg.workers, IidPartition(), cfg.seed)
 
 
-def member_schedule(ctx: WorkerContext, params: Params) -> Schedule:
+def member_schedule(ctx: WorkerContext, params: Params, rank: int) -> Schedule:
     """Member r's batches: its IID shard, or the whole set in the order of seed S + r."""
-    cfg, rank, labels = ctx.cfg, ctx.rank, ctx.labels()
+    cfg, labels = ctx.cfg, ctx.labels()
     if params.member_data == "shards":
         return own_schedule(ctx, member_shards(cfg, labels).indices[rank], stream=rank)
     seed = cfg.seed + rank
@@ -158,6 +165,7 @@ class Distiller:
     def __init__(self, ctx: WorkerContext, params: Params) -> None:
         cfg = ctx.cfg
         self.ctx, self.params, self.done = ctx, params, 0
+        self.points: dict[tuple[int, int], list[int]] = {}  # the phase's save_points
         name = params.member_model or cfg.model
         self.member = self.build(name, cfg.seed + ctx.rank)
         self.member_opt = make_optimizer(self.member.parameters(), cfg.optimizer)
@@ -170,11 +178,12 @@ class Distiller:
         data = self.ctx.data
         return build_model(name, data.input_shape, data.classes, seed).to(self.ctx.device)
 
-    def walk(self, batches: list[np.ndarray], step, epoch: int, stage: str) -> None:
-        """One epoch of `step`, each step recorded as train_epochs records it."""
+    def walk(self, batches: list[np.ndarray], step, epoch: int, stage: str, skip: int) -> None:
+        """One epoch of `step` from batch `skip` on, each step recorded as train_epochs
+        records it, a checkpoint written where one falls."""
         ctx, x, y = self.ctx, self.ctx.data.x_train, self.ctx.data.y_train
-        for idx in batches:
-            index = torch.from_numpy(idx).to(x.device)
+        for i in range(skip, len(batches)):
+            index = torch.from_numpy(batches[i]).to(x.device)
             start = time.perf_counter()
             loss, fields = step(x[index], y[index])
             self.done += 1
@@ -182,8 +191,33 @@ class Distiller:
             ctx.check_loss(loss, self.done)
             duration = time.perf_counter() - start
             ctx.recorder.step(
-                self.done, loss, len(idx), duration, epoch=epoch, stage=stage, **fields
+                self.done, loss, len(index), duration, epoch=epoch, stage=stage, **fields
             )
+            self.save_due((epoch, i + 1), {"phase": stage, "epoch": epoch, "batch": i + 1})
+
+    def kept(self) -> dict:
+        """A checkpoint's models and optimizers: the member's, and the target's on the lead."""
+        kept = {"member": self.member, "member_opt": self.member_opt}
+        if self.target is not None:
+            kept |= {"target": self.target, "target_opt": self.target_opt}
+        return kept
+
+    def restore(self) -> dict:
+        """Where this rank starts: the resumed checkpoint's position (its models, optimizers
+        and generators loaded), or the first member step."""
+        state = self.ctx.restore(self.kept())
+        if state is None:
+            return {"phase": "members", "epoch": 0, "batch": 0, "done": 0}
+        self.done = state["position"]["done"]
+        return state["position"]
+
+    def save_due(self, key: tuple[int, int], position: dict) -> None:
+        """Write the checkpoints that fall at `key` of this phase. Members walk apart and a
+        gather does not hold a sender back, so the ranks meet first: each has then
+        completed the previous checkpoint, which keeps one complete checkpoint on disk."""
+        for at in self.points.get(key, []):
+            self.ctx.comm.barrier()
+            self.ctx.save_checkpoint(at, "step", self.kept(), position | {"done": self.done})
 
     def member_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict]:
         self.member_opt.zero_grad()
@@ -243,23 +277,67 @@ class Distiller:
 
 def run(ctx: WorkerContext, params: Params) -> None:
     cfg = ctx.cfg
-    own, shared = member_schedule(ctx, params), sampler_schedule(ctx, 0, 1)
-    first = sum(len(own(e)) for e in range(params.member_epochs))
-    ctx.recorder.phase("train", total=first + cfg.epochs * len(shared(0)), unit="step")
+    own, shared = member_schedule(ctx, params, ctx.rank), sampler_schedule(ctx, 0, 1)
+    mine = [len(own(e)) for e in range(params.member_epochs)]
+    lead = [len(member_schedule(ctx, params, ctx.lead)(e)) for e in range(params.member_epochs)]
     distiller = Distiller(ctx, params)
-    for epoch in range(params.member_epochs):
-        distiller.walk(own(epoch), distiller.member_step, epoch, "members")
-        distiller.evaluate(epoch, "members")
-    if distiller.target is not None:
+    at = distiller.restore()
+    if not ctx.resuming:  # a resumed run's "train" is in its event file already
+        ctx.recorder.phase("train", total=sum(mine) + cfg.epochs * len(shared(0)), unit="step")
+    distiller.points = save_points(ctx, mine, lead, 0)
+    start = (at["epoch"], at["batch"]) if at["phase"] == "members" else None
+    train_phase(distiller, "members", own, params.member_epochs, start)
+    if distiller.target is not None and at["phase"] == "members":
         record_target(ctx, distiller)
     # A frozen teacher predicts in eval mode; a member that learns from the target trains.
     distiller.member.train(params.bidirectional)
-    for epoch in range(cfg.epochs):
-        distiller.walk(shared(epoch), distiller.target_step, epoch, "target")
-        distiller.evaluate(epoch, "target")
+    target = [len(shared(e)) for e in range(cfg.epochs)]
+    distiller.points = save_points(ctx, target, target, sum(lead))
+    start = (at["epoch"], at["batch"]) if at["phase"] == "target" else (0, 0)
+    train_phase(distiller, "target", shared, cfg.epochs, start)
     ctx.recorder.phase("train_end", steps=distiller.done)
     if distiller.target is not None:
         ctx.save_model(distiller.target)
+
+
+def train_phase(
+    distiller: Distiller, stage: str, schedule: Schedule, epochs: int, start: tuple | None
+) -> None:
+    """Epochs of one phase from `start` (epoch, batches of it done; None: the phase is
+    over), each ending with the members' (and the target's) evaluation."""
+    if start is None:
+        return
+    step = distiller.member_step if stage == "members" else distiller.target_step
+    first, skip = start
+    for epoch in range(first, epochs):
+        distiller.walk(schedule(epoch), step, epoch, stage, skip if epoch == first else 0)
+        distiller.evaluate(epoch, stage)
+        distiller.save_due((epoch, AFTER_EVAL), {"phase": stage, "epoch": epoch + 1, "batch": 0})
+
+
+AFTER_EVAL = -1  # save_points' key for a checkpoint written after an epoch's evaluation
+
+
+def save_points(
+    ctx: WorkerContext, mine: list[int], lead: list[int], offset: int
+) -> dict[tuple[int, int], list[int]]:
+    """Where this rank writes each checkpoint due in a phase, keyed (epoch, batches done)
+    or (epoch, AFTER_EVAL). checkpoint.every counts the lead's steps, the step numbers of
+    the run's record: member 0's in phase 1, then the target's (from `offset`). A member
+    with `mine` batches per epoch where the lead has `lead` (shards may differ by one
+    batch) writes a checkpoint due at the lead's batch b after its own batch min(b, mine)
+    and one due at the lead's last batch after the epoch's evaluation, as the lead does:
+    no message passes between members within an epoch, so these states are a consistent
+    cut of the run."""
+    points: dict[tuple[int, int], list[int]] = {}
+    at = offset
+    for epoch, (n_mine, n_lead) in enumerate(zip(mine, lead, strict=True)):
+        for b in range(1, n_lead + 1):
+            at += 1
+            if ctx.checkpoint_due(at):
+                key = (epoch, AFTER_EVAL if b == n_lead else min(b, n_mine))
+                points.setdefault(key, []).append(at)
+    return points
 
 
 def record_target(ctx: WorkerContext, distiller: Distiller) -> None:

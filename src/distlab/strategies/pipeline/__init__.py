@@ -21,6 +21,15 @@ evaluation and for model.pt, a state_dict of the unsplit model. The summary sets
 measured idle share of the stages beside the bubble of the schedule, (S - 1) / (M + S - 1),
 and the measured activation and gradient bytes beside 2 x 4 x elements per sample x batch
 per cut per step.
+
+Checkpoints (--set checkpoint.every=N, N optimizer steps on the global batch) hold, for every
+stage, its parameters, its optimizer's state, its random generators and counters and its
+meter's totals, with the schedule's position (step, epoch, batch) and the cuts (split=time
+would measure new ones); every stage writes its file at the same step, the rpc driver
+asking each stage to write its own. gpipe and 1f1b resume bit for bit. So does rpc with one
+microbatch; with several, distributed autograd adds a stage's microbatch gradients in the
+order their backward calls arrive, so two uninterrupted rpc runs already differ in the last
+bits, and a resumed one matches as closely as they match each other.
 """
 
 from __future__ import annotations

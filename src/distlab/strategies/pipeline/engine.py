@@ -143,6 +143,23 @@ class Pipeline:
         self.opt.step()
         return float(torch.stack(losses).detach().mean()) if self.last else math.nan
 
+    def restore(self) -> dict | None:
+        """On a resumed run, this stage's parameters, optimizer state and meter totals from
+        its checkpoint; the checkpoint's position (None on a fresh start)."""
+        state = self.ctx.restore(self.kept())
+        if state is None:
+            return None
+        self.meter.carry(state["extra"]["meter"])
+        return state["position"]
+
+    def save(self, at: int, position: dict) -> None:
+        """This stage's checkpoint at step `at`; every stage writes one at the same step."""
+        extra = {"meter": self.meter.totals(), "cuts": list(self.plan.cuts)}
+        self.ctx.save_checkpoint(at, "step", self.kept(), position, extra)
+
+    def kept(self) -> dict:
+        return {"stage": self.module, "optimizer": self.opt}
+
     def run_counted(self, schedule: Any, args: tuple, kwargs: dict) -> None:
         """Run one step of the schedule; its cut bytes and the seconds this stage waited
         for its neighbours go through ctx.comm.count."""
@@ -170,7 +187,7 @@ def run_stage(ctx: WorkerContext, params: Any) -> None:
         if ctx.is_lead:
             ctx.evaluate(model, **where)
 
-    done = train_loop(ctx, pipe.step, sync_eval)
+    done = train_loop(ctx, pipe.step, sync_eval, pipe)
     gather_on_lead(ctx, model, owned)
     stages = stats_on_lead(ctx, pipe.meter, plan.stages)
     record = plan_record(model, layers, plan, ctx.data.input_shape) if ctx.is_lead else None

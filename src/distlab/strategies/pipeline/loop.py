@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -39,15 +39,21 @@ def microbatch_count(batch: int, wanted: int) -> int:
     return max(m for m in range(1, min(wanted, batch) + 1) if batch % m == 0)
 
 
-def train_loop(ctx: WorkerContext, step: PipeStep, sync_eval: SyncEval) -> int:
+def train_loop(ctx: WorkerContext, step: PipeStep, sync_eval: SyncEval, keep: Keep) -> int:
     """cfg.epochs epochs over the whole training set in global batches (the sampler with one
-    replica: every stage sees every sample), evaluating at the run's cadence."""
+    replica: every stage sees every sample), evaluating at the run's cadence. A checkpoint
+    is due every checkpoint.every steps (optimizer steps on the global batch); `keep`
+    restores one on a resumed run and writes them, and the run goes on after its step."""
     cfg = ctx.cfg
     schedule = sampler_schedule(ctx, 0, 1)
-    ctx.recorder.phase("train", total=cfg.epochs * len(schedule(0)), unit="step")
-    done = 0
-    for epoch in range(cfg.epochs):
-        for idx in schedule(epoch):
+    resumed = keep.restore()
+    done, first, skip = (0, 0, 0) if resumed is None else position_of(resumed)
+    if resumed is None:
+        ctx.recorder.phase("train", total=cfg.epochs * len(schedule(0)), unit="step")
+    for epoch in range(first, cfg.epochs):
+        batches = schedule(epoch)
+        for i in range(skip if epoch == first else 0, len(batches)):
+            idx = batches[i]
             begin = time.perf_counter()
             loss = step(idx)
             done += 1
@@ -57,11 +63,43 @@ def train_loop(ctx: WorkerContext, step: PipeStep, sync_eval: SyncEval) -> int:
             ctx.recorder.step(done, loss, len(idx), time.perf_counter() - begin, epoch=epoch)
             if cfg.eval_every and done % cfg.eval_every == 0:
                 sync_eval(step=done, epoch=epoch)
+            if cfg.eval_every or i < len(batches) - 1:  # else after the epoch's evaluation
+                save_if_due(ctx, keep, done, epoch, i + 1)
         if not cfg.eval_every:
             sync_eval(step=done, epoch=epoch)
+            save_if_due(ctx, keep, done, epoch + 1, 0)
     if cfg.eval_every and done % cfg.eval_every:
         sync_eval(step=done, epoch=cfg.epochs - 1)
     return done
+
+
+class Keep(Protocol):
+    """What a schedule's checkpoint holds and where it goes: `restore` loads the resumed
+    checkpoint (every rank's part of it) and returns its position, None on a fresh start;
+    `save` writes every rank's file for the same step."""
+
+    def restore(self) -> dict | None: ...
+
+    def save(self, at: int, position: dict) -> None: ...
+
+
+def position_of(position: dict) -> tuple[int, int, int]:
+    """(steps done, epoch to go on in, batches of it already done)."""
+    return position["done"], position["epoch"], position["batch"]
+
+
+def save_if_due(ctx: WorkerContext, keep: Keep, done: int, epoch: int, batch: int) -> None:
+    """Every rank walks the same steps, so every rank finds the same checkpoints due."""
+    if ctx.checkpoint_due(done):
+        keep.save(done, {"done": done, "epoch": epoch, "batch": batch})
+
+
+def resumed_cuts(ctx: WorkerContext) -> tuple[int, ...] | None:
+    """The cuts of the run a checkpoint was taken in: under split=time a new measurement
+    could cut elsewhere, and the stages' saved parameters fit only the old cuts."""
+    if not ctx.resuming:
+        return None
+    return tuple(ctx.checkpoints.resumed["extra"]["cuts"])
 
 
 def flat_of(model: nn.Module, names: list[str]) -> torch.Tensor:
@@ -93,7 +131,10 @@ def make_plan(ctx: WorkerContext, split: str, microbatches: int, layers: list[nn
 
 def agree_plan(ctx: WorkerContext, split: str, microbatches: int, layers: list) -> Plan:
     """The same cuts on every rank: timings differ from process to process, so under
-    split=time rank 0 measures and broadcasts its cuts."""
+    split=time rank 0 measures and broadcasts its cuts; a resumed run keeps its own."""
+    saved = resumed_cuts(ctx)
+    if saved is not None:
+        return Plan(saved, len(layers))
     if split != "time":
         return make_plan(ctx, split, microbatches, layers)
     stages = ctx.cfg.workers

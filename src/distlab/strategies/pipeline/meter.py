@@ -26,6 +26,7 @@ class Meter:
         self.step_seconds = 0.0
         self.intervals: list[tuple[float, float]] = []
         self.lock = threading.Lock()
+        self.busy_before = 0.0  # busy seconds of the run before the checkpoint it resumed
 
     def add_bytes(self, sent: int = 0, recv: int = 0) -> None:
         with self.lock:
@@ -57,8 +58,18 @@ class Meter:
 
     def as_tensor(self) -> torch.Tensor:
         """sent, recv, busy seconds, step seconds: one message to the lead."""
-        values = [self.sent, self.recv, self.busy_seconds(), self.step_seconds]
+        values = [self.sent, self.recv, self.busy_before + self.busy_seconds(), self.step_seconds]
         return torch.tensor(values, dtype=torch.float64)
+
+    def totals(self) -> dict[str, float]:
+        """The running totals, for a checkpoint."""
+        sent, recv, busy, steps = (float(v) for v in self.as_tensor())
+        return {"sent": sent, "recv": recv, "busy": busy, "step_seconds": steps}
+
+    def carry(self, totals: dict[str, float]) -> None:
+        """Continue a checkpoint's totals: a resumed run's summary counts the whole run."""
+        self.sent, self.recv = int(totals["sent"]), int(totals["recv"])
+        self.busy_before, self.step_seconds = totals["busy"], totals["step_seconds"]
 
 
 def stage_record(stage: int, values: torch.Tensor) -> dict:

@@ -11,6 +11,12 @@ fill-drain order (Huang et al. 2019): microbatch forwards overlap, one backward 
 RPC needs its own rendezvous beside the run's gloo group: rank 0 hosts a TCPStore on a free
 port, tells the others its port through the counted communicator, and `init_rpc` joins
 through a rendezvous handler that hands it that store, so every wait has the run's timeout.
+
+A checkpoint is written by every process at the driver's step: the driver asks each stage
+to save its parameters and the optimizer state the DistributedOptimizer keeps in the
+stage's process, then saves its own. A resumed run is bit for bit the uninterrupted one with
+one microbatch only: with several, a stage's parameter gradients are summed in the order
+the microbatches' backward calls reach it, which varies from run to run in the last bits.
 """
 
 from __future__ import annotations
@@ -39,10 +45,11 @@ from distlab.strategies.pipeline.loop import (
     make_plan,
     microbatch_count,
     plan_record,
+    resumed_cuts,
     train_loop,
 )
 from distlab.strategies.pipeline.meter import Meter, nbytes, stage_record
-from distlab.strategies.pipeline.split import owned_names, stage_module
+from distlab.strategies.pipeline.split import Plan, owned_names, stage_module
 
 if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
@@ -196,6 +203,22 @@ class RemoteStage:
         touch()
         return self.meter.as_tensor()
 
+    def save(self, optimizer: Any, at: int, position: dict) -> None:
+        """This stage's checkpoint, in its own process: its parameters, the state of the
+        optimizer the DistributedOptimizer keeps here (`optimizer`, an RRef this process
+        owns), its meter's totals."""
+        touch()
+        kept = {"stage": self.module, "optimizer": optimizer.local_value().optim}
+        extra = {"meter": self.meter.totals()}
+        _PROCESS["ctx"].save_checkpoint(at, "step", kept, position, extra)
+
+    def restore(self, optimizer: Any) -> None:
+        """Load this stage's part of the checkpoint the run resumes from."""
+        touch()
+        kept = {"stage": self.module, "optimizer": optimizer.local_value().optim}
+        state = _PROCESS["ctx"].restore(kept)
+        self.meter.carry(state["extra"]["meter"])
+
 
 def touch() -> None:
     _PROCESS["active"] = time.monotonic()
@@ -224,7 +247,11 @@ def drive(ctx: WorkerContext, params: Any) -> None:
     """Rank 0: build the stages remotely, train, collect the weights for evals and model.pt."""
     model = ctx.build_model()
     layers = model_layers(model)
-    plan = make_plan(ctx, params.split, params.microbatches, layers)
+    saved = resumed_cuts(ctx)
+    if saved is None:
+        plan = make_plan(ctx, params.split, params.microbatches, layers)
+    else:
+        plan = Plan(saved, len(layers))
     owned = [owned_names(model, stage_module(layers, b)) for b in plan.bounds]
     stages = [remote_stage(ctx, plan.bounds[s], s, plan.stages) for s in range(plan.stages)]
     optimizer = distributed_optimizer(ctx, stages)
@@ -237,7 +264,7 @@ def drive(ctx: WorkerContext, params: Any) -> None:
         fetch_weights(ctx, model, stages, owned)
         ctx.evaluate(model, **where)
 
-    done = train_loop(ctx, step, sync_eval)
+    done = train_loop(ctx, step, sync_eval, DriverKeep(ctx, stages, optimizer, meter, plan))
     fetch_weights(ctx, model, stages, owned)
     record = plan_record(model, layers, plan, ctx.data.input_shape)
     record["stages"] = stage_stats(stages, meter.step_seconds)
@@ -246,6 +273,32 @@ def drive(ctx: WorkerContext, params: Any) -> None:
     ctx.save_model(model)
     for s in range(plan.stages):
         rpc.rpc_sync(worker_name(s + 1), finish)
+
+
+class DriverKeep:
+    """The checkpoint of an rpc pipeline: the driver asks each stage to write its part
+    (parameters, optimizer state, meter) in its own process, then writes its own (random
+    generators, counters, meter, cuts), all for the same step."""
+
+    def __init__(self, ctx: WorkerContext, stages: list, optimizer, meter: Meter, plan) -> None:
+        self.ctx, self.stages, self.meter, self.plan = ctx, stages, meter, plan
+        owners = {o.owner_name(): o for o in optimizer.remote_optimizers}
+        self.optimizers = [owners[worker_name(s + 1)] for s in range(len(stages))]
+
+    def restore(self) -> dict | None:
+        state = self.ctx.restore({})
+        if state is None:
+            return None
+        for stage, optimizer in zip(self.stages, self.optimizers, strict=True):
+            stage.rpc_sync().restore(optimizer)
+        self.meter.carry(state["extra"]["meter"])
+        return state["position"]
+
+    def save(self, at: int, position: dict) -> None:
+        for stage, optimizer in zip(self.stages, self.optimizers, strict=True):
+            stage.rpc_sync().save(optimizer, at, position)
+        extra = {"meter": self.meter.totals(), "cuts": list(self.plan.cuts)}
+        self.ctx.save_checkpoint(at, "step", {}, position, extra)
 
 
 def remote_stage(ctx: WorkerContext, bounds: tuple, index: int, stages: int) -> Any:
