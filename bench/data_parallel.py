@@ -1,26 +1,55 @@
-"""Scaling of synchronous data parallel: 1 vs 2 processes for allreduce and ddp.
+"""Scaling of synchronous data parallel on one host: 1 vs 2 processes, shared memory vs gloo.
 
-LeNet on mnist-sample, batch 32 per worker (random sampler), one torch thread per process,
-so the 2-process run uses two cores where the 1-process run uses one: the same total work.
-Efficiency = throughput(2) / (2 * throughput(1)), with throughput = training samples per
-second from each run's own summary. Runs are interleaved and repeated, and the best of each
-is kept, because the machine is shared and noisy.
+LeNet on mnist-sample, batch 32 per worker (random sampler). Each repeat runs, interleaved:
 
-    python bench/data_parallel.py [--repeats 3] [--epochs 2]
+    allreduce  1 process x 1 thread         the baseline
+    allreduce  1 process x 2 threads        the same two cores, used by threads instead
+    allreduce  2 processes x 1 thread       intra_node=auto (shared memory between the ranks)
+    allreduce  2 processes x 1 thread       intra_node=gloo (the process group)
+    ddp        1 and 2 processes x 1 thread (DDP's own hooks; gloo)
+
+Throughput = training samples per second from each run's own summary. Efficiency =
+throughput(2 x 1) / (2 x throughput(1 x 1)); "vs threads" = throughput(2 x 1) /
+throughput(1 x 2). Each ratio is taken within one repeat (the runs next to each other on a
+shared, noisy machine), and its median over the repeats is printed: paired medians.
+
+    python bench/data_parallel.py [--repeats 3] [--epochs 2] [--no-ddp]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 
 from distlab.api import run
 
+# name -> (strategy, processes, threads per process, intra_node)
+CONFIGS = {
+    "allreduce 1x1": ("allreduce", 1, 1, "auto"),
+    "allreduce 1x2": ("allreduce", 1, 2, "auto"),
+    "allreduce 2x1 shm": ("allreduce", 2, 1, "auto"),
+    "allreduce 2x1 gloo": ("allreduce", 2, 1, "gloo"),
+    "ddp 1x1": ("ddp", 1, 1, "auto"),
+    "ddp 2x1": ("ddp", 2, 1, "auto"),
+}
 
-def measure(strategy: str | dict, workers: int, epochs: int, out: str) -> dict:
-    """Throughput, start-up seconds, how far step 1 stands out, and the environment."""
+# ratio name -> (numerator, denominator, factor): ratio = num / (factor x den)
+RATIOS = {
+    "efficiency, shared memory": ("allreduce 2x1 shm", "allreduce 1x1", 2),
+    "efficiency, gloo": ("allreduce 2x1 gloo", "allreduce 1x1", 2),
+    "2x1 shared memory vs 1x2 threads": ("allreduce 2x1 shm", "allreduce 1x2", 1),
+    "2x1 gloo vs 1x2 threads": ("allreduce 2x1 gloo", "allreduce 1x2", 1),
+    "shared memory vs gloo (2x1)": ("allreduce 2x1 shm", "allreduce 2x1 gloo", 1),
+    "ddp efficiency": ("ddp 2x1", "ddp 1x1", 2),
+}
+
+
+def measure(name: str, epochs: int, out: str) -> dict:
+    """Throughput and how far step 1 stands out, from one run's summary and events."""
+    strategy, workers, threads, intra_node = CONFIGS[name]
     result = run(
         {
             "strategy": strategy,
@@ -30,7 +59,8 @@ def measure(strategy: str | dict, workers: int, epochs: int, out: str) -> dict:
             "batch_size": 32,
             "sampler": "random",
             "epochs": epochs,
-            "threads": 1,
+            "threads": threads,
+            "intra_node": intra_node,
             "out_dir": out,
             "save_model": False,
         }
@@ -38,46 +68,50 @@ def measure(strategy: str | dict, workers: int, epochs: int, out: str) -> dict:
     steps = [e["duration"] for e in result.events if e["kind"] == "step"]
     return {
         "samples_per_second": result.summary["samples_per_second"],
-        "startup_seconds": result.summary["startup_seconds"],
         "step1_over_median": round(steps[0] / statistics.median(steps), 2),
         "environment": result.summary["environment"],
     }
+
+
+def paired_ratios(repeats: list[dict[str, float]]) -> dict[str, dict]:
+    """Each ratio within every repeat, then its median and range over the repeats."""
+    out = {}
+    for ratio, (num, den, factor) in RATIOS.items():
+        values = [r[num] / (factor * r[den]) for r in repeats if num in r and den in r]
+        if values:
+            out[ratio] = {
+                "median": round(statistics.median(values), 3),
+                "min": round(min(values), 3),
+                "max": round(max(values), 3),
+            }
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--no-ddp", action="store_true", help="leave the ddp runs out")
     args = parser.parse_args()
-    best: dict[tuple[str, int], dict] = {}
+    names = [n for n in CONFIGS if not (args.no_ddp and n.startswith("ddp"))]
+    repeats, environment, load_before = [], None, os.getloadavg()
     with tempfile.TemporaryDirectory() as out:
-        for _ in range(args.repeats):
-            for strategy in ("allreduce", "ddp"):
-                for workers in (1, 2):
-                    key = (strategy, workers)
-                    got = measure(strategy, workers, args.epochs, out)
-                    if (
-                        key not in best
-                        or got["samples_per_second"] > best[key]["samples_per_second"]
-                    ):
-                        best[key] = got
-    report = {"environment": best[("allreduce", 2)]["environment"]}
-    for strategy in ("allreduce", "ddp"):
-        one, two = best[(strategy, 1)], best[(strategy, 2)]
-        rate1, rate2 = one["samples_per_second"], two["samples_per_second"]
-        report[strategy] = {
-            "samples_per_s_1": rate1,
-            "samples_per_s_2": rate2,
-            "efficiency": round(rate2 / (2 * rate1), 3),
-            "startup_seconds_2": two["startup_seconds"],
-            "step1_over_median_2": two["step1_over_median"],
-        }
-        print(
-            f"{strategy:10s} 1 proc {rate1:8.0f} samples/s   2 procs {rate2:8.0f} samples/s   "
-            f"efficiency {rate2 / (2 * rate1):.3f}   step 1 / median (2 procs) "
-            f"{two['step1_over_median']}"
-        )
-    print(json.dumps(report))
+        for i in range(args.repeats):
+            rates = {}
+            for name in names if i % 2 == 0 else names[::-1]:  # no config always goes first
+                got = measure(name, args.epochs, out)
+                rates[name], environment = got["samples_per_second"], got["environment"]
+            repeats.append(rates)
+            print(f"repeat {i + 1}: " + ", ".join(f"{n} {v:.0f}" for n, v in rates.items()))
+    medians = {n: round(statistics.median(r[n] for r in repeats)) for n in names}
+    ratios = paired_ratios(repeats)
+    for name, rate in medians.items():
+        print(f"{name:22s} {rate:8d} samples/s (median)")
+    for ratio, value in ratios.items():
+        print(f"{ratio:34s} {value['median']:.3f}  (range {value['min']}-{value['max']})")
+    print(f"load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")
+    report = {"samples_per_second": medians, "ratios": ratios, "repeats": repeats}
+    print(json.dumps({**report, "environment": environment}))
 
 
 if __name__ == "__main__":

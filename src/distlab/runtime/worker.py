@@ -23,8 +23,9 @@ from distlab.data.datasets import Dataset, load_dataset
 from distlab.metrics import Recorder
 from distlab.models import count_parameters
 from distlab.runtime.checkpoint import Checkpointer
-from distlab.runtime.comm import Communicator, TorchCommunicator
+from distlab.runtime.comm import Communicator, make_communicator
 from distlab.runtime.context import WorkerContext, move_dataset, seed_generators
+from distlab.runtime.environ import elastic_restart
 from distlab.training import compute_gradients, make_optimizer
 
 
@@ -96,7 +97,7 @@ def run_worker(
     entry, world = load_entry(job.entry), job.world
     device = device or resolve_device(cfg, local_rank)
     data = move_dataset(data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download), device)
-    comm = comm or TorchCommunicator()
+    comm = comm or make_communicator(cfg, device)
     events = run_dir / "events" / f"rank-{rank}.jsonl" if run_dir else None
     role, lead = job.roles[rank], job.lead
     checkpoints = Checkpointer.open(run_dir, rank, cfg.checkpoint.every)
@@ -123,6 +124,7 @@ def run_worker(
             "resume" if ctx.resuming else "start",
             at=checkpoints.resumed["at"] if ctx.resuming else None,
             checkpoint_seconds=checkpoints.resumed["recorder"]["seconds"] if ctx.resuming else None,
+            elastic_restart=elastic_restart() or None,
             pid=os.getpid(),
             device=str(device),
             threads=torch.get_num_threads(),
