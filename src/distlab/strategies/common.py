@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[float, int]]
 # batches(epoch) -> the index batches one worker walks in that epoch
 Schedule = Callable[[int], list[np.ndarray]]
+# count(steps done) -> (unit, count) that names a checkpoint taken there, or None where the
+# strategy takes none (gossip counts rounds, which end at some steps only)
+Count = Callable[[int], tuple[str, int] | None]
 
 
 def local_step(model: nn.Module, opt: torch.optim.Optimizer) -> StepFn:
@@ -55,10 +58,12 @@ def train_epochs(
     schedule: Schedule,
     evaluate: bool = True,
     keep: dict | None = None,
+    count: Count | None = None,
 ) -> int:
     """Run cfg.epochs epochs of `step` over the batches of `schedule`; returns steps done.
     `keep` names what a checkpoint holds besides the random generators (default: the
-    model; pass its optimizer too); a resumed run starts after the checkpoint's step."""
+    model; pass its optimizer too); a resumed run starts after the checkpoint's step.
+    `count` names checkpoints in the strategy's own unit (default: steps)."""
     cfg, x, y = ctx.cfg, ctx.data.x_train, ctx.data.y_train
     keep = {"model": model} if keep is None else keep
     resumed = ctx.restore(keep)
@@ -79,10 +84,10 @@ def train_epochs(
                 ctx.evaluate(model, step=done, epoch=epoch)
             epoch_eval = evaluate and not cfg.eval_every and i == len(batches) - 1
             if not epoch_eval:  # else after the epoch's evaluation, which it must follow
-                save_if_due(ctx, done, keep, epoch, i + 1)
+                save_if_due(ctx, done, keep, epoch, i + 1, count)
         if evaluate and not cfg.eval_every:
             ctx.evaluate(model, step=done, epoch=epoch)
-            save_if_due(ctx, done, keep, epoch + 1, 0)
+            save_if_due(ctx, done, keep, epoch + 1, 0, count)
     if evaluate and cfg.eval_every and done % cfg.eval_every:
         ctx.evaluate(model, step=done, epoch=cfg.epochs - 1)
     ctx.recorder.phase("train_end", steps=done)
@@ -95,7 +100,11 @@ def _position(position: dict) -> tuple[int, int, int]:
     return position["done"], position["epoch"], position["batch"]
 
 
-def save_if_due(ctx: WorkerContext, done: int, keep: dict, epoch: int, batch: int) -> None:
+def save_if_due(
+    ctx: WorkerContext, done: int, keep: dict, epoch: int, batch: int, count: Count | None = None
+) -> None:
     """A checkpoint when one is due: `batch` batches of `epoch` are done."""
-    if ctx.checkpoint_due(done):
-        ctx.save_checkpoint(done, "step", keep, {"done": done, "epoch": epoch, "batch": batch})
+    named = ("step", done) if count is None else count(done)
+    if named is not None and ctx.checkpoint_due(named[1]):
+        position = {"done": done, "epoch": epoch, "batch": batch}
+        ctx.save_checkpoint(named[1], named[0], keep, position)

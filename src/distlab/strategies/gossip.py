@@ -42,6 +42,12 @@ Curvature mixing (`mixing: curvature`): uniform weights, but worker i's move tow
 sum_j W_ij x_j is projected off the top-k Hessian eigenvectors of its own loss on its most
 recent batches (distlab.curvature: Lanczos on Hessian-vector products, `project_mix`),
 re-estimated every `curvature_every` rounds. k = 0 is uniform mixing.
+
+Checkpoints (--set checkpoint.every=N) count rounds, the unit of the summary: every worker
+writes its model, optimizer, the average model, its round count, its most recent batches and
+curvature directions and Ditto's model at the step that ends the round, after that step's
+evaluation and events. The graph, W and the curvature generators are functions of the seed
+and the round, so a resumed run ends bit for bit where an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -193,6 +199,39 @@ class GossipWorker:
         self.shift = label_shift(ctx, data) if ctx.cfg.strategy.label_prior else None
         self.done = self.round = self.round_first = 0
         self.round_start = time.perf_counter()
+
+    def rounds_at(self, done: int) -> tuple[str, int] | None:
+        """train_epochs' checkpoint count: the round that step `done` ended, if any."""
+        return ("round", self.round) if self.plan.kind(done) == "average" else None
+
+    def state_dict(self) -> dict:
+        """What a checkpoint holds of this worker (the random generators go besides; the
+        label shift is computed again at the start)."""
+        state = {
+            "model": self.model.state_dict(),
+            "shown": self.shown.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "counts": [self.done, self.round, self.round_first],
+            "recent": [list(batch) for batch in self.recent],
+            "directions": self.directions,
+        }
+        if self.ditto is not None:
+            state["ditto"] = {
+                "model": self.ditto.model.state_dict(),
+                "opt": self.ditto.opt.state_dict(),
+            }
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.shown.load_state_dict(state["shown"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.done, self.round, self.round_first = state["counts"]
+        self.recent.extend(tuple(batch) for batch in state["recent"])
+        self.directions = state["directions"]
+        if self.ditto is not None:
+            self.ditto.model.load_state_dict(state["ditto"]["model"])
+            self.ditto.opt.load_state_dict(state["ditto"]["opt"])
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         self.done += 1
@@ -387,7 +426,8 @@ def run(ctx: WorkerContext, params: Params) -> None:
     own = schedules[ctx.rank]
     plan = make_plan(ctx.cfg, len(own(0)))
     worker = GossipWorker(ctx, plan, local_sgd.global_samples(schedules, ctx.cfg.epochs), data)
-    train_epochs(ctx, worker.shown, worker.step, own, evaluate=False)
+    keep = {"worker": worker}
+    train_epochs(ctx, worker.shown, worker.step, own, False, keep, worker.rounds_at)
 
 
 def make_plan(cfg: RunConfig, steps_per_epoch: int) -> local_sgd.Plan:

@@ -12,6 +12,16 @@ The ranks send no messages: the shared launcher (runtime/launchers/shared.py) pu
 a lock and per-rank counters in shared memory, which is the channel, so the bytes per step
 are 0, measured and analytic. `strategy.lock` holds one lock over each whole update, which
 serializes the workers, to show what lock-free saves. One machine, CPU only.
+
+Checkpoints (--set checkpoint.every=N) count each worker's steps. At a checkpoint every
+worker stops at a barrier, so the shared model holds no half-done update; the lead writes the
+shared model, every worker its optimizer, its place in its schedule and its tallies; a second
+barrier keeps the others from writing the model before the lead has read it (on a resume, the
+barrier after the lead has loaded the model stands for it, so the counted calls come out as
+an uninterrupted run's; the bytes are 0 either way). With one worker a resumed run ends bit
+for bit where an uninterrupted one does. With several, the order in which their updates
+interleave differs from run to run, so two uninterrupted runs with one seed differ already;
+a resumed run goes on from the checkpoint's shared model and each worker's own step.
 """
 
 from __future__ import annotations
@@ -63,7 +73,8 @@ def run(ctx: WorkerContext, params: Params) -> None:
     step = local_step(model, opt)
     if params.lock:
         step = locked(step, shared["lock"], ctx.cfg.timeout)
-    done, while_evaluating = train_shared(ctx, model, step, shared)
+    keep = {"model": model, "optimizer": opt} if ctx.is_lead else {"optimizer": opt}
+    done, while_evaluating = train_shared(ctx, model, step, shared, keep)
     finish(ctx, model, shared, done, while_evaluating)
 
 
@@ -92,20 +103,20 @@ def locked(step: StepFn, lock, timeout: float) -> StepFn:
 
 
 def train_shared(
-    ctx: WorkerContext, model: nn.Module, step: StepFn, shared: dict
+    ctx: WorkerContext, model: nn.Module, step: StepFn, shared: dict, keep: dict
 ) -> tuple[int, int]:
     """cfg.epochs epochs over this worker's sampler share, each step written straight into
     the shared model. Every rank records its own steps and keeps its tally in its slot of the
     shared counters. Returns the steps done and the samples the other workers trained on
-    while the lead evaluated."""
+    while the lead evaluated. `keep` is what this rank's checkpoints hold."""
     cfg, x, y = ctx.cfg, ctx.data.x_train, ctx.data.y_train
     schedule = sampler_schedule(ctx, ctx.rank, ctx.world)
     total = cfg.epochs * len(schedule(0))
-    ctx.recorder.phase("train", total=total, unit="step")
-    done, while_evaluating = 0, 0
-    for epoch in range(cfg.epochs):
-        for idx in schedule(epoch):
-            index = torch.from_numpy(idx)
+    done, first, skip, while_evaluating = resume_shared(ctx, keep, shared, total)
+    for epoch in range(first, cfg.epochs):
+        batches = schedule(epoch)
+        for i in range(skip if epoch == first else 0, len(batches)):
+            index = torch.from_numpy(batches[i])
             begin = time.perf_counter()
             loss, samples = step(x[index], y[index])
             done += 1
@@ -116,9 +127,45 @@ def train_shared(
             ctx.recorder.step(done, loss, samples, seconds, epoch=epoch, all_ranks=True)
             if evaluation_due(ctx, done, total, epoch_end=False):
                 while_evaluating += evaluate_live(ctx, model, shared, step=done, epoch=epoch)
+            if cfg.eval_every or i < len(batches) - 1:  # else after the epoch's evaluation
+                position = [done, epoch, i + 1, while_evaluating]
+                save_shared_if_due(ctx, keep, shared, position)
         if evaluation_due(ctx, done, total, epoch_end=True):
             while_evaluating += evaluate_live(ctx, model, shared, step=done, epoch=epoch)
+        if not cfg.eval_every:
+            save_shared_if_due(ctx, keep, shared, [done, epoch + 1, 0, while_evaluating])
     return done, while_evaluating
+
+
+POSITION = ("done", "epoch", "batch", "while_evaluating")
+
+
+def resume_shared(ctx: WorkerContext, keep: dict, shared: dict, total: int) -> list[int]:
+    """Where this worker starts: [steps done, epoch, batches of it done, samples trained
+    while the lead evaluated], from its checkpoint (the lead loads the shared model, each
+    worker its own optimizer and tallies), or from the beginning, which starts the "train"
+    phase."""
+    resumed = ctx.restore(keep)
+    if resumed is None:
+        ctx.recorder.phase("train", total=total, unit="step")
+        return [0, 0, 0, 0]
+    position = [resumed["position"][key] for key in POSITION]
+    shared["steps"][ctx.rank] = position[0]
+    shared["samples"][ctx.rank] = resumed["extra"]["samples"]
+    ctx.comm.barrier()  # the checkpoint's second barrier: none trains before the model is in
+    return position
+
+
+def save_shared_if_due(ctx: WorkerContext, keep: dict, shared: dict, position: list[int]) -> None:
+    """A checkpoint after `position[0]` steps where one is due: between two barriers, so no
+    update is half done while the lead writes the shared model."""
+    if not ctx.checkpoint_due(position[0]):
+        return
+    ctx.comm.barrier()
+    samples = int(shared["samples"][ctx.rank])
+    where = dict(zip(POSITION, position, strict=True))
+    ctx.save_checkpoint(position[0], "step", keep, where, {"samples": samples})
+    ctx.comm.barrier()
 
 
 def count_step(shared: dict, rank: int, done: int, samples: int) -> None:

@@ -32,6 +32,14 @@ Step events: `loss` is the sample-weighted mean over all workers at a step that
 communicates (warmup allreduce, averaging, eval averaging) and the lead worker's own local
 loss at a local step; `samples` is always the global count (all workers' batches of that
 step, known to every rank from the seeded schedules).
+
+Checkpoints (--set checkpoint.every=N) count steps, the unit of the events and the summary:
+every worker writes its own model, optimizer, averaged copy and the samples since its last
+averaging at the same step, so a resumed run ends bit for bit where an uninterrupted one
+does. Between averagings no message holds a fast worker back: it could write two
+checkpoints and drop the older, which a slow worker has not written yet, leaving none
+complete. So at a checkpoint on a local step the workers meet at a barrier first (0 bytes,
+one counted call that a run without checkpoints does not make).
 """
 
 from __future__ import annotations
@@ -207,6 +215,8 @@ class LocalWorker:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         self.done += 1
         kind = self.plan.kind(self.done)
+        if kind == "local" and self.ctx.checkpoint_due(self.done):
+            self.ctx.comm.barrier()  # no worker runs a checkpoint ahead (module docstring)
         if kind == "allreduce":
             loss, _ = self.warmup_step(x, y)  # post-local SGD: allreduce's own step
         else:
@@ -235,6 +245,22 @@ class LocalWorker:
             self.since = 0.0
         return float(msg[-3]) / float(msg[-2])
 
+    def state_dict(self) -> dict:
+        """What a checkpoint holds of this worker (the random generators go besides)."""
+        return {
+            "model": self.model.state_dict(),
+            "shown": self.shown.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "done": self.done,
+            "since": self.since,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])  # in place: the flat gradient buffer stays
+        self.shown.load_state_dict(state["shown"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.done, self.since = state["done"], state["since"]
+
 
 def flat_momentum(opt: torch.optim.Optimizer) -> torch.Tensor:
     """The SGD momentum buffers as one flat tensor (zeros before the first step)."""
@@ -261,7 +287,7 @@ def run(ctx: WorkerContext, params: Params) -> None:
     own = schedules[ctx.rank]
     plan = make_plan(ctx.cfg, len(own(0)))
     worker = LocalWorker(ctx, params, plan, global_samples(schedules, ctx.cfg.epochs))
-    train_epochs(ctx, worker.shown, worker.step, own)
+    train_epochs(ctx, worker.shown, worker.step, own, keep={"worker": worker})
 
 
 # --- the spec's answers -----------------------------------------------------------------------

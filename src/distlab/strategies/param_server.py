@@ -6,6 +6,19 @@ each worker's gradient as it arrives, as in Downpour SGD (Dean et al. 2012); a g
 computed on parameters more than `max_staleness` versions old is dropped (bounded staleness,
 Ho et al. 2013, "More Effective Distributed ML via a Stale Synchronous Parallel Parameter
 Server").
+
+Checkpoints (--set checkpoint.every=...) count the server's steps (updates, the unit of its
+events and the summary). The server writes its model, optimizer and version counter; a
+worker its copy of the parameters and their version. Synchronous mode is deterministic: a
+resumed run ends bit for bit where an uninterrupted one does, and needs no extra call (the
+ranks are within one step of each other). Asynchronous mode applies the gradients in the
+order they arrive, which differs from run to run (with more than one worker), so two runs
+with one seed differ already. Its checkpoint is a consistent cut: it is taken where every
+worker has done the same number k of steps, at server step N x k, so at the server steps
+that are multiples of both `every` and the N workers. Each worker waits there at a barrier
+(0 bytes, one counted call per rank that a run without checkpoints does not make) until the
+server has written its own, so no gradient is in flight and no worker runs ahead. A resumed
+asynchronous run goes on from the checkpoint's version.
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
-from distlab.strategies.common import sampler_schedule, train_epochs
+from distlab.strategies.common import Count, sampler_schedule, train_epochs
 from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
 from distlab.training import (
     compute_gradients,
@@ -64,28 +77,55 @@ def run(ctx: WorkerContext, params: Params) -> None:
     if ctx.rank == SERVER:
         serve(ctx, model, params)
     else:
-        work(ctx, model)
+        work(ctx, model, params)
 
 
 # --- worker ------------------------------------------------------------------------------------
 
 
-def work(ctx: WorkerContext, model) -> None:
-    version = torch.zeros(1)
+class ServerCopy:
+    """A worker's copy of the server's parameters, the version they are and the steps the
+    worker has done: what its checkpoint holds besides the random generators."""
+
+    def __init__(self, model) -> None:
+        self.model, self.version, self.steps = model, 0, 0
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "version": self.version, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.version, self.steps = state["version"], state["steps"]
+
+
+def work(ctx: WorkerContext, model, params: Params) -> None:
+    copy = ServerCopy(model)
     incoming = torch.empty(flat_params(model).numel() + 1)
+    count = cut_count(ctx.world - 1, params)
 
     def step(x, y):
         loss = compute_gradients(model, x, y)
         n = float(len(y))
-        trailer = torch.tensor([loss * n, n, float(version)])
+        trailer = torch.tensor([loss * n, n, float(copy.version)])
         ctx.comm.send(torch.cat([flat_grads(model) * n, trailer]), SERVER)
         ctx.comm.recv(incoming, SERVER)
         set_flat_params(model, incoming[:-1])
-        version.fill_(incoming[-1])
+        copy.version = int(incoming[-1])
+        copy.steps += 1
+        if params.mode == "async" and ctx.checkpoint_due(count(copy.steps)[1]):
+            ctx.comm.barrier()  # the cut: wait until the server has written its checkpoint
         return loss, len(y)
 
     schedule = sampler_schedule(ctx, ctx.rank - 1, ctx.world - 1)
-    train_epochs(ctx, model, step, schedule, evaluate=False)
+    keep = {"copy": copy}
+    train_epochs(ctx, model, step, schedule, evaluate=False, keep=keep, count=count)
+
+
+def cut_count(workers: int, params: Params) -> Count:
+    """A worker's checkpoints in server steps: its own in sync mode, N x its own in async
+    mode (where every worker has done as many steps as it has)."""
+    scale = workers if params.mode == "async" else 1
+    return lambda done: ("step", done * scale)
 
 
 # --- server ------------------------------------------------------------------------------------
@@ -98,9 +138,9 @@ def serve(ctx: WorkerContext, model, params: Params) -> None:
     per_worker = cfg.epochs * len(sampler_schedule(ctx, 0, workers)(0))
     sync = params.mode == "sync"
     total = per_worker if sync else per_worker * workers
-    ctx.recorder.phase("train", total=total, unit="step")
     state = {"version": 0, "epoch_len": total // cfg.epochs}
-    for step in range(1, total + 1):
+    first = resume_server(ctx, model, opt, state, total)
+    for step in range(first + 1, total + 1):
         start = time.perf_counter()
         if sync:
             loss, samples = sync_update(ctx, model, opt, workers, state)
@@ -116,8 +156,34 @@ def serve(ctx: WorkerContext, model, params: Params) -> None:
             **extra,
         )
         maybe_evaluate(ctx, model, step, state["epoch_len"])
-    ctx.recorder.phase("train_end", steps=total)
+        save_server_if_due(ctx, model, opt, state, step, None if sync else workers)
+    ctx.recorder.phase("train_end", steps=total, version=state["version"])
     ctx.save_model(model)
+
+
+def resume_server(ctx: WorkerContext, model, opt, state: dict, total: int) -> int:
+    """The steps done before: the checkpoint's (its model, optimizer and version restored),
+    or 0 on a fresh start, which begins the "train" phase."""
+    resumed = ctx.restore({"model": model, "optimizer": opt})
+    if resumed is None:
+        ctx.recorder.phase("train", total=total, unit="step")
+        return 0
+    state["version"] = resumed["extra"]["version"]
+    return resumed["position"]["done"]
+
+
+def save_server_if_due(
+    ctx: WorkerContext, model, opt, state: dict, step: int, cut: int | None
+) -> None:
+    """The server's checkpoint after `step` (and its evaluation), where one is due. Async
+    (`cut` workers): only where each worker has done step / cut steps, and waits at a
+    barrier for it (see the module docstring)."""
+    if (cut is not None and step % cut) or not ctx.checkpoint_due(step):
+        return
+    keep = {"model": model, "optimizer": opt}
+    ctx.save_checkpoint(step, "step", keep, {"done": step}, {"version": state["version"]})
+    if cut is not None:
+        ctx.comm.barrier()  # the workers wait there: none runs ahead of the cut
 
 
 def maybe_evaluate(ctx: WorkerContext, model, step: int, epoch_len: int) -> None:
