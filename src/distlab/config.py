@@ -76,7 +76,7 @@ class CheckpointConfig(Frozen):
 
     every: int = Field(0, ge=0)
     """Write a checkpoint every this many steps, or rounds for round-based strategies
-    (federated, local SGD, gossip); 0 = never."""
+    (federated, gossip); 0 = never."""
 
 
 class EdgeConfig(Frozen):
