@@ -81,6 +81,24 @@ def test_evaluate_restores_training_mode():
     assert model.training
 
 
+def test_evaluate_scores_a_dropout_model_in_eval_mode_and_leaves_eval_mode_alone():
+    x = torch.randn(600, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 4, (600,), generator=torch.Generator().manual_seed(1))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    with torch.no_grad():
+        logits = model.eval()(x)
+    expected = (logits.argmax(1) == y).float().mean().item()
+
+    model.train()
+    in_training = evaluate(model, x, y, 4)  # more than one batch of the default size
+    model.eval()
+    in_eval = evaluate(model, x, y, 4)
+
+    assert in_training.accuracy == pytest.approx(expected) == in_eval.accuracy
+    assert in_training.loss == pytest.approx(in_eval.loss)
+    assert not model.training and not model[1].training
+
+
 # ---------------------------------------------------------------- optimizer and steps
 
 

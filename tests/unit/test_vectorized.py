@@ -8,7 +8,7 @@ from torch import nn
 
 from distlab.config import OptimizerConfig
 from distlab.federated.clients import LocalSpec, client_batches, train_client
-from distlab.federated.vectorized import VectorTrainer
+from distlab.federated.vectorized import BatchedLinear, VectorTrainer
 from distlab.models import build_model
 from distlab.training import flat_params
 
@@ -46,6 +46,56 @@ def test_grouped_layout_matches_sequential_with_uneven_clients(name, opt):
 
     assert VectorTrainer(model, LocalSpec(opt, 4, 1), x, y).twin is not None
     assert_matches_sequential(model, x, y, opt, parts)
+
+
+@pytest.mark.parametrize(
+    "opt", [OptimizerConfig(name="adam", lr=0.01), OptimizerConfig(lr=0.1, momentum=0.9)]
+)
+def test_adam_and_fedprox_match_sequential_on_lenet(opt):
+    x, y = image_data()
+    model = build_model("lenet", (1, 8, 8), 4, seed=0)
+    parts = [np.arange(0, 10), np.arange(10, 16), np.arange(20, 23)]
+    start = flat_params(model).clone()
+    spec = LocalSpec(opt, 4, 2, mu=0.5)  # two epochs: the leaves serve every step of both
+    schedules = [client_batches(p, 4, 2, 0, 1, c) for c, p in enumerate(parts)]
+
+    stacked, losses = VectorTrainer(model, spec, x, y).train(start, schedules)
+
+    for row, schedule in zip(stacked, schedules, strict=True):
+        params, _ = train_client(model, start, x, y, schedule, spec)
+        assert torch.allclose(row, params, atol=1e-5)
+    assert np.isfinite(losses).all()
+
+
+def test_batched_linear_gives_autograd_gradients_laid_out_like_the_weight():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 7, generator=gen, requires_grad=True)  # (clients, B, in)
+    weight = torch.randn(3, 4, 7, generator=gen, requires_grad=True)  # (clients, out, in)
+    bias = torch.randn(3, 4, generator=gen, requires_grad=True)
+    upstream = torch.randn(3, 5, 4, generator=gen)
+
+    ours = torch.autograd.grad(BatchedLinear.apply(x, weight, bias), (x, weight, bias), upstream)
+    plain = x @ weight.transpose(1, 2) + bias.unsqueeze(1)
+    expected = torch.autograd.grad(plain, (x, weight, bias), upstream)
+
+    for got, want in zip(ours, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
+    assert ours[1].is_contiguous()
+
+
+def test_grouped_inputs_are_each_step_s_samples_channels_last():
+    x, y = image_data()
+    model = build_model("lenet", (1, 8, 8), 4, seed=0)
+    trainer = VectorTrainer(model, LocalSpec(OptimizerConfig(lr=0.1), 4, 1), x, y)
+    index = np.random.default_rng(0).integers(0, len(x), size=(2, 3, 4))  # steps, clients, B
+
+    grouped = trainer.grouped_inputs(index)
+
+    assert grouped.shape == (2, 4, 3, 8, 8)  # steps, B, clients * C, H, W
+    assert grouped[1].is_contiguous(memory_format=torch.channels_last)
+    for t in range(2):
+        for c in range(3):
+            assert torch.equal(grouped[t, :, c], x[index[t, c], 0])
 
 
 class Flipped(nn.Module):

@@ -9,24 +9,25 @@ from torch import nn
 
 from distlab.federated.clients import ClientData, client_batches, local_steps
 from distlab.federated.vectorized import CHUNK, VectorTrainer
+from distlab.training import EVAL_BATCH
 
-EVAL_BATCH = 2000
 
-
-@torch.no_grad()
+@torch.inference_mode()
 def local_accuracy(model: nn.Module, data: ClientData, x: torch.Tensor, y: torch.Tensor):
     """Per client, the global model's accuracy on the client's held-out samples (NaN for a
-    client without any)."""
+    client without any): every client's samples in one pass of EVAL_BATCH-sized batches."""
     counts = np.array([len(t) for t in data.test])
     owners = np.repeat(np.arange(len(counts)), counts)
     index = torch.from_numpy(np.concatenate(data.test)) if counts.sum() else torch.zeros(0).long()
     hits = np.zeros(len(index), dtype=bool)
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     for lo in range(0, len(index), EVAL_BATCH):
         idx = index[lo : lo + EVAL_BATCH]
         hits[lo : lo + len(idx)] = (model(x[idx]).argmax(1) == y[idx]).numpy()
-    model.train(was_training)
+    if was_training:
+        model.train()
     correct = np.bincount(owners[hits], minlength=len(counts))
     return np.where(counts > 0, correct / np.maximum(counts, 1), np.nan)
 
