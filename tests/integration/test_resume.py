@@ -89,38 +89,48 @@ LONG = ["--epochs", "40", "--set", "checkpoint.every=50"]
 @pytest.mark.parametrize("workers", [1, 2], ids=["centralized", "allreduce"])
 def test_a_command_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, workers):
     strategy = ["--strategy", "centralized" if workers == 1 else "allreduce"]
-    where = ["--workers", str(workers), "--out-dir", str(tmp_path)]
+    args = [*ARGS, *LONG, *strategy, "--workers", str(workers)]
+
+    done, full = kill_then_resume(tmp_path, args, workers)
+
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert full.returncode == 0, full.stderr
+    assert_same_run(tmp_path / "full", tmp_path / "cut", "step")
+
+
+def kill_then_resume(tmp_path: Path, args: list[str], world: int):
+    """`distlab run ARGS` as run "cut", SIGKILLed once two checkpoints are complete (no
+    process may be left), then `--resume`d; and the same run uninterrupted as "full".
+    Returns both commands' CompletedProcess."""
+    where = ["--out-dir", str(tmp_path)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "distlab", "run", *ARGS, *LONG, *strategy, *where, "--name", "cut"],
+        [sys.executable, "-m", "distlab", "run", *args, *where, "--name", "cut"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
     cut = tmp_path / "cut"
-    wait_for_checkpoints(cut, workers, count=2)
+    wait_for_checkpoints(cut, world, count=2)
     family = [proc.pid] + [p.pid for p in __import__("psutil").Process(proc.pid).children(True)]
     os.kill(proc.pid, signal.SIGKILL)  # no chance to record anything
     proc.wait(timeout=30)
     assert_no_orphans(family)
     assert not (cut / "summary.json").exists()
-
     done = cli("run", "--resume", str(cut), "--quiet")
-    full = cli("run", *ARGS, *LONG, *strategy, *where, "--name", "full")
-
-    assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert full.returncode == 0, full.stderr
-    assert_same_run(tmp_path / "full", cut, "step")
+    full = cli("run", *args, *where, "--name", "full")
+    return done, full
 
 
 def wait_for_checkpoints(run_dir: Path, world: int, count: int, deadline: float = 90) -> None:
+    """Until `count` checkpoints (of steps or rounds) exist, the newest written by every rank."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        folders = sorted((run_dir / "checkpoints").glob("step-*"))
+        folders = sorted((run_dir / "checkpoints").glob("*-*"))
         if len(folders) >= count and all(
             (folders[-1] / f"rank-{r}.json").exists() for r in range(world)
         ):
             return
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError("no checkpoint was written")
 
 

@@ -8,17 +8,11 @@ processes), the resumed run goes on from the checkpoint and completes."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import assert_no_orphans, cli
-from tests.integration.test_resume import assert_same_run, config, trajectory
+from tests.integration.test_resume import assert_same_run, config, kill_then_resume, trajectory
 
 from distlab.api import run
 from distlab.runtime.launch import RunFailed
@@ -212,10 +206,9 @@ def test_a_hogwild_run_of_two_workers_resumes_from_the_shared_checkpoint(tmp_pat
 # --- the whole command killed -------------------------------------------------------------
 
 ARGS = ["--dataset", "synthetic", "--model", "mlp", "--sampler", "random", "--quiet"]
+# A SIGKILLed command under the spawn launcher is tested in test_resume.py (allreduce); here
+# the shared-memory launcher's (Hogwild's) own way of starting ranks.
 KILLED = {
-    "local-sgd": (["--strategy", "local-sgd", "--workers", "2", "--set", "strategy.period=4"], 2),
-    "gossip": (["--strategy", "gossip", "--workers", "3", "--set", "strategy.period=2"], 3),
-    "param-server-sync": (["--strategy", "param-server", "--workers", "2"], 3),
     "hogwild-one-worker": (["--strategy", "hogwild", "--workers", "1"], 1),
 }
 
@@ -223,39 +216,11 @@ KILLED = {
 @pytest.mark.parametrize("case", list(KILLED))
 def test_a_command_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, case):
     strategy, processes = KILLED[case]
-    long = [*ARGS, "--epochs", "12", "--set", "checkpoint.every=10", *strategy]
-    where = ["--out-dir", str(tmp_path)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distlab", "run", *long, *where, "--name", "cut"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    cut = tmp_path / "cut"
-    wait_for_complete_checkpoints(cut, processes, count=2)
-    family = [proc.pid] + [p.pid for p in __import__("psutil").Process(proc.pid).children(True)]
-    os.kill(proc.pid, signal.SIGKILL)  # no chance to record anything
-    proc.wait(timeout=30)
-    assert_no_orphans(family)
-    assert not (cut / "summary.json").exists()
+    args = [*ARGS, "--epochs", "12", "--set", "checkpoint.every=10", *strategy]
 
-    done = cli("run", "--resume", str(cut), "--quiet")
-    full = cli("run", *long, *where, "--name", "full")
+    done, full = kill_then_resume(tmp_path, args, processes)
 
     assert full.returncode == 0, full.stderr
     assert done.returncode == 0 and done.stderr == full.stderr, done.stderr  # no more said
     unit = "round" if case == "gossip" else "step"
-    assert_same_run(tmp_path / "full", cut, unit)
-
-
-def wait_for_complete_checkpoints(run_dir: Path, world: int, count: int, deadline=90) -> None:
-    """Until `count` checkpoints (of steps or rounds) exist, the newest written by every rank."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        folders = sorted((run_dir / "checkpoints").glob("*-*"))
-        if len(folders) >= count and all(
-            (folders[-1] / f"rank-{r}.json").exists() for r in range(world)
-        ):
-            return
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint was written")
+    assert_same_run(tmp_path / "full", tmp_path / "cut", unit)

@@ -4,20 +4,12 @@ once, the same evaluations, the same final weights."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-
-import psutil
 import pytest
 import torch
-from tests.conftest import assert_no_orphans, cli
 from tests.integration.test_resume import (
     assert_same_run,
     config,
     trajectory,
-    wait_for_checkpoints,
 )
 
 from distlab.api import run
@@ -138,38 +130,3 @@ def test_a_checkpoint_holds_each_stage_and_each_member(uninterrupted):
     assert set(other["objects"]) == {"member", "member_opt"}
     assert lead["position"] == {"phase": "target", "epoch": 0, "batch": 57, "done": 120}
     assert other["position"] == lead["position"]
-
-
-ARGS = ["--dataset", "synthetic", "--model", "mlp", "--sampler", "random", "--quiet"]
-
-
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        ["--strategy", "pipeline", "--epochs", "4"],
-        ["--strategy", "distill", "--set", "strategy.target_model=mlp", "--epochs", "2"],
-    ],
-    ids=["pipeline", "distill"],
-)
-def test_a_command_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path, strategy):
-    where = ["--workers", "2", "--out-dir", str(tmp_path), "--set", "checkpoint.every=20"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distlab", "run", *ARGS, *strategy, *where, "--name", "cut"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    cut = tmp_path / "cut"
-    wait_for_checkpoints(cut, 2, count=2)
-    family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(True)]
-    os.kill(proc.pid, signal.SIGKILL)  # no chance to record anything
-    proc.wait(timeout=30)
-    assert_no_orphans(family)
-    assert not (cut / "summary.json").exists()
-
-    done = cli("run", "--resume", str(cut), "--quiet")
-    full = cli("run", *ARGS, *strategy, *where, "--name", "full")
-
-    assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert full.returncode == 0, full.stderr
-    assert_same_run(tmp_path / "full", cut, "step")

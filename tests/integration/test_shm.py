@@ -19,8 +19,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tests.conftest import assert_no_orphans, final_state, make_config, run_small
 
-from distlab.runtime.comm import TorchCommunicator, make_communicator
-from distlab.runtime.shm import ShmCommunicator, attach_host
+from distlab.runtime.comm import TorchCommunicator
+from distlab.runtime.shm import ShmCommunicator, attach_host, make_communicator
 
 # --- calls, against gloo in the same group ---------------------------------------------------
 

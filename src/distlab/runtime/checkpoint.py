@@ -19,16 +19,18 @@ and machine boundaries, so they are never pickled objects.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from distlab.data.files import sha256_file
 
 CHECKPOINTS = "checkpoints"
 RESUME_FILE = "resume.json"
@@ -79,14 +81,6 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(record).encode()))
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_sidecar(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -102,7 +96,7 @@ def damage(checkpoint: Checkpoint, world: int) -> str | None:
         data = checkpoint.rank_file(rank)
         if not record or not data.is_file():
             return f"rank {rank}'s file is missing"
-        if data.stat().st_size != record.get("bytes") or sha256(data) != record.get("sha256"):
+        if data.stat().st_size != record.get("bytes") or sha256_file(data) != record.get("sha256"):
             return f"rank {rank}'s file does not match its checksum (cut short or altered)"
     return None
 
@@ -133,9 +127,7 @@ def latest_complete(run_dir: Path, world: int) -> tuple[Checkpoint | None, list[
 
 def code_versions() -> dict[str, str]:
     """The releases whose arithmetic a checkpoint's continuation depends on."""
-    from distlab import __version__
-
-    return {"distlab": __version__, "torch": torch.__version__}
+    return {"distlab": version("distlab"), "torch": torch.__version__}
 
 
 # --- random generators: plain data -----------------------------------------------------------
@@ -206,7 +198,7 @@ class Checkpointer:
         folder.mkdir(parents=True, exist_ok=True)
         data = folder / f"rank-{self.rank}.pt"
         atomic_write(data, lambda f: torch.save(state, f))
-        record = {"bytes": data.stat().st_size, "sha256": sha256(data), "seconds": seconds}
+        record = {"bytes": data.stat().st_size, "sha256": sha256_file(data), "seconds": seconds}
         record |= {"at": at, "unit": unit, "versions": code_versions()}
         write_json(folder / f"rank-{self.rank}.json", record)
         self.written.append(folder)

@@ -3,7 +3,7 @@
 `Communicator` is the interface and the counting; a transport implements the calls.
 `TorchCommunicator` moves tensors through a torch.distributed process group (gloo, NCCL);
 `ShmCommunicator` (runtime/shm.py) is TorchCommunicator with the calls between CPU ranks of
-one host going through shared memory; `make_communicator` picks it. `SoloCommunicator` is a
+one host going through shared memory; shm.make_communicator picks it. `SoloCommunicator` is a
 rank alone, for a context without a process group (one Hogwild thread, a Flower client, a
 board on a serial line). Every transport reports through the same
 `stats()`, so bytes are comparable across paradigms.
@@ -17,13 +17,9 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-
-if TYPE_CHECKING:
-    from distlab.config import RunConfig
 
 
 class Communicator(ABC):
@@ -231,18 +227,6 @@ class TorchCommunicator(Communicator):
     def barrier(self) -> None:
         with self._counted(0, 0):
             dist.barrier(group=self.group)
-
-
-def make_communicator(cfg: RunConfig, device: torch.device) -> TorchCommunicator:
-    """The communicator of a rank in the default process group: shared memory when
-    cfg.intra_node is "auto", the device is the CPU and every rank runs on this host (one
-    collective decides, on every rank alike); the process group alone otherwise."""
-    if cfg.intra_node == "gloo" or device.type != "cpu" or dist.get_world_size() == 1:
-        return TorchCommunicator()
-    from distlab.runtime.shm import ShmCommunicator, attach_host
-
-    host = attach_host()
-    return ShmCommunicator(host, cfg.timeout) if host is not None else TorchCommunicator()
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

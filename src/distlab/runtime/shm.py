@@ -28,12 +28,16 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from distlab.runtime.comm import TorchCommunicator, _nbytes
+
+if TYPE_CHECKING:
+    from distlab.config import RunConfig
 
 PAGE = mmap.PAGESIZE
 COLLECTIVE_BYTES = 64 << 20
@@ -441,3 +445,13 @@ def sum_in_doubling_order(parts: list[torch.Tensor], out: torch.Tensor) -> None:
     sum_in_doubling_order(parts[:half], out)
     sum_in_doubling_order(parts[half:], right)
     out.add_(right)
+
+
+def make_communicator(cfg: RunConfig, device: torch.device) -> TorchCommunicator:
+    """The communicator of a rank in the default process group: shared memory when
+    cfg.intra_node is "auto", the device is the CPU and every rank runs on this host (one
+    collective decides, on every rank alike); the process group alone otherwise."""
+    if cfg.intra_node == "gloo" or device.type != "cpu" or dist.get_world_size() == 1:
+        return TorchCommunicator()
+    host = attach_host()
+    return ShmCommunicator(host, cfg.timeout) if host is not None else TorchCommunicator()

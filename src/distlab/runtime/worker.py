@@ -23,9 +23,10 @@ from distlab.data.datasets import Dataset, load_dataset
 from distlab.metrics import Recorder
 from distlab.models import count_parameters
 from distlab.runtime.checkpoint import Checkpointer
-from distlab.runtime.comm import Communicator, make_communicator
+from distlab.runtime.comm import Communicator
 from distlab.runtime.context import WorkerContext, move_dataset, seed_generators
 from distlab.runtime.environ import elastic_restart
+from distlab.runtime.shm import make_communicator
 from distlab.training import compute_gradients, make_optimizer
 
 
