@@ -231,9 +231,7 @@ def _run_external(
                 "torchrun restarted the run, but its run directory was not found in "
                 f"{str(cfg.out_dir)!r}"
             )
-        checkpoint = found.latest_checkpoint(world) if resumed is None else None
-        if resumed is not None:
-            checkpoint = resumed.checkpoint_for(world)
+        checkpoint = resumed.checkpoint_for(world) if resumed else found.latest_checkpoint(world)
         if checkpoint is None:  # stopped before its first checkpoint: from the start
             return restart_from_scratch(found.run_dir, board)
         clock["start"] = start - checkpoint.seconds(job.lead)

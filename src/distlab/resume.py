@@ -24,6 +24,7 @@ from distlab.runtime.checkpoint import (
     RESUME_FILE,
     Checkpoint,
     checkpoints_of,
+    code_versions,
     latest_complete,
     read_sidecar,
     write_resume,
@@ -58,24 +59,21 @@ class ResumableRun:
     config: RunConfig
 
     def checkpoint_for(self, world: int) -> Checkpoint:
-        """The newest complete checkpoint; a newer damaged one is passed over with a warning
-        that names it."""
-        checkpoint, skipped = latest_complete(self.run_dir, world)
-        for line in skipped:
-            warnings.warn(f"{line}; resuming from an earlier one", CheckpointWarning, stacklevel=3)
+        """The newest complete checkpoint (ValueError when there is none)."""
+        checkpoint = self.latest_checkpoint(world)
         if checkpoint is None:
             raise ValueError(
                 f"run {str(self.run_dir)!r} has no complete checkpoint to resume from (a run "
                 "writes them with --set checkpoint.every=N)"
             )
-        check_versions(checkpoint)
         return checkpoint
 
     def latest_checkpoint(self, world: int) -> Checkpoint | None:
-        """The newest complete checkpoint, or None (a damaged newer one is warned about)."""
+        """The newest complete checkpoint, or None; a newer damaged one is passed over with
+        a warning that names it."""
         checkpoint, skipped = latest_complete(self.run_dir, world)
         for line in skipped:
-            warnings.warn(f"{line}; resuming from an earlier one", CheckpointWarning, stacklevel=3)
+            warnings.warn(f"{line}; resuming from an earlier one", CheckpointWarning, stacklevel=4)
         if checkpoint is not None:
             check_versions(checkpoint)
         return checkpoint
@@ -132,8 +130,6 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def check_versions(checkpoint: Checkpoint) -> None:
     """A checkpoint from another distlab or torch release may not replay the same steps."""
-    from distlab.runtime.checkpoint import code_versions
-
     record = read_sidecar(checkpoint.folder / "rank-0.json")
     theirs = record.get("versions", {})
     ours = code_versions()
@@ -150,9 +146,7 @@ def reopen_run_dir(
 ) -> Path:
     """Make `run_dir` ready to go on from `checkpoint`: the records of its end are removed
     (finish_run writes them again), newer checkpoints dropped, resume.json written."""
-    for name in ("summary.json", "events.jsonl"):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "errors", ignore_errors=True)
+    clear_end(run_dir)
     for newer in checkpoints_of(run_dir):
         if newer.at > checkpoint.at:
             shutil.rmtree(newer.folder, ignore_errors=True)
@@ -160,6 +154,14 @@ def reopen_run_dir(
     if board is not None:
         board.open(run_dir)
     return run_dir
+
+
+def clear_end(run_dir: Path) -> None:
+    """Remove what finish_run wrote at the run's end: the summary, the merged events and the
+    ranks' error reports."""
+    for name in ("summary.json", "events.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "errors", ignore_errors=True)
 
 
 # --- torchrun restarts ---------------------------------------------------------------------
@@ -200,11 +202,9 @@ def elastic_run(cfg: RunConfig) -> ResumableRun | None:
 
 def restart_from_scratch(run_dir: Path, board: TensorBoardLog | None = None) -> Path:
     """A restarted run that had not reached a checkpoint starts over in its directory."""
-    for name in ("summary.json", "events.jsonl"):
-        (run_dir / name).unlink(missing_ok=True)
+    clear_end(run_dir)
     for path in (run_dir / "events").glob("rank-*.jsonl"):
         path.unlink()
-    shutil.rmtree(run_dir / "errors", ignore_errors=True)
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     (run_dir / RESUME_FILE).unlink(missing_ok=True)
     if board is not None:

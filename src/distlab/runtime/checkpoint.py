@@ -52,9 +52,13 @@ class Checkpoint:
     def rank_file(self, rank: int) -> Path:
         return self.folder / f"rank-{rank}.pt"
 
+    def record_file(self, rank: int) -> Path:
+        """The rank file's size, SHA-256, clock and versions, written after it."""
+        return self.folder / f"rank-{rank}.json"
+
     def seconds(self, rank: int) -> float:
         """The rank's event clock when the checkpoint was taken."""
-        return float(read_sidecar(self.folder / f"rank-{rank}.json").get("seconds", 0.0))
+        return float(read_sidecar(self.record_file(rank)).get("seconds", 0.0))
 
 
 def folder_name(unit: str, at: int) -> str:
@@ -92,7 +96,7 @@ def damage(checkpoint: Checkpoint, world: int) -> str | None:
     """Why `checkpoint` cannot be loaded (a rank's file missing, cut short or altered), or
     None when every rank's file matches its record."""
     for rank in range(world):
-        record = read_sidecar(checkpoint.folder / f"rank-{rank}.json")
+        record = read_sidecar(checkpoint.record_file(rank))
         data = checkpoint.rank_file(rank)
         if not record or not data.is_file():
             return f"rank {rank}'s file is missing"
@@ -164,15 +168,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def generator_state(rng: np.random.Generator) -> dict[str, Any]:
-    """A numpy Generator's state as plain data (its integers may exceed 64 bits)."""
-    return json.loads(json.dumps(rng.bit_generator.state))
-
-
-def set_generator_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
-    rng.bit_generator.state = state
-
-
 # --- the per-rank object ------------------------------------------------------------------
 
 
@@ -185,34 +180,33 @@ class Checkpointer:
     rank: int
     every: int = 0
     resumed: dict[str, Any] | None = None
-    written: list[Path] = field(default_factory=list)
+    written: list[Checkpoint] = field(default_factory=list)
 
     def due(self, at: int) -> bool:
         return self.run_dir is not None and self.every > 0 and at % self.every == 0
 
-    def save(self, at: int, unit: str, state: dict[str, Any], seconds: float) -> Path:
+    def save(self, at: int, unit: str, state: dict[str, Any], seconds: float) -> None:
         """Write this rank's state for `at` (a step or round count) and drop its checkpoints
         older than the previous one."""
         assert self.run_dir is not None
-        folder = self.run_dir / CHECKPOINTS / folder_name(unit, at)
-        folder.mkdir(parents=True, exist_ok=True)
-        data = folder / f"rank-{self.rank}.pt"
+        checkpoint = Checkpoint(self.run_dir / CHECKPOINTS / folder_name(unit, at), at, unit)
+        checkpoint.folder.mkdir(parents=True, exist_ok=True)
+        data = checkpoint.rank_file(self.rank)
         atomic_write(data, lambda f: torch.save(state, f))
         record = {"bytes": data.stat().st_size, "sha256": sha256_file(data), "seconds": seconds}
         record |= {"at": at, "unit": unit, "versions": code_versions()}
-        write_json(folder / f"rank-{self.rank}.json", record)
-        self.written.append(folder)
+        write_json(checkpoint.record_file(self.rank), record)
+        self.written.append(checkpoint)
         self.prune()
-        return folder
 
     def prune(self) -> None:
         """Keep this rank's KEEP newest checkpoints; a folder goes once no rank has a file
         left in it."""
-        for folder in self.written[:-KEEP]:
-            for suffix in (".pt", ".json"):
-                (folder / f"rank-{self.rank}{suffix}").unlink(missing_ok=True)
+        for checkpoint in self.written[:-KEEP]:
+            checkpoint.rank_file(self.rank).unlink(missing_ok=True)
+            checkpoint.record_file(self.rank).unlink(missing_ok=True)
             try:
-                folder.rmdir()
+                checkpoint.folder.rmdir()
             except OSError:
                 pass  # another rank's files are still there
         self.written = self.written[-KEEP:]
@@ -224,10 +218,10 @@ class Checkpointer:
         if run_dir is None or not (run_dir / RESUME_FILE).is_file():
             return cls(run_dir, rank, every)
         resume = json.loads((run_dir / RESUME_FILE).read_text())
-        folder = run_dir / CHECKPOINTS / resume["checkpoint"]
-        state = torch.load(folder / f"rank-{rank}.pt", weights_only=True)
+        start = Checkpoint(run_dir / CHECKPOINTS / resume["checkpoint"], resume["at"], "")
+        state = torch.load(start.rank_file(rank), weights_only=True)
         # what this rank wrote before: pruned as the run goes on
-        written = [c.folder for c in reversed(checkpoints_of(run_dir)) if c.at <= state["at"]]
+        written = [c for c in reversed(checkpoints_of(run_dir)) if c.at <= state["at"]]
         return cls(run_dir, rank, every, state, written)
 
 
@@ -235,7 +229,3 @@ def write_resume(run_dir: Path, checkpoint: Checkpoint) -> None:
     """Tell the ranks about to start which checkpoint they resume from."""
     record = {"checkpoint": checkpoint.folder.name, "at": checkpoint.at, "unit": checkpoint.unit}
     write_json(run_dir / RESUME_FILE, record)
-
-
-def clear_resume(run_dir: Path) -> None:
-    (run_dir / RESUME_FILE).unlink(missing_ok=True)
