@@ -12,7 +12,7 @@ different microbatches:
   Generalized Pipeline Parallelism for DNN Training", in its synchronous flushed form);
   both on torch.distributed.pipelining (engine.py);
 - rpc: the seed's way, a driver process holding remote references to the stage modules,
-  trained with distributed autograd and a DistributedOptimizer (rpc.py).
+  trained with distributed autograd, each stage stepping its own optimizer (rpc.py).
 
 Every schedule computes the gradient of the whole batch, so one step equals one step of
 centralized SGD. The first stage (or the driver) reads the batches, the last stage (or the

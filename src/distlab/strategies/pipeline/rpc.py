@@ -3,20 +3,25 @@
 Rank 0 (the driver) reads the batches, holds an RRef to each stage module (built on ranks
 1..S) and, per microbatch, chains `stage.remote().forward(previous)` so each activation goes
 straight from one stage to the next; the last stage's outputs come back to the driver, which
-computes the loss of the whole batch. torch.distributed.autograd runs the backward pass
-across the processes and a DistributedOptimizer updates each stage's parameters where they
-live. This is the TensorPipe RPC pipeline of PyTorch's distributed tutorials, in the GPipe
-fill-drain order (Huang et al. 2019): microbatch forwards overlap, one backward drains them.
+computes each microbatch's share of the batch loss. torch.distributed.autograd runs each
+microbatch's backward pass across the processes, and each stage sums its gradients in
+microbatch order and steps its own optimizer where its parameters live. This is the
+TensorPipe RPC pipeline of PyTorch's distributed tutorials, in the GPipe fill-drain order
+(Huang et al. 2019): microbatches go through the stages concurrently.
+
+Each microbatch has its own distributed autograd context, on a thread of its own. With one
+context for the whole batch, several microbatches' gradients reach a stage at once, and
+the distributed engine could end the stage's part of the pass while one of them was still
+running there: the optimizer then stepped on partial gradients (losses off by 0.01 to 0.2
+now and then). One context per microbatch has one backward pass per stage and context, and
+the fixed summation order makes every run, resumed or not, the same bit for bit.
 
 RPC needs its own rendezvous beside the run's gloo group: rank 0 hosts a TCPStore on a free
 port, tells the others its port through the counted communicator, and `init_rpc` joins
 through a rendezvous handler that hands it that store, so every wait has the run's timeout.
 
 A checkpoint is written by every process at the driver's step: the driver asks each stage
-to save its parameters and the optimizer state the DistributedOptimizer keeps in the
-stage's process, then saves its own. A resumed run is bit for bit the uninterrupted one with
-one microbatch only: with several, a stage's parameter gradients are summed in the order
-the microbatches' backward calls reach it, which varies from run to run in the last bits.
+to save its parameters and its optimizer's state, then saves its own.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import torch.distributed as dist
 import torch.distributed.autograd as dist_autograd
 import torch.distributed.rpc as rpc
 import torch.nn.functional as F
-from torch.distributed.optim import DistributedOptimizer
 from torch.distributed.rendezvous import register_rendezvous_handler
 
 from distlab.models import build_model, model_layers
@@ -50,6 +54,7 @@ from distlab.strategies.pipeline.loop import (
 )
 from distlab.strategies.pipeline.meter import Meter, nbytes, stage_record
 from distlab.strategies.pipeline.split import Plan, owned_names, stage_module
+from distlab.training import make_optimizer
 
 if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
@@ -156,6 +161,7 @@ class RemoteStage:
         self.model, self.names = full, owned_names(full, stage_module(model_layers(full), bounds))
         self.index, self.last = index, index == stages - 1
         self.meter: Meter = _PROCESS["meter"]
+        self.optimizer = make_optimizer(self.module.parameters(), _PROCESS["ctx"].cfg.optimizer)
 
     def forward(self, x_ref: Any) -> torch.Tensor:
         touch()
@@ -189,8 +195,18 @@ class RemoteStage:
         if cut:
             self.meter.add_bytes(sent, recv)
 
-    def parameter_rrefs(self) -> list:
-        return [rpc.RRef(p) for p in self.module.parameters()]
+    def ready(self) -> bool:
+        return True
+
+    def step(self, contexts: list[int]) -> None:
+        """One optimizer step on the sum of the microbatches' gradients, in their order."""
+        touch()
+        grads = [dist_autograd.get_gradients(c) for c in contexts]
+        for p in self.module.parameters():
+            parts = [g[p] for g in grads if p in g]
+            p.grad = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def state(self) -> torch.Tensor:
         """This stage's parameters, packed in the full model's order, for the driver."""
@@ -203,19 +219,18 @@ class RemoteStage:
         touch()
         return self.meter.as_tensor()
 
-    def save(self, optimizer: Any, at: int, position: dict) -> None:
-        """This stage's checkpoint, in its own process: its parameters, the state of the
-        optimizer the DistributedOptimizer keeps here (`optimizer`, an RRef this process
-        owns), its meter's totals."""
+    def save(self, at: int, position: dict) -> None:
+        """This stage's checkpoint, in its own process: its parameters, its optimizer's
+        state, its meter's totals."""
         touch()
-        kept = {"stage": self.module, "optimizer": optimizer.local_value().optim}
+        kept = {"stage": self.module, "optimizer": self.optimizer}
         extra = {"meter": self.meter.totals()}
         _PROCESS["ctx"].save_checkpoint(at, "step", kept, position, extra)
 
-    def restore(self, optimizer: Any) -> None:
+    def restore(self) -> None:
         """Load this stage's part of the checkpoint the run resumes from."""
         touch()
-        kept = {"stage": self.module, "optimizer": optimizer.local_value().optim}
+        kept = {"stage": self.module, "optimizer": self.optimizer}
         state = _PROCESS["ctx"].restore(kept)
         self.meter.carry(state["extra"]["meter"])
 
@@ -254,17 +269,16 @@ def drive(ctx: WorkerContext, params: Any) -> None:
         plan = Plan(saved, len(layers))
     owned = [owned_names(model, stage_module(layers, b)) for b in plan.bounds]
     stages = [remote_stage(ctx, plan.bounds[s], s, plan.stages) for s in range(plan.stages)]
-    optimizer = distributed_optimizer(ctx, stages)
     meter = Meter()
 
     def step(idx: np.ndarray) -> float:
-        return drive_step(ctx, stages, optimizer, meter, idx, params.microbatches)
+        return drive_step(ctx, stages, meter, idx, params.microbatches)
 
     def sync_eval(**where: int) -> None:
         fetch_weights(ctx, model, stages, owned)
         ctx.evaluate(model, **where)
 
-    done = train_loop(ctx, step, sync_eval, DriverKeep(ctx, stages, optimizer, meter, plan))
+    done = train_loop(ctx, step, sync_eval, DriverKeep(ctx, stages, meter, plan))
     fetch_weights(ctx, model, stages, owned)
     record = plan_record(model, layers, plan, ctx.data.input_shape)
     record["stages"] = stage_stats(stages, meter.step_seconds)
@@ -280,23 +294,21 @@ class DriverKeep:
     (parameters, optimizer state, meter) in its own process, then writes its own (random
     generators, counters, meter, cuts), all for the same step."""
 
-    def __init__(self, ctx: WorkerContext, stages: list, optimizer, meter: Meter, plan) -> None:
+    def __init__(self, ctx: WorkerContext, stages: list, meter: Meter, plan) -> None:
         self.ctx, self.stages, self.meter, self.plan = ctx, stages, meter, plan
-        owners = {o.owner_name(): o for o in optimizer.remote_optimizers}
-        self.optimizers = [owners[worker_name(s + 1)] for s in range(len(stages))]
 
     def restore(self) -> dict | None:
         state = self.ctx.restore({})
         if state is None:
             return None
-        for stage, optimizer in zip(self.stages, self.optimizers, strict=True):
-            stage.rpc_sync().restore(optimizer)
+        for stage in self.stages:
+            stage.rpc_sync().restore()
         self.meter.carry(state["extra"]["meter"])
         return state["position"]
 
     def save(self, at: int, position: dict) -> None:
-        for stage, optimizer in zip(self.stages, self.optimizers, strict=True):
-            stage.rpc_sync().save(optimizer, at, position)
+        for stage in self.stages:
+            stage.rpc_sync().save(at, position)
         extra = {"meter": self.meter.totals(), "cuts": list(self.plan.cuts)}
         self.ctx.save_checkpoint(at, "step", {}, position, extra)
 
@@ -304,48 +316,71 @@ class DriverKeep:
 def remote_stage(ctx: WorkerContext, bounds: tuple, index: int, stages: int) -> Any:
     data, cfg = ctx.data, ctx.cfg
     args = (cfg.model, data.input_shape, data.classes, cfg.seed, bounds, index, stages)
-    return rpc.remote(worker_name(index + 1), RemoteStage, args=args)
+    stage = rpc.remote(worker_name(index + 1), RemoteStage, args=args)
+    # An RRef's proxy learns the remote object's type on its first call, and sends an
+    # rpc_async made before it knows from a callback thread, outside the caller's autograd
+    # context. A blocking call first makes every later one go out from its caller's thread.
+    stage.rpc_sync().ready()
+    return stage
 
 
-class StageSGD(torch.optim.SGD):
-    """torch.optim.SGD under another name: DistributedOptimizer then steps torch.optim itself
-    on each stage instead of its deprecated TorchScript copy (the same update as every other
-    strategy's)."""
-
-
-class StageAdam(torch.optim.Adam):
-    """torch.optim.Adam, for the same reason as StageSGD."""
-
-
-def distributed_optimizer(ctx: WorkerContext, stages: list) -> DistributedOptimizer:
-    """The run's optimizer, one per stage, each stepping the parameters where they live."""
-    cfg = ctx.cfg.optimizer
-    refs = [p for stage in stages for p in stage.rpc_sync().parameter_rrefs()]
-    kwargs: dict[str, float] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.name == "sgd":
-        kwargs["momentum"] = cfg.momentum
-    kind = StageAdam if cfg.name == "adam" else StageSGD
-    return DistributedOptimizer(kind, refs, **kwargs)
-
-
-def drive_step(ctx, stages: list, optimizer, meter: Meter, idx: np.ndarray, wanted: int) -> float:
-    """One step: microbatch forwards chained through the stages (overlapping), the loss of
-    the whole batch here, one distributed backward, one distributed optimizer step."""
+def drive_step(ctx, stages: list, meter: Meter, idx: np.ndarray, wanted: int) -> float:
+    """One step: each microbatch forward and backward on a thread and autograd context of
+    its own (overlapping through the stages), then every stage steps on the sum."""
     index = torch.from_numpy(idx)
     x, y = ctx.data.x_train[index], ctx.data.y_train[index]
-    with dist_autograd.context() as context:
-        begin = time.perf_counter()
-        futures = [launch(stages, chunk) for chunk in x.chunk(microbatch_count(len(y), wanted))]
-        logits = torch.cat([f.wait() for f in futures])
-        loss = F.cross_entropy(logits, y)
-        dist_autograd.backward(context, [loss])
-        seconds = time.perf_counter() - begin
-        optimizer.step(context)
+    chunks = microbatch_count(len(y), wanted)
+    begin = time.perf_counter()
+    pairs = zip(x.chunk(chunks), y.chunk(chunks), strict=True)
+    runs = [Microbatch(stages, xs, ys, len(y)) for xs, ys in pairs]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.finish(ctx.cfg.timeout)
+    seconds = time.perf_counter() - begin
+    contexts = [run.context for run in runs]
+    try:
+        for stepped in [stage.rpc_async().step(contexts) for stage in stages]:
+            stepped.wait()
+    finally:
+        for context in contexts:
+            dist_autograd._release_context(context)
+    logits = sum(run.logit_bytes for run in runs)
     meter.step_seconds += seconds
     # inputs and logit gradients out, logits in: the driver's traffic, beside the cuts'
-    meter.add_bytes(sent=nbytes(x) + nbytes(logits), recv=nbytes(logits))
-    ctx.comm.count(nbytes(x) + nbytes(logits), nbytes(logits), seconds)
-    return float(loss.detach())
+    meter.add_bytes(sent=nbytes(x) + logits, recv=logits)
+    ctx.comm.count(nbytes(x) + logits, logits, seconds)
+    return float(sum(run.loss for run in runs))
+
+
+class Microbatch(threading.Thread):
+    """One microbatch's forward through the stages and its backward, in a distributed
+    autograd context this thread opens and the driver releases after the stages stepped."""
+
+    def __init__(self, stages: list, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+        super().__init__(daemon=True)
+        self.stages, self.x, self.y, self.batch = stages, x, y, batch
+        self.context = -1
+        self.loss, self.logit_bytes = 0.0, 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.context = dist_autograd._new_context()._context_id()
+            logits = launch(self.stages, self.x).wait()
+            # this microbatch's share of the batch's mean loss
+            loss = F.cross_entropy(logits, self.y, reduction="sum") / self.batch
+            dist_autograd.backward(self.context, [loss])
+            self.loss, self.logit_bytes = float(loss.detach()), nbytes(logits)
+        except BaseException as error:  # handed to the driver's thread
+            self.error = error
+
+    def finish(self, timeout: float) -> None:
+        self.join(timeout)
+        if self.is_alive():
+            raise TimeoutError(f"a microbatch did not finish within the {timeout:g} s timeout")
+        if self.error is not None:
+            raise self.error
 
 
 def launch(stages: list, chunk: torch.Tensor) -> Any:
