@@ -6,8 +6,9 @@ straight from one stage to the next; the last stage's outputs come back to the d
 computes each microbatch's share of the batch loss. torch.distributed.autograd runs each
 microbatch's backward pass across the processes, and each stage sums its gradients in
 microbatch order and steps its own optimizer where its parameters live. This is the
-TensorPipe RPC pipeline of PyTorch's distributed tutorials, in the GPipe fill-drain order
-(Huang et al. 2019): microbatches go through the stages concurrently.
+TensorPipe RPC pipeline of PyTorch's distributed tutorials, with GPipe's synchronous flush
+(Huang et al. 2019): the microbatches go through the stages concurrently, each one's
+backward pass starting when its forward pass returns, and the stages step once all are done.
 
 Each microbatch has its own distributed autograd context, on a thread of its own. With one
 context for the whole batch, several microbatches' gradients reach a stage at once, and
