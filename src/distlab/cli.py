@@ -53,7 +53,31 @@ def _options(
     """Run one model on one dataset under every distributed and federated paradigm."""
 
 
+# A flag's help is its config key's docstring, read from the config schema, which takes
+# every strategy's parameters and so imports every strategy module (and torch). A command
+# that does not print its help needs none of it, so the help holds this mark and the key
+# until `main` sees --help.
+_LAZY = "\x00config:"
+
+
 def _help(path: str) -> str:
+    """The help of the flag that sets config key `path`, filled in when help is printed."""
+    return _LAZY + path
+
+
+def _resolve_help(command) -> None:
+    """Fill in the config keys' help texts and the run epilog of a click command tree."""
+    for param in command.params:
+        help_text = getattr(param, "help", None)
+        if isinstance(help_text, str) and help_text.startswith(_LAZY):
+            param.help = _config_help(help_text[len(_LAZY) :])
+    if command.epilog == _LAZY:
+        command.epilog = _unflagged_keys()
+    for sub in getattr(command, "commands", {}).values():
+        _resolve_help(sub)
+
+
+def _config_help(path: str) -> str:
     """A config field's docstring, which is also its --help text, and its default."""
     from distlab.config import config_field
 
@@ -103,7 +127,7 @@ def _unflagged_keys() -> str:
     )
 
 
-@app.command(epilog=_unflagged_keys())
+@app.command(epilog=_LAZY)
 def run(
     config: Path = typer.Option(None, "--config", "-c", help="YAML, TOML or JSON config file."),
     strategy: str = typer.Option(
@@ -1381,6 +1405,8 @@ def main(argv: list[str] | None = None) -> None:
 
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else list(argv)
+    if not args or "--help" in args:
+        _resolve_help(command)
     # With no arguments show the full help (exit 0), not a usage error squeezed into one line.
     try:
         code = command.main(args=args or ["--help"], prog_name="distlab", standalone_mode=False)
