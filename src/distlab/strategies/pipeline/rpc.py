@@ -204,8 +204,10 @@ class RemoteStage:
         touch()
         grads = [dist_autograd.get_gradients(c) for c in contexts]
         for p in self.module.parameters():
-            parts = [g[p] for g in grads if p in g]
-            p.grad = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
+            first, *rest = [g[p] for g in grads if p in g]
+            p.grad = first.clone()
+            for part in rest:
+                p.grad += part
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -367,6 +369,8 @@ class Microbatch(threading.Thread):
 
     def run(self) -> None:
         try:
+            # Not the `context()` manager: it would release the context, and the gradients
+            # held in it, when this thread ends, before the stages step.
             self.context = dist_autograd._new_context()._context_id()
             logits = launch(self.stages, self.x).wait()
             # this microbatch's share of the batch's mean loss
