@@ -14,16 +14,22 @@ the plain loop measured in the same repeat (the machine is shared, so only paire
 compare). Then the test accuracy of the vectorized executor after 150 rounds.
 
     python bench/federated.py [--rounds 30] [--accuracy-rounds 150] [--repeats 3]
-                              [--processes] [--write]
+                              [--processes] [--flower] [--write]
 
---processes adds the processes executor (2 hosts, about 8 s a whole run); --write puts the
-table in bench/RESULTS.md under "## federated" (other sections are kept).
+--processes adds the processes executor (2 hosts, about 8 s a whole run). --flower adds
+the peer framework: the same FedAvg on Flower's simulation engine (bench/flower_fedavg.py,
+a fresh process per repeat: its steady round and its whole process), skipped with a note
+when flwr or ray is not installed. --write puts the table in bench/RESULTS.md under
+"## federated", keeping the notes written under it and every other section.
+
+    python bench/federated.py --flower --write
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import statistics
@@ -136,7 +142,25 @@ def whole_process_seconds(variant: str, rounds: int) -> float:
         return time.perf_counter() - start
 
 
-def measure(rounds: int, accuracy_rounds: int, repeats: int, processes: bool) -> dict:
+def flower_run(rounds: int) -> tuple[float, float]:
+    """A fresh process running the FedAvg on Flower's simulation engine: (its steady round,
+    its wall seconds)."""
+    cmd = [sys.executable, str(Path(__file__).with_name("flower_fedavg.py"))]
+    start = time.perf_counter()
+    done = subprocess.run(cmd + ["--rounds", str(rounds)], check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    return steady(json.loads(done.stdout.splitlines()[-1])["durations"]), seconds
+
+
+def flower_missing() -> str | None:
+    """Why the Flower baseline cannot run here, or None."""
+    missing = [m for m in ("flwr", "ray") if importlib.util.find_spec(m) is None]
+    return f"not installed: {', '.join(missing)}" if missing else None
+
+
+def measure(
+    rounds: int, accuracy_rounds: int, repeats: int, processes: bool, flower: bool = False
+) -> dict:
     """Interleaved repeats; every figure's median and the median of its paired ratio."""
     torch.set_num_threads(2)
     steady_variants = {"plain loop": "loop", "vectorized executor": "vectorized"}
@@ -151,6 +175,10 @@ def measure(rounds: int, accuracy_rounds: int, repeats: int, processes: bool) ->
         for name, variant in (("plain loop", "loop"), ("vectorized executor", "vectorized")):
             seconds = whole_process_seconds(variant, rounds)
             samples.setdefault(f"{name} process", []).append(seconds)
+        if flower:
+            steady_s, seconds = flower_run(rounds)
+            samples.setdefault("Flower simulation (Ray) round", []).append(steady_s)
+            samples.setdefault("Flower simulation (Ray) process", []).append(seconds)
     report: dict = {"threads": torch.get_num_threads(), "repeats": repeats, "rows": {}}
     for key, values in samples.items():
         what = key.rsplit(" ", 1)[1]
@@ -167,11 +195,13 @@ def measure(rounds: int, accuracy_rounds: int, repeats: int, processes: bool) ->
 
 def markdown(report: dict, rounds: int, accuracy_rounds: int) -> str:
     rows = report["rows"]
+    flower = "Flower simulation (Ray) round" in rows
     before, after = (", ".join(f"{v:.2f}" for v in report["load"][k]) for k in ("before", "after"))
     lines = [
         "## federated",
         "",
-        "`python bench/federated.py --write`: FedAvg, mnist-sample IID over 100 clients of 40,",
+        f"`python bench/federated.py{' --flower' if flower else ''} --write`: FedAvg, "
+        "mnist-sample IID over 100 clients of 40,",
         f"LeNet, 10 clients per round, E=1, B=10, SGD lr 0.05, {report['threads']} torch threads,",
         f"shared 2-core machine, load average {before} before, {after} after the timed runs.",
         f"Medians of {report['repeats']} interleaved repeats; a ratio is the median of each",
@@ -207,15 +237,21 @@ def verdict(ok: bool) -> str:
 
 
 def write_section(text: str) -> None:
-    """Replace (or append) the '## federated' section, keeping every other section."""
+    """Replace (or append) the generated part of the '## federated' section (its heading to
+    its "Goals:" line), keeping the notes under it and every other section."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     start = old.find("## federated")
     if start < 0:
         RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
         return
-    end = old.find("\n## ", start + 1)
+    goals = old.find("\nGoals: ", start)
+    next_section = old.find("\n## ", start + 1)
+    if goals < 0 or 0 <= next_section < goals:
+        end = next_section  # no generated part to find: replace the whole section
+    else:
+        end = old.find("\n", goals + 1)
     rest = old[end + 1 :] if end >= 0 else ""
-    RESULTS.write_text(old[:start] + text + ("\n" + rest if rest else ""))
+    RESULTS.write_text(old[:start] + text + rest)
 
 
 def main() -> None:
@@ -224,6 +260,7 @@ def main() -> None:
     parser.add_argument("--accuracy-rounds", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--processes", action="store_true", help="Add the processes executor.")
+    parser.add_argument("--flower", action="store_true", help="Add Flower's simulation engine.")
     parser.add_argument("--write", action="store_true", help="Update bench/RESULTS.md.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -231,7 +268,11 @@ def main() -> None:
         run_loop(args.rounds)
         gc.freeze()  # the exit distlab's CLI takes: no half-second collection at shutdown
         return
-    report = measure(args.rounds, args.accuracy_rounds, args.repeats, args.processes)
+    flower = args.flower
+    if flower and (why := flower_missing()):
+        print(f"Flower baseline skipped ({why}; pip install -e '.[deploy,tune]')")
+        flower = False
+    report = measure(args.rounds, args.accuracy_rounds, args.repeats, args.processes, flower)
     print(json.dumps(report, indent=2))
     text = markdown(report, args.rounds, args.accuracy_rounds)
     print(text)
