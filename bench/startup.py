@@ -171,13 +171,13 @@ the table gives medians. `distlab run` is centralized LeNet on mnist-sample, `--
 """
 
 
-def append_section(text: str) -> None:
-    """Add a dated entry at the end of the '## start-up' section (made if missing), leaving
-    everything else as it is."""
+def append_section(text: str, heading: str = "start-up", intro: str = SECTION_INTRO) -> None:
+    """Add a dated entry at the end of the '## HEADING' section (made, with `intro`, if
+    missing), leaving everything else as it is."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = old.find("\n## start-up\n")
+    start = old.find(f"\n## {heading}\n")
     if start < 0:
-        RESULTS.write_text(old.rstrip("\n") + "\n\n" + SECTION_INTRO + text)
+        RESULTS.write_text(old.rstrip("\n") + "\n\n" + intro + text)
         return
     end = old.find("\n## ", start + 1)
     end = len(old) if end < 0 else end + 1
