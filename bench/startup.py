@@ -34,7 +34,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 TORCH = (
-    "import torch, time; t = time.time(); import psutil; print(t - psutil.Process().create_time())"
+    "import torch, time; t = time.time(); from distlab.runtime.environ import process_started; "
+    "print(t - process_started())"
 )
 RUNS = {
     "distlab run": [],
@@ -131,6 +132,18 @@ def paired_gains(got: dict[str, dict[str, list[float]]]) -> list[str]:
     return lines
 
 
+def beyond_torch(got: dict[str, dict[str, list[float]]]) -> list[str]:
+    """Per command of this tree, the median over repeats of its start-up less the same
+    repeat's `import torch`: what distlab itself adds, on any machine."""
+    torch_import = got["import torch"]["startup"]
+    lines = []
+    for command in RUNS:
+        row = got.get(command) or got.get(f"{command} (now)")
+        extra = median([a - b for a, b in zip(row["startup"], torch_import, strict=True)])
+        lines.append(f"- `{command}`: {extra:.3f} s beyond `import torch`")
+    return lines
+
+
 def met(ok: bool) -> str:
     return "met" if ok else "not met"
 
@@ -142,14 +155,14 @@ def median(values: list[float]) -> float:
 def markdown(rows: list[str], gains: list[str], repeats: int, load: float, before) -> str:
     stamp = time.strftime("%Y-%m-%d")
     cores = os.cpu_count()
-    against = " --before SRC` (the tree before a change" if before else "` ("
+    command = f"`python bench/startup.py --repeats {repeats}"
+    command += " --before SRC` (the tree before a change beside this one)" if before else "`"
     lines = [
         f"### {stamp}, {cores} cores",
         "",
         *textwrap.wrap(
-            f"`python bench/startup.py --repeats {repeats}{against} beside this one): medians "
-            f"of {repeats} interleaved repeats; the machine's load average was {load:.2f} "
-            "when it began.",
+            f"{command}: medians of {repeats} interleaved repeats; the machine's load average "
+            f"was {load:.2f} when it began.",
             width=90,
         ),
         "",
@@ -196,7 +209,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     got = measure(args.repeats, args.before)
     print(json.dumps(got))
-    text = markdown(table(got), paired_gains(got), args.repeats, load, args.before)
+    text = markdown(table(got), beyond_torch(got) + paired_gains(got), args.repeats, load, args.before)
     print(text)
     if args.write:
         append_section(text)

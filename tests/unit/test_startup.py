@@ -136,3 +136,21 @@ def test_the_partition_plot_waits_for_the_end_of_a_run_even_a_failed_one(tmp_pat
     assert "partition.json" in written and "partition.png" not in written
     assert (run_dir / "partition.png").read_bytes().startswith(b"\x89PNG")
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+PROCESS_STARTED = """
+import json, time
+from distlab.runtime.environ import process_started
+print(json.dumps({"started": process_started(), "now": time.time()}))
+"""
+
+
+def test_a_process_start_is_read_to_the_clock_tick():
+    # psutil's create_time is up to a second early on Linux (the boot time it adds is a whole
+    # second), which made every start-up figure that much too long: a child's start must lie
+    # between its launch, seen from here, and its own first look at the clock.
+    for _ in range(3):
+        launched = time.time()
+        child = fresh_python("-c", PROCESS_STARTED)
+
+        assert launched - 0.02 <= child["started"] <= child["now"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 # (rank, world size, local rank) variables of each launcher distlab joins: torchrun, Open MPI,
 # MPICH/Intel MPI (PMI) and Slurm.
@@ -37,3 +38,25 @@ def local_world_size(world: int, environ: dict[str, str] | None = None) -> int:
 def elastic_restart() -> int:
     """How often torchrun's agent has restarted this process group (0: the first start)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def process_started() -> float:
+    """When this process was created, as a `time.time()` value.
+
+    psutil's `create_time` adds the process's start (clock ticks since boot) to the boot
+    time from /proc/stat, which Linux rounds down to a whole second: the result is up to a
+    second early, the same amount for every process of one boot (0.40 s on the machine that
+    found it), and every start-up and wall figure measured from it was that much too long.
+    On Linux the process's age is taken from the same boot clock instead (CLOCK_BOOTTIME
+    against the start in /proc/self/stat), exact to a clock tick (10 ms).
+    """
+    try:
+        with open("/proc/self/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # the name in brackets may hold spaces
+        ticks = int(fields[19])  # field 22, starttime; the fields after the name start at 3
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, IndexError, ValueError):  # no procfs or no boot clock
+        import psutil
+
+        return psutil.Process().create_time()
+    return time.time() - age
