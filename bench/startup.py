@@ -209,7 +209,9 @@ def main() -> None:
     load = os.getloadavg()[0]
     got = measure(args.repeats, args.before)
     print(json.dumps(got))
-    text = markdown(table(got), beyond_torch(got) + paired_gains(got), args.repeats, load, args.before)
+    text = markdown(
+        table(got), beyond_torch(got) + paired_gains(got), args.repeats, load, args.before
+    )
     print(text)
     if args.write:
         append_section(text)
