@@ -1,16 +1,19 @@
 """`python -m distlab` and the `distlab` command.
 
-The fork server that local ranks are forked from starts before the CLI's imports
-(runtime/prestart.py), so that its imports overlap the command's.
+The fork server that local ranks are forked from (runtime/prestart.py) and the process that
+draws partition.png (drawer.py) start before the CLI's imports, so that their imports
+overlap the command's.
 """
 
 import sys
 
+import distlab.drawer as drawer
 from distlab.runtime.prestart import prestart
 
 
 def main() -> None:
     prestart(sys.argv[1:])
+    drawer.start(sys.argv[1:])
     from distlab.cli import main as cli_main
 
     cli_main()

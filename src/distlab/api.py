@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import distlab.drawer as drawer
 from distlab.config import RunConfig, validate_config
 from distlab.data.datasets import load_dataset
 from distlab.metrics import merge_events
@@ -165,17 +166,24 @@ class OversubscribeWarning(UserWarning):
 
 
 def record_partition(run_dir: Path, split) -> None:
-    """partition.json, for every run whose data is divided among workers; finish_run draws
-    its plot once training is over, so that matplotlib never delays the first step."""
+    """partition.json, for every run whose data is divided among workers. Its plot is drawn
+    by the command's drawer meanwhile, or by finish_run once training is over, so that
+    matplotlib never delays the first step."""
     if split is not None and len(split.indices) > 1:
         write_partition_json(run_dir, split)
+        drawer.submit(run_dir)
 
 
 def draw_partition(run_dir: Path) -> None:
-    """partition.png from partition.json, whatever the run's outcome. The record is the JSON:
-    a plot that cannot be drawn is a warning, never a lost summary or a hidden failure."""
+    """partition.png from partition.json, whatever the run's outcome: the drawer's, else
+    drawn here. The record is the JSON: a plot that cannot be drawn is a warning, never a
+    lost summary or a hidden failure."""
     try:
-        write_partition_plot(run_dir)
+        answer = drawer.collect(run_dir)
+        if answer is None:
+            write_partition_plot(run_dir)
+        elif answer:
+            raise ValueError(answer)
     except (ValueError, OSError) as exc:
         warnings.warn(f"partition.png not written: {exc}", stacklevel=2)
 
