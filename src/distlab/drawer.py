@@ -60,7 +60,10 @@ def start(argv: list[str]) -> bool:
     partition; True when it did."""
     global _drawer
     if _drawer is None and wants_drawer(argv):
-        _drawer = Drawer()
+        try:
+            _drawer = Drawer()
+        except OSError:  # no process to spare: the run draws the figure itself
+            return False
         atexit.register(_drawer.stop)
     return _drawer is not None
 
