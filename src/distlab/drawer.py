@@ -90,30 +90,30 @@ class Drawer:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        self.pending: list[str] = []
+        self.pending: list[str] = []  # handed over, not answered yet, in order
+        self.answers: dict[str, str] = {}
         self.buffer = b""
 
     def submit(self, run_dir: Path) -> None:
         try:
-            self.process.stdin.write(json.dumps(str(run_dir)).encode() + b"\n")
+            # absolute: the drawer's working directory is the command's at its start
+            path = str(Path(run_dir).resolve())
+            self.process.stdin.write(json.dumps(path).encode() + b"\n")
             self.process.stdin.flush()
         except OSError:  # the drawer is gone: the run draws its own figure
             return
         self.pending.append(str(run_dir))
 
     def collect(self, run_dir: Path) -> str | None:
-        if str(run_dir) not in self.pending:
-            return None
-        answer = None
-        while self.pending and answer is None:
+        key = str(run_dir)
+        while key in self.pending and key not in self.answers:
             reply = self.read_line(time.monotonic() + TIMEOUT_S)
-            if reply is None:  # died or stuck: forget it, the run draws the figure itself
+            if reply is None:  # died or stuck: forget it, the runs draw their own figures
                 self.pending.clear()
                 self.stop()
                 return None
-            if self.pending.pop(0) == str(run_dir):
-                answer = json.loads(reply)
-        return answer
+            self.answers[self.pending.pop(0)] = json.loads(reply)  # answers come in order
+        return self.answers.pop(key, None)
 
     def read_line(self, deadline: float) -> str | None:
         """The drawer's next line, or None when it ends or the deadline passes first."""

@@ -11,11 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from tests.conftest import assert_no_orphans
 
-from distlab.drawer import wants_drawer
+from distlab.data.partition import partition
+from distlab.drawer import Drawer, wants_drawer
+from distlab.rundir import write_partition_json
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FEDAVG = ["run", "--strategy", "fedavg", "--dataset", "synthetic", "--model", "mlp"]
@@ -126,3 +129,23 @@ def test_ctrl_c_reaches_the_command_not_the_drawer(tmp_path):
     assert err.startswith("error: interrupted") and err.count("\n") == 1
     assert (tmp_path / "r" / "partition.png").read_bytes().startswith(PNG)
     assert_no_orphans([drawer], grace=0)
+
+
+def test_the_drawer_answers_each_run_in_order_and_says_why_a_figure_failed(tmp_path):
+    labels = np.repeat(np.arange(3), 10)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for run_dir in (good, bad):
+        write_partition_json(run_dir, partition(labels, 3, seed=0))
+    (bad / "partition.png").mkdir()  # nothing can be written there
+    drawer = Drawer()
+    try:
+        drawer.submit(good)
+        drawer.submit(bad)
+
+        assert "partition.png" in drawer.collect(bad)  # past the good run's answer, kept
+        assert drawer.collect(good) == ""
+        assert (good / "partition.png").read_bytes().startswith(PNG)
+        assert drawer.collect(good) is None  # collected: the caller would draw it
+    finally:
+        drawer.stop()
+    assert_no_orphans([drawer.process.pid], grace=0)
