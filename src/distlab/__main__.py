@@ -8,10 +8,12 @@ overlap the command's.
 import sys
 
 import distlab.drawer as drawer
+from distlab.runtime.environ import launched
 from distlab.runtime.prestart import prestart
 
 
 def main() -> None:
+    launched()  # the origin of start-up and wall seconds, taken before anything else runs
     prestart(sys.argv[1:])
     drawer.start(sys.argv[1:])
     from distlab.cli import main as cli_main

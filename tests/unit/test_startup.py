@@ -140,8 +140,8 @@ def test_the_partition_plot_waits_for_the_end_of_a_run_even_a_failed_one(tmp_pat
 
 PROCESS_STARTED = """
 import json, time
-from distlab.runtime.environ import process_started
-print(json.dumps({"started": process_started(), "now": time.time()}))
+from distlab.runtime.environ import launched, process_started
+print(json.dumps({"created": process_started(), "launched": launched(), "now": time.time()}))
 """
 
 
@@ -153,4 +153,23 @@ def test_a_process_start_is_read_to_the_clock_tick():
         launched = time.time()
         child = fresh_python("-c", PROCESS_STARTED)
 
-        assert launched - 0.02 <= child["started"] <= child["now"]
+        assert launched - 0.02 <= child["created"] <= child["now"]
+        # a fresh process began at its creation (each read is exact to a clock tick)
+        assert abs(child["launched"] - child["created"]) < 0.011
+
+
+def test_a_command_a_shell_execs_after_other_work_began_at_the_exec():
+    # `bash -c 'setup && distlab run'` execs distlab in the shell's own process, created
+    # before the setup: the setup is not the command's start-up.
+    launched = time.time()
+    done = subprocess.run(
+        ["bash", "-c", 'sleep 1.5 && exec "$0" -c "$1"', sys.executable, PROCESS_STARTED],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    child = json.loads(done.stdout)
+
+    assert child["created"] < launched + 0.5
+    assert launched + 1.5 <= child["launched"] <= child["now"]

@@ -60,3 +60,46 @@ def process_started() -> float:
 
         return psutil.Process().create_time()
     return time.time() - age
+
+
+# Longer asleep than this between its creation and distlab's first line, a process ran
+# something else first (a shell's setup, then `exec distlab ...`); a fresh interpreter reading
+# its standard library from disk sleeps milliseconds.
+SLEPT_BEFORE_EXEC_S = 0.5
+
+_launched: float | None = None
+
+
+def launched() -> float:
+    """When this command began, as a `time.time()` value, fixed by the first call (the
+    `distlab` entry makes it first thing): the process's creation, unless the process slept
+    before it became this program. A shell that runs other commands and then execs distlab
+    (`bash -c 'setup && distlab run'`, a container's `exec "$@"`) hands over a process created
+    long before; its age would count the setup as start-up. Then the command began when the
+    process's time on a CPU or waiting for one (/proc/self/schedstat) began, counted back from
+    now: the shell's own few milliseconds of CPU before exec are all it adds."""
+    global _launched
+    if _launched is None:
+        _launched = program_started()
+    return _launched
+
+
+def program_started() -> float:
+    """See `launched`; computed afresh."""
+    created = process_started()
+    busy = busy_seconds()
+    now = time.time()
+    if busy is not None and (now - created) - busy > SLEPT_BEFORE_EXEC_S:
+        return now - busy
+    return created
+
+
+def busy_seconds() -> float | None:
+    """Seconds this process has run on a CPU or waited in a run queue, or None where the
+    kernel does not say (no /proc/self/schedstat)."""
+    try:
+        with open("/proc/self/schedstat") as stat:
+            on_cpu, waiting = stat.read().split()[:2]
+        return (int(on_cpu) + int(waiting)) / 1e9
+    except (OSError, ValueError):
+        return None
