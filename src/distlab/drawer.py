@@ -4,9 +4,9 @@ The figure costs about 0.35 s, 0.2 s of it importing matplotlib, and a run drew 
 training was over, so every `distlab run` that divides its data ended that much after its
 summary. The `distlab` command now starts a drawer first thing (`start`) when its arguments
 name such a run in one process (a federated simulation; several local processes have the
-fork server's import on the second core already). The drawer imports matplotlib on the second core while the
-command imports torch. The run hands it the run directory as soon as partition.json is
-written (`submit`), and it draws at the lowest CPU priority (nice 19), so the run's own
+fork server's import on the second core already). The drawer imports matplotlib on the
+second core while the command imports torch. The run hands it the run directory as soon as
+partition.json is written (`submit`), and it draws at the lowest CPU priority (nice 19), so the run's own
 timings do not pay for it. `finish_run` waits for the figure where it used to draw it
 (`collect`): a run still ends with its plot on disk, or with the same warning as before.
 
