@@ -6,9 +6,10 @@ summary. The `distlab` command now starts a drawer first thing (`start`) when it
 name such a run in one process (a federated simulation; several local processes have the
 fork server's import on the second core already). The drawer imports matplotlib on the
 second core while the command imports torch. The run hands it the run directory as soon as
-partition.json is written (`submit`), and it draws at the lowest CPU priority (nice 19), so the run's own
-timings do not pay for it. `finish_run` waits for the figure where it used to draw it
-(`collect`): a run still ends with its plot on disk, or with the same warning as before.
+partition.json is written (`submit`), and it draws at the lowest CPU priority (nice 19),
+so the run's own timings do not pay for it. `finish_run` waits for the figure where it used
+to draw it (`collect`): a run still ends with its plot on disk, or with the same warning as
+before.
 
 The drawer reads run directories, one JSON string a line, on its stdin and answers each with
 a JSON string on stdout: "" when drawn, else why not. It ignores Ctrl-C (the command handles
