@@ -273,8 +273,9 @@ def base_config(config_flags: dict[str, Any], start: dict[str, Any] | None = Non
 
 
 def command_started() -> float:
-    """When this command was launched (its process's start), so that wall and start-up
-    seconds include the interpreter and import time a user waits through."""
+    """When this command was launched (its process's start, or its exec: environ.launched),
+    so that wall and start-up seconds include the interpreter and import time a user waits
+    through."""
     from distlab.runtime.environ import launched
 
     return launched()

@@ -40,6 +40,18 @@ def elastic_restart() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
+# Index of starttime (field 22: clock ticks from boot to the process's creation) among the
+# fields stat_fields returns, which start at field 3.
+STARTTIME = 19
+
+
+def stat_fields(pid: int | str = "self") -> list[str]:
+    """The fields of /proc/PID/stat after the process's name, from field 3 (its state) on;
+    OSError when the process is gone or there is no procfs."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()  # the name in brackets may hold spaces
+
+
 def process_started() -> float:
     """When this process was created, as a `time.time()` value.
 
@@ -51,9 +63,7 @@ def process_started() -> float:
     against the start in /proc/self/stat), exact to a clock tick (10 ms).
     """
     try:
-        with open("/proc/self/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()  # the name in brackets may hold spaces
-        ticks = int(fields[19])  # field 22, starttime; the fields after the name start at 3
+        ticks = int(stat_fields()[STARTTIME])
         age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, AttributeError, IndexError, ValueError):  # no procfs or no boot clock
         import psutil

@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from distlab.runtime.comm import TorchCommunicator, _nbytes
+from distlab.runtime.environ import STARTTIME, stat_fields
 
 if TYPE_CHECKING:
     from distlab.config import RunConfig
@@ -150,11 +151,10 @@ def host_key() -> int:
 def process_start(pid: int) -> int | None:
     """The start time of a live process from /proc/PID/stat; None if gone or a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat_fields(pid)
     except OSError:
         return None
-    fields = stat.rpartition(")")[2].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    return None if fields[0] in ("Z", "X") else int(fields[STARTTIME])
 
 
 def attach_host(group: dist.ProcessGroup | None = None) -> HostSegments | None:
