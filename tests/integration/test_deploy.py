@@ -97,7 +97,9 @@ def test_a_local_federation_stopped_with_ctrl_c_and_resumed_equals_the_in_proces
     assert joined == {0, 1, 2}
     rounds = [e for e in log if e["kind"] == "round"]
     assert [r["round"] for r in rounds] == [1, 2, 3]  # each once: the events went on
-    assert all(r["clients"] == [0, 1, 2] and r["rejected"] == [] for r in rounds)
+    assert all(r["clients"] == [0, 1, 2] and r["rejected"] == r["failed"] == [] for r in rounds)
+    # what ran: three SuperNodes (client hosts), and the ServerApp with them
+    assert (summary["workers"], summary["processes"]) == (3, 4)
     trained = [e for e in log if e["kind"] == "client" and e.get("status") == "trained"]
     assert len(trained) == 9 and all(e["train_seconds"] > 0 for e in trained)
     # Bytes measured on the wire's records: the model down and up for every client.
@@ -236,7 +238,7 @@ def test_a_killed_supernode_is_named_and_the_dashboard_follows_the_run(tmp_path)
             ".filter(s => s.getBoundingClientRect().width > 0 && s.querySelector('path')).length"
         )
         assert charts >= 3, charts
-        _, err = deploy.communicate(timeout=120)
+        out, err = deploy.communicate(timeout=120)
     finally:
         if page is not None:
             page.quit()
@@ -250,9 +252,16 @@ def test_a_killed_supernode_is_named_and_the_dashboard_follows_the_run(tmp_path)
     log = events(run_dir)
     lost = [e for e in log if e["kind"] == "client" and e.get("status") == "lost"]
     assert lost and {e["client"] for e in lost} == {2}, lost
+    assert all(e["reason"] for e in lost), lost
     rounds = [e for e in log if e["kind"] == "round"]
     assert [r["round"] for r in rounds] == [1, 2]
-    # The kill may land after client 2 took round 1's message; from then on it is rejected.
-    assert all(set(r["rejected"]) <= {2} for r in rounds) and rounds[-1]["rejected"] == [2]
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    # The kill may land after client 2 took round 1's message; from then on it fails its
+    # rounds. Rejected is for replies that came and were unusable (NaN, wrong shape): none.
+    assert all(set(r["failed"]) <= {2} and r["rejected"] == [] for r in rounds)
+    assert rounds[-1]["failed"] == [2] and rounds[-1]["samples"] > 0
+    assert "failed 2" in out and "rejected" not in out, out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    # the killed SuperNode took part too: three client hosts, and the ServerApp with them
+    assert (summary["workers"], summary["processes"]) == (3, 4)
     assert no_flower_left(str(run_dir))

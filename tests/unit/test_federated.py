@@ -22,6 +22,7 @@ from distlab.federated.server import (
     RoundFailed,
     RoundPlan,
     draw_failures,
+    round_fields,
     run_round,
     sample_clients,
     screen_updates,
@@ -146,7 +147,7 @@ def test_updates_from_named_arrays_mark_replies_that_do_not_fit():
     assert screen_updates(updates, 6)[1] == {9: "wrong shape"}
 
 
-def test_lost_clients_are_rejected_with_the_executors_reason():
+def test_lost_clients_are_left_out_but_not_rejected():
     layout = Layout(("w",), ((2,),))
     good = {"w": np.array([1.0, 2.0])}
     lost = {9: "lost: no reply within 5 s"}
@@ -156,9 +157,48 @@ def test_lost_clients_are_rejected_with_the_executors_reason():
     keep, rejected = screen_updates(updates, 2)
 
     assert keep.tolist() == [True, False]
-    assert rejected == {9: "lost: no reply within 5 s"}
+    assert rejected == {}  # rejected is for replies that came and were unusable
     assert updates.select(np.array([1])).lost == lost
     assert updates.select(np.array([0])).lost == {}
+
+
+class LosingExecutor:
+    """Clients in `gone` never reply (a killed node); the others send ones, client 1 NaN."""
+
+    def __init__(self, gone: set[int]):
+        self.layout, self.gone = Layout(("w",), ((2,),)), gone
+
+    def train(self, round_, start, clients):
+        replies = [None if c in self.gone else {"w": np.ones(2) * (np.nan if c == 1 else 1)}
+                   for c in clients.tolist()]  # fmt: skip
+        lost = {c: "lost: no reply within 5 s" for c in clients.tolist() if c in self.gone}
+        sizes = [0 if c in self.gone else 1 for c in clients.tolist()]
+        return Updates.from_named(clients, replies, sizes, {"loss": [1.0] * len(clients)},
+                                  self.layout, lost)  # fmt: skip
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_lost_client_fails_its_round_and_a_nan_update_is_rejected():
+    plan = RoundPlan(rounds=1, clients=4, clients_per_round=4, needed=2)
+
+    outcome = run_round(plan, LosingExecutor({3}), 1, torch.zeros(2), StreamingMean)
+
+    assert outcome.failed.tolist() == [3]
+    assert outcome.rejected == {1: "NaN/Inf"}
+    assert outcome.clients.tolist() == [0, 2]
+    assert round_fields(outcome)["failed"] == [3] and round_fields(outcome)["rejected"] == [1]
+
+
+def test_a_round_without_enough_replies_names_the_lost_clients_as_failed():
+    plan = RoundPlan(rounds=1, clients=4, clients_per_round=4, needed=3, max_retries=0)
+
+    with pytest.raises(RoundFailed) as failure:
+        run_round(plan, LosingExecutor({2, 3}), 1, torch.zeros(2), StreamingMean)
+
+    assert ("failed clients: 2 (lost: no reply within 5 s), 3 (lost: no reply within 5 s); "
+            "rejected: 1 (NaN/Inf);") in str(failure.value)  # fmt: skip
 
 
 def test_usable_updates_are_sorted_by_client_for_one_summation_order():

@@ -279,9 +279,10 @@ def event_line(event: dict) -> str | None:
         why = f": {event['reason']}" if event.get("reason") else ""
         return f"{who} {event['status']}{where}{why}"
     if kind == "round":
-        sampled, lost = event["clients"], event.get("rejected") or []
-        used = len(sampled) - len(event.get("failed") or []) - len(lost)
-        extra = f", rejected {', '.join(map(str, lost))}" if lost else ""
+        sampled = event["clients"]
+        left_out = {k: event.get(k) or [] for k in ("failed", "rejected")}
+        used = len(sampled) - sum(len(c) for c in left_out.values())
+        extra = "".join(f", {k} {', '.join(map(str, c))}" for k, c in left_out.items() if c)
         return (
             f"round {event['round']}: loss {event['loss']:.4f}, {used} of {len(sampled)} "
             f"clients, {event['duration']:.1f} s{extra}"

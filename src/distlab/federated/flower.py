@@ -6,9 +6,11 @@ Flower's ServerApp process, which hands it a `Grid`: each SuperNode announces wh
 get a "train" message with the global parameters (an ArrayRecord of the model's named
 arrays, sent as .npy bytes: no pickle) and the round, and answer with their parameters,
 sample count and metrics. A node that answers with an error, does not answer within the
-round's timeout, or is gone from the SuperLink is a lost client: its row is rejected with
-the reason, so the round goes on with the rest when min_clients allows, exactly as an
-injected failure would. Every client's outcome is a `client` event (the dashboard's source).
+round's timeout, or is gone from the SuperLink is a lost client: it fails the round (the
+round event's `failed`; `rejected` is for replies that came and were unusable), and the
+round goes on with the rest when min_clients allows, exactly as after an injected failure.
+Every client's outcome is a `client` event (the dashboard's source), a lost one's with the
+reason.
 """
 
 from __future__ import annotations
@@ -220,3 +222,16 @@ def message_bytes(message) -> int:
         else:
             total += len(json.dumps(dict(record), default=str))
     return total
+
+
+def deployed_summary(lead: list[dict]) -> dict:
+    """What ran in a deployed run, from the ServerApp's client events: `workers`, the clients
+    whose SuperNode joined (each a client host, as the hosts of `--workers` in process), and
+    `processes`, the ServerApp plus those SuperNodes, as an in-process run counts its server
+    and hosts. Flower's SuperLink and helpers, and the ClientApp process a SuperNode starts
+    per message, are not counted. Both null when no client joined before the run ended."""
+    joined = {e.get("client") for e in lead
+              if e.get("kind") == "client" and e.get("status") == "connected"}  # fmt: skip
+    if not joined:
+        return {"workers": None, "processes": None}
+    return {"workers": len(joined), "processes": len(joined) + 1}

@@ -81,13 +81,16 @@ class Attempt:
 
     aggregation: Aggregation
     rejected: dict[int, str] = field(default_factory=dict)
+    lost: dict[int, str] = field(default_factory=dict)
+    """Clients whose reply never came (the executor's `Updates.lost`): they failed."""
     clients: list[np.ndarray] = field(default_factory=list)
     num_examples: list[np.ndarray] = field(default_factory=list)
     losses: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add(self, kept: Updates, rejected: dict[int, str]) -> None:
+    def add(self, kept: Updates, rejected: dict[int, str], lost: dict[int, str]) -> None:
         self.rejected.update(rejected)
+        self.lost.update(lost)
         self.clients.append(kept.clients)
         self.num_examples.append(kept.num_examples)
         self.losses.append(kept.losses)
@@ -105,6 +108,7 @@ class Attempt:
 class RoundOutcome:
     sampled: np.ndarray
     failed: np.ndarray
+    """Injected failures and lost clients (no reply), in client order."""
     rejected: dict[int, str]
     attempts: int
     retried_failed: list[int]
@@ -134,21 +138,21 @@ def draw_failures(seed: int, round_: int, attempt: int, sampled: np.ndarray, rat
 
 def screen_updates(updates: Updates, size: int) -> tuple[np.ndarray, dict[int, str]]:
     """Keep updates of the right shape whose values are all finite; returns (keep mask,
-    rejected client -> why: the executor's reason for a lost client, "wrong shape", "NaN/Inf"
-    or "no samples")."""
+    rejected client -> why: "wrong shape", "NaN/Inf" or "no samples"). A lost client (no
+    reply: `updates.lost`) is neither kept nor rejected: it failed, as an injected failure."""
     params, clients = updates.params, updates.clients
+    lost = np.array([int(c) in updates.lost for c in clients], dtype=bool)
     if params.ndim != 2 or params.shape[1] != size:
-        return np.zeros(len(clients), dtype=bool), {int(c): "wrong shape" for c in clients}
+        return np.zeros(len(clients), dtype=bool), {int(c): "wrong shape" for c in clients[~lost]}
     shape_ok = np.ones(len(clients), dtype=bool)
     if updates.malformed is not None:
         shape_ok = ~updates.malformed
     finite = finite_rows(params).numpy() & np.isfinite(updates.losses)
     counted = updates.num_examples > 0
     why = np.where(~shape_ok, "wrong shape", np.where(~finite, "NaN/Inf", "no samples"))
-    lost = np.array([int(c) in updates.lost for c in clients], dtype=bool)
     keep = shape_ok & finite & counted & ~lost
-    rejected = {int(c): str(w) for c, w in zip(clients[~keep], why[~keep], strict=True)}
-    return keep, rejected | {c: why for c, why in updates.lost.items() if c in rejected}
+    bad = ~keep & ~lost
+    return keep, {int(c): str(w) for c, w in zip(clients[bad], why[bad], strict=True)}
 
 
 def finite_rows(params: torch.Tensor) -> torch.Tensor:
@@ -180,7 +184,7 @@ def run_round(
     and a fresh aggregation (the partial one is dropped) at most plan.max_retries times while
     fewer than plan.needed updates are usable."""
     earlier: list[int] = []  # failed or rejected in an earlier attempt, in that order
-    failed_before: dict[int, None] = {}  # a dict: ordered, each client once
+    failed_before: dict[int, str | None] = {}  # ordered, each client once: why, if lost
     rejected_before: dict[int, str] = {}
     for attempt in range(plan.max_retries + 1):
         sampled = sample_clients(plan.seed, round_, attempt, plan.clients, plan.clients_per_round)
@@ -189,10 +193,11 @@ def run_round(
         train_chunks(plan, executor, round_, start, sampled[~failed], tried)
         if tried.usable >= plan.needed:
             return finish_round(sampled, sampled[failed], tried, attempt + 1, earlier)
-        earlier += [int(c) for c in sampled[failed]] + list(tried.rejected)
+        earlier += [int(c) for c in sampled[failed]] + list(tried.lost) + list(tried.rejected)
         failed_before.update(dict.fromkeys(int(c) for c in sampled[failed]))
+        failed_before.update(tried.lost)
         rejected_before.update(tried.rejected)
-    raise RoundFailed(failure_message(plan, round_, list(failed_before), rejected_before))
+    raise RoundFailed(failure_message(plan, round_, failed_before, rejected_before))
 
 
 def train_chunks(plan, executor, round_, start, clients: np.ndarray, tried: Attempt) -> None:
@@ -206,13 +211,14 @@ def train_chunk(executor, round_, start, clients: np.ndarray, tried: Attempt) ->
     """One chunk; a function of its own so that its rows are freed before the next trains."""
     updates = executor.train(round_, start, clients)
     keep, rejected = screen_updates(updates, start.numel())
-    tried.add(usable_in_client_order(updates, keep), rejected)
+    tried.add(usable_in_client_order(updates, keep), rejected, updates.lost)
 
 
-def finish_round(sampled, failed, tried: Attempt, attempts: int, earlier) -> RoundOutcome:
+def finish_round(sampled, injected, tried: Attempt, attempts: int, earlier) -> RoundOutcome:
     begin = time.perf_counter()
     aggregate = tried.aggregation.result()
     seconds = tried.seconds + time.perf_counter() - begin
+    failed = np.union1d(injected, np.array(list(tried.lost), dtype=np.int64))
     return RoundOutcome(
         sampled, failed, tried.rejected, attempts, earlier, aggregate,
         np.concatenate(tried.clients), np.concatenate(tried.num_examples),
@@ -220,13 +226,15 @@ def finish_round(sampled, failed, tried: Attempt, attempts: int, earlier) -> Rou
     )  # fmt: skip
 
 
-def failure_message(plan: RoundPlan, round_: int, failed: list[int], rejected: dict) -> str:
-    """One line: what was missing, which clients failed and which were rejected and why."""
+def failure_message(plan: RoundPlan, round_: int, failed: dict, rejected: dict) -> str:
+    """One line: what was missing, which clients failed (why, when they were lost) and which
+    were rejected and why."""
+    failures = [f"{c} ({why})" if why else str(c) for c, why in sorted(failed.items())]
     reasons = [f"{c} ({why})" for c, why in sorted(rejected.items())]
     return (
         f"round {round_}: fewer than {plan.needed} usable client updates after "
         f"{plan.max_retries + 1} attempts (client failure rate {plan.failure_rate}); "
-        f"failed clients: {listing(sorted(failed))}; rejected: {listing(reasons)}; "
+        f"failed clients: {listing(failures)}; rejected: {listing(reasons)}; "
         "lower the client failure rate or min_clients, or raise max_retries"
     )
 

@@ -31,6 +31,7 @@ from torch import nn
 from distlab.data.partition import partition
 from distlab.federated.clients import ClientData, LocalSpec, split_clients
 from distlab.federated.evaluation import local_accuracy, personalized_accuracy
+from distlab.federated.flower import deployed_summary
 from distlab.federated.optimizers import ServerOptions, ServerStep, server_step
 from distlab.federated.processes import ProcessExecutor, client_hosts, host_clients
 from distlab.federated.sequential import SequentialExecutor
@@ -294,6 +295,8 @@ class ExecutorKind:
     """Rules that need the dataset (a board's model size), before any process starts."""
     """"auto", or "deployed" for an executor whose clients are other programs: such a run
     is started by `distlab deploy`, never by `distlab run`."""
+    summary: Callable[[list[dict]], dict] | None = None
+    """The executor's own summary figures from the lead's events (what a deployment ran)."""
 
 
 def one_process(cfg: RunConfig) -> int:
@@ -424,7 +427,8 @@ EXECUTORS: dict[str, ExecutorKind] = {
     "processes": ExecutorKind(server_and_hosts, check_hosts, start_processes, host_processes),
     "vectorized": ExecutorKind(one_process, check_one_process, start_vectorized),
     "sequential": ExecutorKind(one_process, check_one_process, ClientSetup.sequential),
-    "flower": ExecutorKind(one_process, check_one_process, start_flower, launcher="deployed"),
+    "flower": ExecutorKind(one_process, check_one_process, start_flower, launcher="deployed",
+                           summary=deployed_summary),  # fmt: skip
     "serial": ExecutorKind(one_process, check_serial, start_serial,
                            check_data=check_serial_data),  # fmt: skip
 }
@@ -540,6 +544,12 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
     return out
 
 
+def extra_summary(cfg, lead: list[dict]) -> dict:
+    """The executor's figures: a deployed run's workers and processes are its SuperNodes'."""
+    summary = EXECUTORS[executor_kind(cfg)].summary
+    return summary(lead) if summary is not None else {}
+
+
 def batch_meaning(cfg) -> str:
     return "per client (local batch)"
 
@@ -559,6 +569,7 @@ SPEC = StrategySpec(
     data_partition=data_partition,
     comm_analysis=comm_analysis,
     batch_meaning=batch_meaning,
+    extra_summary=extra_summary,
     uses_partition=True,  # clients own partitions made by the `partition` config
     launcher=launcher,
     check_data=check_data,
