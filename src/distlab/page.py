@@ -15,28 +15,59 @@ from distlab.scaling import flatten
 
 # Figures in the order the page shows them, with their captions.
 FIGURES = {
-    "speedup.png": "Speedup T(1)/T(N) and efficiency against workers (error bars: seeds).",
-    "accuracy.png": "Final test accuracy against workers (error bars: seeds).",
+    "speedup.png": "Speedup T(1)/T(N) and efficiency against workers (median over seeds and "
+    "repeats, bars from min to max; a red ring marks a flagged run).",
+    "accuracy.png": "Final test accuracy against workers (median over seeds and repeats, bars "
+    "from min to max).",
     "curves.png": "Training loss and test accuracy per step, per round, and over wall time.",
-    "communication.png": "Bytes per worker, measured against the formula, and each run's total.",
+    "communication.png": "Bytes per worker per step (per round, all clients, for FedAvg), "
+    "measured against the formula, and each run's total.",
     "whatif.png": "Alpha-beta model of these runs on other networks: a model, not a measurement.",
 }
 TABLE_COLUMNS = (
-    "run", "status", "strategy", "workers", "seed", "final_accuracy", "train_seconds",
-    "samples_per_second", "speedup", "efficiency", "bytes_per_step_measured",
-    "bytes_per_step_analytic", "seconds_to_target",
+    "run", "status", "strategy", "workers", "seed", "threads", "final_accuracy",
+    "train_seconds", "samples_per_second", "baseline", "speedup", "efficiency",
+    "bytes_per_step_measured", "bytes_per_step_analytic", "seconds_to_target", "flags",
+)  # fmt: skip
+# The repeats table: one row per config that ran several times.
+REPEAT_COLUMNS = (
+    "run", "runs", "strategy", "workers", "threads", "train_seconds", "speedup", "efficiency",
+    "final_accuracy", "disturbed", "flagged",
 )  # fmt: skip
 
 
 def cell(value: Any) -> str:
     """A figure as the summary holds it (already rounded there), so the page and
-    summary.json agree digit for digit; unknown is '-'."""
+    summary.json agree digit for digit; a spread over repeats as 'median [min, max]';
+    unknown is '-'."""
+    if isinstance(value, dict) and "median" in value:
+        return f"{value['median']} [{value['min']}, {value['max']}]"
     return "-" if value is None else str(value)
 
 
-def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    columns = [c for c in TABLE_COLUMNS if any(r.get(c) is not None for r in rows)]
-    return columns, [[cell(r.get(c)) for c in columns] for r in rows]
+def table_rows(
+    rows: list[dict[str, Any]], columns: tuple[str, ...] = TABLE_COLUMNS
+) -> tuple[list[str], list[list[str]]]:
+    """The columns some row knows (the baseline column always: it says which run each
+    speedup is against), and each row's cells."""
+    shown = [c for c in columns if c == "baseline" or any(r.get(c) is not None for r in rows)]
+    return shown, [[cell(r.get(c)) for c in shown] for r in rows]
+
+
+def markdown_table(columns: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    return lines + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def html_table(table_id: str, columns: list[str], body: list[list[str]]) -> str:
+    """A table in a box that scrolls sideways, so a wide table never widens the page."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    rows = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in body)
+    return (
+        f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{rows}</tbody></table></div>"
+    )
 
 
 def figure_list(out: Path) -> list[tuple[str, str]]:
@@ -47,11 +78,17 @@ def figure_list(out: Path) -> list[tuple[str, str]]:
     return found
 
 
-def write_markdown(out: Path, rows: list[dict], runs: list[dict], notes: list[str]) -> Path:
-    columns, body = table_rows(rows)
+REPEATS_TITLE = "Over repeats: median [min, max]"
+
+
+def write_markdown(
+    out: Path, rows: list[dict], runs: list[dict], notes: list[str], groups: list[dict]
+) -> Path:
     lines = [f"# distlab report: {len(rows)} runs", ""]
-    lines += ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
+    lines += markdown_table(*table_rows(rows))
+    if groups:
+        lines += ["", f"## {REPEATS_TITLE}", ""]
+        lines += markdown_table(*table_rows(groups, REPEAT_COLUMNS))
     lines += [""] + [f"- {n}" for n in notes] + [""]
     for name, caption in figure_list(out):
         lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
@@ -67,28 +104,29 @@ def write_markdown(out: Path, rows: list[dict], runs: list[dict], notes: list[st
 STYLE = """
 body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; }
+.scroll { max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+td { max-width: 28em; overflow-wrap: anywhere; }
 th { background: #f0f0f0; } td:first-child { text-align: left; }
 figure { margin: 1.5em 0; } img { max-width: 100%; } pre { background: #f7f7f7; padding: 8px; }
 """
 
 
-def write_html(out: Path, rows: list[dict], runs: list[dict], notes: list[str]) -> Path:
+def write_html(
+    out: Path, rows: list[dict], runs: list[dict], notes: list[str], groups: list[dict]
+) -> Path:
     """One page with everything inlined, so it can be mailed or opened from anywhere."""
-    columns, body = table_rows(rows)
     esc = html.escape
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>distlab report: {len(rows)} runs</title><style>{STYLE}</style></head><body>",
         f"<h1>distlab report: {len(rows)} runs</h1>",
-        '<table id="runs"><thead><tr>'
-        + "".join(f"<th>{esc(c)}</th>" for c in columns)
-        + "</tr></thead><tbody>",
+        html_table("runs", *table_rows(rows)),
     ]
-    for r in body:
-        parts.append("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>")
-    parts.append("</tbody></table>")
+    if groups:
+        parts.append(f"<h2>{esc(REPEATS_TITLE)}</h2>")
+        parts.append(html_table("repeats", *table_rows(groups, REPEAT_COLUMNS)))
     if notes:
         parts.append("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     for name, caption in figure_list(out):

@@ -43,7 +43,8 @@ def partition_table_rows(p: Partition, top: int = 3) -> list[dict[str, Any]]:
 # as many samples, and the same meaning of --batch-size (global batch vs per worker/client).
 BASELINE_KEYS = ("dataset", "model", "samples", "batch_size_meaning")
 NO_BASELINE = (
-    "no one-process run with the same dataset, model, samples (within 1%) and batch meaning"
+    "no completed one-process run with the same dataset, model, samples (within 1%) and "
+    "batch meaning"
 )
 # The columns `distlab report` prints, with short headers so they fit a terminal; summary.md
 # and summary.json have every column.
@@ -138,17 +139,23 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     return runs
 
 
-def comparison_rows(runs: list[dict[str, Any]], target: float | None = None) -> list[dict]:
-    """One row per run. Speedup is T(1)/T(N) against a completed one-process run that did the
-    same work (see BASELINE_KEYS); efficiency is speedup / workers. Where no speedup can be
-    given, speedup_note says why. Unknown figures stay None."""
+def comparison_rows(
+    runs: list[dict[str, Any]], target: float | None = None, baseline: str | None = None
+) -> list[dict]:
+    """One row per run. Speedup is T(1)/T(N), T(1) the median train seconds of the fair
+    one-process runs of the same strategy (see find_baseline; of `baseline`'s strategy when
+    given); efficiency is speedup / workers. Where no speedup can be given, speedup_note
+    says why; `flags` says why a figure should not be trusted. Unknown figures stay None."""
     rows = []
     for run in runs:
         s = run["summary"]
-        base, note = find_baseline(run, runs)
+        base, note = find_baseline(run, runs, baseline)
         seconds = s.get("train_seconds")
-        speedup = round(base["summary"]["train_seconds"] / seconds, 3) if base else None
+        t1 = median_seconds(base) if base else None
+        speedup = round(t1 / seconds, 3) if base else None
         workers = s.get("workers")
+        eff = efficiency(speedup, workers)
+        flags = row_flags(run, base, eff)
         rows.append(
             {
                 "run": run["name"],
@@ -157,15 +164,19 @@ def comparison_rows(runs: list[dict[str, Any]], target: float | None = None) -> 
                 "workers": workers,
                 "seed": s.get("seed"),
                 "processes": s.get("processes"),
+                "threads": threads_of(s),
                 "samples": s.get("samples"),
                 "final_accuracy": s.get("final_accuracy"),
                 "best_accuracy": s.get("best_accuracy"),
                 "train_seconds": seconds,
                 "samples_per_second": s.get("samples_per_second"),
-                "baseline": base["name"] if base else None,
+                "baseline": baseline_label(base),
+                "baseline_seconds": t1,
                 "speedup": speedup,
-                "efficiency": efficiency(speedup, workers),
+                "efficiency": eff,
                 "speedup_note": note,
+                "disturbed": bool(disturbance(s)),
+                "flags": "; ".join(flags) or None,
                 "bytes_per_step_measured": s.get("bytes_per_step_measured"),
                 "bytes_per_step_analytic": s.get("bytes_per_step_analytic"),
                 "seconds_to_target": (
@@ -180,12 +191,86 @@ def efficiency(speedup: float | None, workers: int | None) -> float | None:
     return round(speedup / workers, 3) if speedup is not None and workers else None
 
 
+def median_seconds(group: list[dict[str, Any]]) -> float:
+    return round(float(np.median([r["summary"]["train_seconds"] for r in group])), 4)
+
+
+def baseline_label(group: list[dict[str, Any]] | None) -> str | None:
+    """The baseline's run name, or the first of its repeats and how many there are."""
+    if not group:
+        return None
+    name = group[0]["name"]
+    return name if len(group) == 1 else f"{name} (median of {len(group)})"
+
+
+def threads_of(summary: dict[str, Any]) -> Any:
+    """Torch threads per process the run used (a list where its ranks differed), or None."""
+    return (summary.get("environment") or {}).get("threads_per_process")
+
+
+# A run is disturbed when its slow steps are this many times its median step: something
+# else had the CPU, and its time measures the machine, not the paradigm.
+SLOW_STEP_RATIO = 3.0
+# CPU time a hypervisor may steal before a timing is no longer the run's own.
+STEAL_LIMIT = 0.05
+# Efficiency above this is faster than ideal: a baseline handicapped (other threads, load)
+# or caches that only many workers' smaller shares fit; worth a look before it is believed.
+EFFICIENCY_LIMIT = 1.05
+
+
+def disturbance(summary: dict[str, Any]) -> list[str]:
+    """Why a run's timing is not its own: slow outlier steps, a machine loaded beyond its
+    cores when the run started or ended, CPU time stolen; empty when none is known."""
+    reasons = []
+    spread = summary.get("time_per_unit") or {}
+    median, p90 = spread.get("median"), spread.get("p90")
+    if median and p90 and p90 > SLOW_STEP_RATIO * median:
+        reasons.append(
+            f"{spread.get('unit', 'step')} time p90 {p90:.3g} s is {p90 / median:.1f}x "
+            f"the median {median:.3g} s"
+        )
+    env = summary.get("environment") or {}
+    cores = env.get("cores")
+    loads = [(w, env.get(f"load_{w}")) for w in ("start", "end")]
+    high = [f"{load:g} at its {when}" for when, load in loads if cores and (load or 0) > cores]
+    if high:
+        reasons.append(f"load {' and '.join(high)} on {cores} cores")
+    steal = env.get("steal_fraction")
+    if steal is not None and steal > STEAL_LIMIT:
+        reasons.append(f"{steal:.0%} of CPU time stolen")
+    return reasons
+
+
+def row_flags(
+    run: dict[str, Any], base: list[dict[str, Any]] | None, eff: float | None
+) -> list[str]:
+    """Why this row's timing or speedup should not be trusted as it stands."""
+    reasons = disturbance(run["summary"])
+    flags = [f"disturbed: {'; '.join(reasons)}"] if reasons else []
+    if base and run not in base:
+        upset = [r for r in base if disturbance(r["summary"])]
+        if upset and 2 * len(upset) >= len(base):
+            first = upset[0]
+            flags.append(
+                f"baseline {first['name']} disturbed: {disturbance(first['summary'])[0]}"
+            )
+    # a one-process run's "efficiency" against its own repeats is their spread, not scaling
+    if eff is not None and eff > EFFICIENCY_LIMIT and (run["summary"].get("workers") or 0) > 1:
+        flags.append(
+            f"efficiency {eff:g} is above 1 (faster than ideal): check the baseline's load "
+            "and threads before believing it"
+        )
+    return flags
+
+
 def find_baseline(
-    run: dict[str, Any], runs: list[dict[str, Any]]
-) -> tuple[dict[str, Any] | None, str | None]:
-    """The fair one-process baseline for `run` (of its series, else its strategy, then of
-    its seed, where there is one; the fastest of those), or None and the reason there is
-    none."""
+    run: dict[str, Any], runs: list[dict[str, Any]], strategy: str | None = None
+) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The fair one-process baseline runs for `run` (its repeats: T(1) is their median), or
+    None and the reason there is none. Fair: completed, one process, the same work (see
+    BASELINE_KEYS), the same strategy (or `strategy` when asked for: a comparison across
+    paradigms), the same torch threads per process, and of the run's own series and seed
+    where there is one."""
     s = run["summary"]
     if s.get("status") != "completed":
         return None, f"run {s.get('status') or 'status unknown'}: left out of speedup"
@@ -194,21 +279,30 @@ def find_baseline(
     unknown = [k for k in BASELINE_KEYS if s.get(k) is None]
     if unknown:
         return None, f"{', '.join(unknown)} unknown: no comparable baseline"
+    want = strategy or s.get("strategy")
     same = [r for r in runs if is_one_process_twin(r["summary"], s)]
+    same = [r for r in same if r["summary"].get("strategy") == want]
     timed = [r for r in same if is_positive(r["summary"].get("train_seconds"))]
     if not same:
-        return None, NO_BASELINE
+        hint = "" if strategy else " (--baseline STRATEGY compares with another strategy's)"
+        return None, f"{NO_BASELINE}, of strategy {want}{hint}"
     if not timed:
         return None, "the comparable one-process run has no train seconds"
-    # T(1) of the run's own series (same settings but workers and seed) or strategy where
-    # there is one, so each line of a speedup plot starts at 1; over seeds, the baseline of
-    # the run's own seed.
+    # T(1) of the run's own series (same settings but workers, seed and repeat), so each
+    # line of a speedup plot starts at 1; over seeds, the baseline of the run's own seed.
     series = [r for r in timed if r.get("series") and r.get("series") == run.get("series")]
     timed = series or timed
-    for key in ("strategy", "seed"):
-        closer = [r for r in timed if r["summary"].get(key) == s.get(key)]
-        timed = closer or timed
-    return min(timed, key=lambda r: r["summary"]["train_seconds"]), None
+    closer = [r for r in timed if r["summary"].get("seed") == s.get("seed")]
+    timed = closer or timed
+    fair = [r for r in timed if threads_of(r["summary"]) == threads_of(s)]
+    if not fair:
+        other = timed[0]
+        return None, (
+            f"the one-process run {other['name']} used {threads_of(other['summary'])} torch "
+            f"threads per process and this run {threads_of(s)}: not comparable (give both "
+            "the same --set threads=N)"
+        )
+    return fair, None
 
 
 # Workers that split a data set unevenly round their shares up: 3 workers walk 12,006 of
@@ -400,22 +494,28 @@ def write_report(
     networks: str | None = None,
     latency: str = "50us",
     force: bool = False,
+    baseline: str | None = None,
 ) -> list[dict[str, Any]]:
     """Every figure and page for a set of runs or sweeps: curves.png, speedup.png and
     accuracy.png (when the runs span several worker counts), communication.png,
-    partition-*.png, whatif.png (with `networks`), report.md, report.html, results.csv and
-    summary.json. Every input is checked before anything is written."""
+    partition-*.png, whatif.png (with `networks`), report.md, report.html, results.csv,
+    summary.json and, where runs repeat one config, repeats.json. Speedups are against the
+    same strategy's one-process runs unless `baseline` names the strategy to compare with.
+    Every input is checked before anything is written."""
     from distlab import page, scaling
 
     check_target(target)
+    check_baseline(baseline)
     out = check_out_dir(out)
     whatif_plan = check_network(networks, latency)
     runs = load_runs(run_dirs)
     check_datasets(runs, force)
     labels = scaling.series_labels([r["config"] for r in runs])
+    if baseline:
+        labels = [f"{label} (vs {baseline})" for label in labels]
     for run, label in zip(runs, labels, strict=True):
         run["series"] = label
-    rows = comparison_rows(runs, target)
+    rows = comparison_rows(runs, target, baseline)
     for row, label in zip(rows, labels, strict=True):
         row["series"] = label
     try:
@@ -433,11 +533,93 @@ def write_report(
     write_partitions(runs, out)
     if whatif_plan is not None:
         notes += write_whatif(runs, rows, whatif_plan, out / "whatif.png")
-    page.write_markdown(out, rows, runs, notes)
-    page.write_html(out, rows, runs, notes)
+    notes += [f"{r['run']}: {r['flags']}" for r in rows if r["flags"]]
+    groups = repeat_rows(rows, repeat_keys(runs))
+    page.write_markdown(out, rows, runs, notes, groups)
+    page.write_html(out, rows, runs, notes, groups)
     page.write_csv(out, rows, runs)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if groups:
+        (out / "repeats.json").write_text(json.dumps(groups, indent=2) + "\n")
     return rows
+
+
+def check_baseline(strategy: str | None) -> None:
+    """--baseline names a registered strategy, or ValueError with the allowed names."""
+    if strategy is None:
+        return
+    from distlab.strategies import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise ValueError(
+            f"unknown --baseline strategy {strategy!r} (allowed: {', '.join(sorted(STRATEGIES))})"
+        )
+
+
+# Settings that differ between repeats of one cell without making it other work.
+REPEAT_FREE = ("name", "out_dir")
+
+
+def repeat_keys(runs: list[dict[str, Any]]) -> list[str]:
+    """A key per run that repeats of one config share (its config less name and directory)."""
+    keys = []
+    for run in runs:
+        config = {k: v for k, v in (run.get("config") or {}).items() if k not in REPEAT_FREE}
+        keys.append(json.dumps(config, sort_keys=True, default=str))
+    return keys
+
+
+# The figures the repeats table gives as median [min, max].
+SPREAD_KEYS = ("train_seconds", "speedup", "efficiency", "final_accuracy")
+
+
+def repeat_rows(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """One row per config that ran more than once: how many runs, the median and min-max of
+    train seconds, speedup, efficiency and accuracy over them, and how many were disturbed
+    or flagged. Empty when no config repeats."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row, key in zip(rows, keys, strict=True):
+        groups.setdefault(key, []).append(row)
+    if all(len(g) == 1 for g in groups.values()):
+        return []
+    out = []
+    for group in groups.values():
+        first = group[0]
+        record = {
+            "run": strip_repeat(first["run"]),
+            "runs": len(group),
+            "strategy": first["strategy"],
+            "workers": first["workers"],
+            "threads": first["threads"],
+        }
+        for key in SPREAD_KEYS:
+            record[key] = spread([r[key] for r in group if r["status"] == "completed"])
+        record["disturbed"] = sum(r["disturbed"] for r in group)
+        record["flagged"] = sum(r["flags"] is not None for r in group)
+        out.append(record)
+    return out
+
+
+def strip_repeat(name: str) -> str:
+    """A cell's name without its repeat suffix: allreduce_workers-2_r3 -> allreduce_workers-2."""
+    head, sep, tail = name.rpartition("_r")
+    return head if sep and tail.isdigit() else name
+
+
+def spread(values: list[float | None]) -> dict[str, float] | None:
+    """{median, min, max} of the known values, None when there are none.
+
+    >>> spread([2.0, None, 1.0, 4.0])
+    {'median': 2.0, 'min': 1.0, 'max': 4.0}
+    """
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    return {
+        "median": round(float(np.median(known)), 4),
+        "min": round(min(known), 4),
+        "max": round(max(known), 4),
+    }
 
 
 def check_network(networks: str | None, latency: str):

@@ -64,28 +64,46 @@ def varies(flats: list[dict[str, Any]], key: str) -> bool:
 
 
 def aggregate(rows: list[dict[str, Any]], labels: list[str], key: str) -> dict[str, dict]:
-    """{series: {workers: (mean, std, n)}} of rows[key] over the runs (seeds) that have it."""
+    """{series: {workers: (median, min, max, n)}} of rows[key] over the runs (seeds and
+    repeats) that have it: the median resists the one run a busy machine slowed down, and
+    the min-max shows how far the runs spread."""
     values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row, label in zip(rows, labels, strict=True):
         if row.get(key) is not None and row.get("workers") is not None:
             values[label][row["workers"]].append(float(row[key]))
     return {
-        label: {w: (float(np.mean(v)), float(np.std(v)), len(v)) for w, v in sorted(by_w.items())}
+        label: {
+            w: (float(np.median(v)), float(np.min(v)), float(np.max(v)), len(v))
+            for w, v in sorted(by_w.items())
+        }
         for label, by_w in values.items()
+    }
+
+
+def flagged_points(rows: list[dict[str, Any]], labels: list[str]) -> set[tuple[str, int]]:
+    """(series, workers) of the points with a flagged run: disturbed, or its baseline, or an
+    efficiency above 1."""
+    return {
+        (label, row["workers"])
+        for row, label in zip(rows, labels, strict=True)
+        if row.get("flags") and row.get("speedup") is not None
     }
 
 
 def plot_speedup(
     rows: list[dict], labels: list[str], path: str | Path, cores: int | None = None
 ) -> Path:
-    """Speedup T(1)/T(N) and efficiency against workers, one line per series, the ideal line,
-    error bars over seeds, and the machine's core count when runs go past it. A run without
-    a fair one-process baseline is left out (its speedup_note says why)."""
+    """Speedup T(1)/T(N) and efficiency against workers, one line per series (the median
+    over seeds and repeats, bars from min to max), the ideal line, the machine's core count
+    when runs go past it, and a red ring on every point with a flagged run (see the report's
+    flags). A run without a fair one-process baseline is left out (its speedup_note says
+    why)."""
     path = check_plot(path)
-    fig = new_figure(12, 4.6)
+    fig = new_figure(12, 5.0)
     speed_ax, eff_ax = fig.subplots(1, 2)
     speed = aggregate(rows, labels, "speedup")
     eff = aggregate(rows, labels, "efficiency")
+    flagged = flagged_points(rows, labels)
     workers = sorted({r["workers"] for r in rows if r.get("workers")})
     top = max(workers, default=1)
     speed_ax.plot([1, top], [1, top], color="0.6", ls=":", label="ideal")
@@ -95,8 +113,8 @@ def plot_speedup(
         for ax in (speed_ax, eff_ax):
             ax.axvline(cores, color="tab:red", ls="--", lw=0.8, label=f"{cores} cores")
     for (label, points), color in zip(speed.items(), class_colors(len(speed)), strict=True):
-        draw_series(speed_ax, points, label, color)
-        draw_series(eff_ax, eff.get(label, {}), label, color)
+        draw_series(speed_ax, points, label, color, flagged)
+        draw_series(eff_ax, eff.get(label, {}), label, color, flagged)
     speed_ax.set(xlabel="workers", ylabel="speedup T(1) / T(N)", title="Speedup of training time")
     eff_ax.set(xlabel="workers", ylabel="efficiency (speedup / workers)", title="Efficiency")
     for ax in (speed_ax, eff_ax):
@@ -106,11 +124,16 @@ def plot_speedup(
             ax.text(0.5, 0.5, "no run has a one-process baseline", ha="center",
                     transform=ax.transAxes)  # fmt: skip
     speed_ax.legend(fontsize=8)
+    note = "points: median over seeds and repeats; bars: min to max"
+    if flagged:
+        note += "; red ring: a run flagged as disturbed or above ideal (see the report's flags)"
+    fig.supxlabel(note, fontsize=8, color="0.3")  # constrained layout keeps it clear of axes
     return save_figure(fig, path)
 
 
 def plot_accuracy(rows: list[dict], labels: list[str], path: str | Path) -> Path:
-    """Final test accuracy against workers, one line per series, error bars over seeds."""
+    """Final test accuracy against workers, one line per series (median over seeds and
+    repeats, bars from min to max)."""
     path = check_plot(path)
     fig = new_figure(7, 4.6)
     ax = fig.subplots()
@@ -125,13 +148,25 @@ def plot_accuracy(rows: list[dict], labels: list[str], path: str | Path) -> Path
     return save_figure(fig, path)
 
 
-def draw_series(ax, points: dict[int, tuple[float, float, int]], label: str, color) -> None:
+def draw_series(
+    ax,
+    points: dict[int, tuple[float, float, float, int]],
+    label: str,
+    color,
+    flagged: set[tuple[str, int]] | None = None,
+) -> None:
     if not points:
         return
     x = list(points)
-    mean = [points[w][0] for w in x]
-    std = [points[w][1] for w in x]
-    ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, color=color, label=label)
+    median = np.array([points[w][0] for w in x])
+    low = median - np.array([points[w][1] for w in x])
+    high = np.array([points[w][2] for w in x]) - median
+    ax.errorbar(x, median, yerr=[low, high], marker="o", ms=4, capsize=3, color=color,
+                label=label)  # fmt: skip
+    marked = [(w, m) for w, m in zip(x, median, strict=True) if (label, w) in (flagged or ())]
+    if marked:
+        ax.scatter(*zip(*marked, strict=True), s=140, facecolors="none", edgecolors="tab:red",
+                   linewidths=1.5, zorder=5)  # fmt: skip
 
 
 # (measured, analytic) summary fields per unit of communication, in the order they are looked
@@ -141,15 +176,23 @@ BYTE_PAIRS = (
     ("round", "bytes_per_round_measured", "bytes_per_round_logical"),
     ("averaging", "bytes_per_averaging_measured", "bytes_per_averaging_analytic"),
 )
+# What one bar of each unit counts, unless the run's summary says (`bytes_per_round_scope`):
+# data-parallel figures are one worker's; a federated round's are the server's, all clients.
+BYTE_SCOPES = {
+    "step": "per worker per step",
+    "round": "per round",
+    "averaging": "per worker per averaging",
+}
 
 
 def byte_figures(summary: dict[str, Any]) -> dict[str, Any]:
     """The run's communication figures: per worker per unit measured and analytic (None when
     unknown), and the total payload of every rank."""
-    unit, measured, analytic = None, None, None
+    unit, measured, analytic, scope = None, None, None, None
     for name, m_key, a_key in BYTE_PAIRS:
         if summary.get(m_key) is not None:
             unit, measured, analytic = name, summary[m_key], summary.get(a_key)
+            scope = summary.get(f"bytes_per_{name}_scope") or BYTE_SCOPES[name]
             break
     ranks = summary.get("bytes_per_rank") or {}
     total = sum(r.get("bytes_sent", 0) + r.get("bytes_recv", 0) for r in ranks.values())
@@ -157,6 +200,7 @@ def byte_figures(summary: dict[str, Any]) -> dict[str, Any]:
         total = 0  # a rank alone hands its collectives to itself: nothing crosses a wire
     return {
         "unit": unit,
+        "scope": scope,
         "measured": measured,
         "analytic": analytic,
         "total_bytes": total if ranks else None,
@@ -164,9 +208,10 @@ def byte_figures(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot_communication(names: list[str], summaries: list[dict], path: str | Path) -> Path:
-    """Measured against analytic bytes per worker per step, round or averaging (one pair of
-    bars per run; an unknown formula is left out, never drawn as 0), and every run's total
-    payload in MB."""
+    """Measured against analytic bytes per unit of communication (one pair of bars per run,
+    labelled with what it counts: one worker per step, or all clients per federated round;
+    an unknown formula is left out, never drawn as 0), and every run's total payload in
+    MB."""
     path = check_plot(path)
     figures = [byte_figures(s) for s in summaries]
     keep = [i for i, f in enumerate(figures) if f["measured"] is not None]
@@ -178,9 +223,9 @@ def plot_communication(names: list[str], summaries: list[dict], path: str | Path
     known = [(j, v) for j, v in known if v is not None]
     if known:
         per_ax.bar([j + 0.2 for j, _ in known], [v for _, v in known], 0.4, label="analytic")
-    per_ax.set_xticks(x, [f"{names[i]}\n(per {figures[i]['unit']})" for i in keep],
+    per_ax.set_xticks(x, [f"{names[i]}\n({figures[i]['scope']})" for i in keep],
                       rotation=30, ha="right", fontsize=7)  # fmt: skip
-    per_ax.set(ylabel="bytes per worker", title="Per worker: measured vs formula")
+    per_ax.set(ylabel="bytes (each bar's scope under it)", title="Measured vs formula")
     if keep:
         per_ax.legend(fontsize=8)
     totals = [(n, f["total_bytes"]) for n, f in zip(names, figures, strict=True)]

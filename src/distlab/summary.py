@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ def summarize(
     rss = [e["peak_rss_mb"] for e in events if e.get("peak_rss_mb") is not None]
     summary["peak_rss_mb"] = max(rss) if rss else None
     summary.update(comm_summary(cfg, spec, events, params, len(units), processes))
+    summary["time_per_unit"] = time_per_unit(units, "round" if rounds else "step")
     summary.update(spec.extra_summary(cfg, lead))
     summary["environment"] = environment(events)
+    summary["environment"].update(machine_figures(lead))
     return summary
 
 
@@ -102,6 +105,40 @@ def environment(events: list[dict[str, Any]]) -> dict[str, Any]:
         "distlab": version("distlab"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+    }
+
+
+def time_per_unit(units: list[dict[str, Any]], unit: str) -> dict[str, Any] | None:
+    """The spread of the lead rank's step (or round) durations: median, 90th percentile and
+    maximum in seconds. A median far below the p90 means something else took the CPU during
+    some steps, and the run's time is not the paradigm's."""
+    durations = sorted(e["duration"] for e in units if e.get("duration") is not None)
+    if not durations:
+        return None
+
+    def at(q: float) -> float:
+        return round(durations[min(len(durations) - 1, int(q * len(durations)))], 6)
+
+    return {
+        "unit": unit,
+        "count": len(durations),
+        "median": round(statistics.median(durations), 6),
+        "p90": at(0.9),
+        "max": round(durations[-1], 6),
+    }
+
+
+def machine_figures(lead: list[dict[str, Any]]) -> dict[str, Any]:
+    """The machine's load average when the lead rank started and ended, and the share of CPU
+    time stolen by a hypervisor in between (null where the OS does not say)."""
+    from distlab.runtime.environ import steal_fraction
+
+    first = next((e.get("machine") for e in lead if e.get("phase") in ("start", "resume")), None)
+    last = next((e.get("machine") for e in reversed(lead) if e.get("phase") == "end"), None)
+    return {
+        "load_start": (first or {}).get("load"),
+        "load_end": (last or {}).get("load"),
+        "steal_fraction": steal_fraction(first, last) if first and last else None,
     }
 
 

@@ -52,7 +52,9 @@ RESERVED_KEYS = ("name", "out_dir")
 SHORT_KEYS = {v: k for k, v in FLAG_KEYS.items()}
 # Seconds a stopped cell gets to record itself before it is killed.
 STOP_GRACE_SECONDS = 30.0
-SWEEP_FILE_KEYS = ("name", "base", "grid", "cells")
+SWEEP_FILE_KEYS = ("name", "base", "grid", "cells", "repeats")
+# Far more repeats than any timing needs; a typo such as 1000 would run for days.
+MAX_REPEATS = 100
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Cell:
     values: dict[str, Any]
     config: dict[str, Any]
     processes: int
+    repeat: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ class SweepPlan:
 
     def fingerprint(self) -> list[dict[str, Any]]:
         """What makes two plans the same sweep: the cells and what each runs."""
-        return [{"name": c.name, "values": c.values, "config": c.config} for c in self.cells]
+        return [
+            {"name": c.name, "values": c.values, "config": c.config, "repeat": c.repeat}
+            for c in self.cells
+        ]
 
 
 @dataclass
@@ -207,15 +213,24 @@ def plan_sweep(
     out_dir: str | Path = "sweeps",
     jobs: int = 1,
     check_inputs: bool = True,
+    repeats: int | None = None,
 ) -> SweepPlan:
     """Expand and validate every cell; ValueError (naming the cell) before anything runs.
     `base` is the config every cell starts from (a sweep file's `base` already merged in),
     `grid` the `--grid KEY=V1,V2` texts, `sweep` a sweep file's contents (its grid comes
-    first, then `grid`; its cells are each combined with the grid). With several jobs at
-    once each process gets one torch thread unless `threads` is set."""
+    first, then `grid`; its cells are each combined with the grid).
+
+    Timings are compared across cells, so every cell runs with the same torch threads per
+    process unless `threads` is set: the count the cell with the most processes gets
+    (cores // processes), one with several jobs at once. A one-process baseline with two
+    threads against two one-thread workers would credit the threads to the workers.
+    `repeats` (or the file's `repeats`) runs each cell that many times, interleaved (every
+    cell once, then every cell again), as CELL_r1, CELL_r2, ...: the report gives the
+    median and the spread, and a slow moment of the machine touches one repeat of each."""
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1 (got {jobs})")
     sweep = sweep or {}
+    repeats = check_repeats(repeats if repeats is not None else sweep.get("repeats", 1))
     grids = [(canonical_key(k, "grid"), v) for k, v in (sweep.get("grid") or {}).items()]
     grids += [parse_grid(g) for g in grid or []]
     name = name or sweep.get("name") or "sweep"
@@ -224,8 +239,33 @@ def plan_sweep(
     base = copy.deepcopy(base)
     if jobs > 1 and not base.get("threads"):
         base["threads"] = 1
+    cells = build_cells(base, expand(grids, sweep.get("cells") or []), root)
+    threads = even_threads(base, cells)
+    if threads:
+        base["threads"] = threads
+        cells = build_cells(base, expand(grids, sweep.get("cells") or []), root)
+    names = [c.name for c in cells]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:
+        raise ValueError(f"the sweep has cell {twice!r} twice: its cells must differ")
+    if check_inputs:
+        check_cell_inputs(cells)
+    if repeats > 1:
+        cells = repeat_cells(cells, repeats, root)
+    return SweepPlan(name, root, base, tuple(cells))
+
+
+def check_repeats(repeats: Any) -> int:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:
+        raise ValueError(f"--repeats must be an integer from 1 to {MAX_REPEATS} (got {repeats!r})")
+    return repeats
+
+
+def build_cells(base: dict[str, Any], points: list[dict[str, Any]], root: Path) -> list[Cell]:
+    """A validated Cell for each point of the grid; ValueError naming the cell, or a base
+    strategy key that no cell's strategy takes."""
     cells, unused = [], None
-    for values in expand(grids, sweep.get("cells") or []):
+    for values in points:
         label = cell_name(values)
         data, dropped = cell_config(base, values)
         unused = dropped if unused is None else unused & dropped
@@ -234,13 +274,28 @@ def plan_sweep(
         cells.append(Cell(label, values, json.loads(cfg.model_dump_json()), count_processes(cfg)))
     if unused:
         raise ValueError(f"{sorted(unused)[0]} is not a key of any strategy in the sweep")
-    names = [c.name for c in cells]
-    twice = next((n for n in names if names.count(n) > 1), None)
-    if twice:
-        raise ValueError(f"the sweep has cell {twice!r} twice: its cells must differ")
-    if check_inputs:
-        check_cell_inputs(cells)
-    return SweepPlan(name, root, base, tuple(cells))
+    return cells
+
+
+def even_threads(base: dict[str, Any], cells: list[Cell]) -> int | None:
+    """The torch threads every cell gets when their process counts differ and nothing set
+    the threads: cores // the most processes of any cell (at least 1); else None."""
+    if base.get("threads") or len({c.processes for c in cells}) < 2:
+        return None
+    if any(c.config.get("threads") for c in cells):
+        return None  # a cell that sets its own threads was set by hand: leave them all
+    return max(1, (os.cpu_count() or 1) // max(c.processes for c in cells))
+
+
+def repeat_cells(cells: list[Cell], repeats: int, root: Path) -> list[Cell]:
+    """Each cell `repeats` times, interleaved: every cell's first run, then every second."""
+    out = []
+    for r in range(1, repeats + 1):
+        for cell in cells:
+            name = f"{cell.name}_r{r}"
+            config = {**cell.config, "name": name, "out_dir": str(root)}
+            out.append(Cell(name, cell.values, config, cell.processes, r))
+    return out
 
 
 def check_name(name: str) -> None:

@@ -65,23 +65,25 @@ def test_speedup_and_efficiency_are_against_the_one_process_run():
     assert [r["speedup_note"] for r in rows] == [None, None]
 
 
-def test_the_fastest_of_several_fair_baselines_is_used():
+def test_t1_is_the_median_of_the_fair_baselines_repeats():
     runs = [
         fake_run("slow", 1, 1, 10.0, [(3.0, 0.9)]),
         fake_run("fast", 1, 1, 6.0, [(3.0, 0.9)]),
-        fake_run("two", 2, 2, 3.0, [(2.0, 0.9)]),
+        fake_run("mid", 1, 1, 7.0, [(3.0, 0.9)]),
+        fake_run("two", 2, 2, 3.5, [(2.0, 0.9)]),
     ]
 
     rows = comparison_rows(runs)
 
-    assert (rows[2]["baseline"], rows[2]["speedup"]) == ("fast", 2.0)
+    assert rows[3]["baseline"] == "slow (median of 3)"
+    assert (rows[3]["baseline_seconds"], rows[3]["speedup"]) == (7.0, 2.0)
 
 
 def test_no_baseline_means_no_speedup_and_a_note():
     rows = comparison_rows([fake_run("two", 2, 2, 4.0, [(2.0, 0.5)])])
 
     assert rows[0]["speedup"] is None and rows[0]["efficiency"] is None
-    assert rows[0]["speedup_note"] == NO_BASELINE
+    assert rows[0]["speedup_note"].startswith(NO_BASELINE)
 
 
 @pytest.mark.parametrize(
@@ -97,11 +99,11 @@ def test_a_one_process_run_that_did_other_work_is_no_baseline(key, value):
     single = fake_run("one", 1, 1, 8.0, [(3.0, 0.9)], strategy="centralized", **{key: value})
     ddp = fake_run("ddp", 2, 2, 2.0, [(2.0, 0.9)], strategy="ddp")
 
-    rows = comparison_rows([single, ddp])
+    rows = comparison_rows([single, ddp], baseline="centralized")
 
     assert rows[1]["speedup"] is None and rows[1]["efficiency"] is None
     assert rows[1]["baseline"] is None
-    assert rows[1]["speedup_note"] == NO_BASELINE
+    assert rows[1]["speedup_note"].startswith(NO_BASELINE)
     assert rows[0]["speedup"] == 1.0  # the single run is still its own baseline
 
 
@@ -116,7 +118,7 @@ def test_unfinished_runs_are_marked_and_left_out_of_speedup(status):
     assert [r["status"] for r in rows] == [status, "completed", status]
     assert [r["speedup"] for r in rows] == [None, None, None]
     assert rows[0]["speedup_note"] == f"run {status}: left out of speedup"
-    assert rows[1]["speedup_note"] == NO_BASELINE  # the failed single is no baseline
+    assert rows[1]["speedup_note"].startswith(NO_BASELINE)  # the failed single is no baseline
     assert rows[2]["speedup_note"] == f"run {status}: left out of speedup"
 
 
@@ -162,7 +164,8 @@ def test_smooth_is_a_running_mean():
 def test_report_tables_show_missing_values_as_dashes():
     columns, cells = table_rows([{"run": "a", "workers": None, "speedup": 1.5}])
 
-    assert columns == ["run", "speedup"] and cells == [["a", "1.5"]]  # an empty column is left out
+    # an empty column is left out, but the baseline column is always there
+    assert columns == ["run", "baseline", "speedup"] and cells == [["a", "-", "1.5"]]
 
 
 def test_curves_of_runs_with_unknown_figures_still_draw(tmp_path):
@@ -175,10 +178,12 @@ def test_curves_of_runs_with_unknown_figures_still_draw(tmp_path):
 
 
 def test_report_from_real_runs_writes_plots_and_tables(tmp_path):
-    one = run_small(tmp_path / "1", strategy="centralized")
-    two = run_small(tmp_path / "2", strategy="allreduce", workers=2)
+    one = run_small(tmp_path / "1", strategy="centralized", threads=1)
+    two = run_small(tmp_path / "2", strategy="allreduce", workers=2, threads=1)
 
-    rows = write_report([one.run_dir, two.run_dir], tmp_path / "rep", target=0.5)
+    rows = write_report(
+        [one.run_dir, two.run_dir], tmp_path / "rep", target=0.5, baseline="centralized"
+    )
 
     assert (tmp_path / "rep" / "curves.png").read_bytes().startswith(PNG)
     assert (tmp_path / "rep" / "communication.png").read_bytes().startswith(PNG)
@@ -240,4 +245,118 @@ def test_a_baseline_is_the_runs_own_strategy_and_seed_and_allows_uneven_shares()
 
     assert rows["ar3-s1"]["baseline"] == "ar1-s1"  # not the faster centralized, not seed 0
     assert rows["ar3-s1"]["speedup"] == 2.0 and rows["ar3-s1"]["efficiency"] == 0.667
-    assert rows["ar3-far"]["baseline"] is None and rows["ar3-far"]["speedup_note"] == NO_BASELINE
+    assert rows["ar3-far"]["baseline"] is None
+    assert rows["ar3-far"]["speedup_note"].startswith(NO_BASELINE)
+
+
+# --- speedups you can trust -------------------------------------------------------------------
+
+
+def machine(threads=1, cores=2, load_start=0.3, load_end=0.5, steal=0.0):
+    return {
+        "environment": {
+            "threads_per_process": threads,
+            "cores": cores,
+            "load_start": load_start,
+            "load_end": load_end,
+            "steal_fraction": steal,
+        },
+        "time_per_unit": {"unit": "step", "count": 100, "median": 0.02, "p90": 0.025},
+    }
+
+
+def test_a_baseline_with_other_threads_per_process_is_refused_and_said():
+    single = fake_run("one", 1, 1, 8.0, [], **machine(threads=2))
+    two = fake_run("two", 2, 2, 0.6, [], **machine(threads=1))
+
+    rows = comparison_rows([single, two])
+
+    assert rows[1]["speedup"] is None and rows[1]["baseline"] is None
+    assert "used 2 torch threads per process and this run 1" in rows[1]["speedup_note"]
+    assert "--set threads=N" in rows[1]["speedup_note"]
+
+
+def test_the_issues_busy_baseline_is_flagged_with_its_reasons():
+    # 47 of 125 steps took 0.27-0.32 s against a 0.02 s median: 14x "speedup" on 2 cores
+    busy = machine(load_start=3.6)
+    busy["time_per_unit"] = {"unit": "step", "count": 125, "median": 0.02, "p90": 0.3}
+    single = fake_run("one", 1, 1, 8.4, [], **busy)
+    two = fake_run("two", 2, 2, 0.6, [], **machine())
+
+    rows = comparison_rows([single, two])
+
+    assert rows[1]["speedup"] == 14.0 and rows[1]["efficiency"] == 7.0
+    assert rows[0]["disturbed"] and not rows[1]["disturbed"]
+    assert "step time p90 0.3 s is 15.0x the median" in rows[0]["flags"]
+    assert "load 3.6 at its start on 2 cores" in rows[0]["flags"]
+    assert "baseline one disturbed" in rows[1]["flags"]
+    assert "efficiency 7 is above 1" in rows[1]["flags"]
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"load_end": 2.5}, "load 2.5 at its end on 2 cores"),
+        ({"steal": 0.2}, "20% of CPU time stolen"),
+    ],
+)
+def test_load_beyond_the_cores_and_stolen_time_disturb_a_run(change, said):
+    run = fake_run("one", 1, 1, 8.0, [], **machine(**change))
+
+    [row] = comparison_rows([run])
+
+    assert row["disturbed"] and said in row["flags"]
+
+
+def test_a_quiet_run_at_ideal_is_not_flagged():
+    rows = comparison_rows(
+        [fake_run("one", 1, 1, 8.0, [], **machine()), fake_run("two", 2, 2, 4.0, [], **machine())]
+    )
+
+    assert [r["flags"] for r in rows] == [None, None]
+    assert rows[1]["efficiency"] == 1.0
+
+
+def test_speedup_never_crosses_strategies_unless_asked():
+    central = fake_run("c1", 1, 1, 6.0, [], strategy="centralized")
+    ps1 = fake_run("ps1", 1, 2, 9.0, [], strategy="param-server")
+    ps2 = fake_run("ps2", 2, 3, 5.0, [], strategy="param-server")
+
+    plain = {r["run"]: r for r in comparison_rows([central, ps1, ps2])}
+    asked = {r["run"]: r for r in comparison_rows([central, ps1, ps2], baseline="centralized")}
+
+    assert plain["ps1"]["speedup"] is None and plain["ps2"]["speedup"] is None
+    assert "of strategy param-server" in plain["ps1"]["speedup_note"]
+    assert "--baseline STRATEGY" in plain["ps1"]["speedup_note"]
+    assert (asked["ps1"]["baseline"], asked["ps2"]["speedup"]) == ("c1", 1.2)
+
+
+def test_repeats_give_the_median_and_spread(tmp_path):
+    from distlab.report import repeat_keys, repeat_rows
+
+    runs = [
+        fake_run(f"one_r{i}", 1, 1, t, [(1.0, 0.9)]) for i, t in enumerate([8.0, 9.0, 10.0], 1)
+    ] + [fake_run(f"two_r{i}", 2, 2, t, [(1.0, 0.9)]) for i, t in enumerate([4.0, 4.5, 6.0], 1)]
+    for run in runs:
+        run["config"] = {"workers": run["summary"]["workers"], "name": run["name"]}
+
+    rows = comparison_rows(runs)
+    groups = repeat_rows(rows, repeat_keys(runs))
+
+    assert [g["run"] for g in groups] == ["one", "two"] and groups[1]["runs"] == 3
+    assert groups[1]["speedup"] == {"median": 2.0, "min": 1.5, "max": 2.25}  # 9 / (6, 4.5, 4)
+    assert groups[1]["train_seconds"] == {"median": 4.5, "min": 4.0, "max": 6.0}
+    assert groups[0]["speedup"]["median"] == 1.0
+
+
+def test_report_table_has_the_baseline_and_a_page_that_does_not_overflow(tmp_path):
+    one = run_small(tmp_path / "1", strategy="centralized", threads=1)
+    two = run_small(tmp_path / "2", strategy="allreduce", workers=2, threads=1)
+
+    write_report([one.run_dir, two.run_dir], tmp_path / "rep", baseline="centralized")
+
+    markdown = (tmp_path / "rep" / "report.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| run"))
+    assert "| baseline |" in header and "| threads |" in header
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert '<div class="scroll"><table id="runs">' in page and "overflow-x: auto" in page

@@ -113,3 +113,37 @@ def busy_seconds() -> float | None:
         return (int(on_cpu) + int(waiting)) / 1e9
     except (OSError, ValueError):
         return None
+
+
+def machine_load() -> dict[str, float | int | None]:
+    """How busy the machine is now: the 1-minute load average (runnable and waiting tasks of
+    every process on the machine, this run's own included) and the CPU time counters from
+    /proc/stat (all CPUs, in clock ticks), so that two readings give the share of CPU time a
+    hypervisor stole between them. A timing taken on a loaded or stolen-from machine
+    misleads; the run records both so its report can say so. None where the OS does not
+    tell."""
+    try:
+        load: float | None = round(os.getloadavg()[0], 2)
+    except OSError:
+        load = None
+    steal = total = None
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal (guest time is inside user already)
+        total, steal = sum(fields[:8]), (fields[7] if len(fields) > 7 else None)
+    except (OSError, ValueError):
+        pass
+    return {"load": load, "cpu_ticks": total, "steal_ticks": steal}
+
+
+def steal_fraction(before: dict, after: dict) -> float | None:
+    """The share of all CPU time stolen between two `machine_load` readings, or None.
+
+    >>> steal_fraction({"cpu_ticks": 100, "steal_ticks": 5}, {"cpu_ticks": 300, "steal_ticks": 25})
+    0.1
+    """
+    ticks = (after.get("cpu_ticks") or 0) - (before.get("cpu_ticks") or 0)
+    if before.get("steal_ticks") is None or after.get("steal_ticks") is None or ticks <= 0:
+        return None
+    return round((after["steal_ticks"] - before["steal_ticks"]) / ticks, 4)

@@ -25,7 +25,7 @@ from distlab.models import count_parameters
 from distlab.runtime.checkpoint import Checkpointer
 from distlab.runtime.comm import Communicator
 from distlab.runtime.context import WorkerContext, move_dataset, seed_generators
-from distlab.runtime.environ import elastic_restart
+from distlab.runtime.environ import elastic_restart, machine_load
 from distlab.runtime.shm import make_communicator
 from distlab.training import compute_gradients, make_optimizer
 
@@ -129,6 +129,7 @@ def run_worker(
             pid=os.getpid(),
             device=str(device),
             threads=torch.get_num_threads(),
+            machine=machine_load(),
             lead_rank=lead,
             params=params if rank == lead else None,
         )
@@ -138,7 +139,7 @@ def run_worker(
         notify(on_event, "training")
         entry.run(ctx, cfg.strategy)
         recorder.comm_totals()
-        recorder.phase("end", peak_rss_mb=peak_rss_mb())
+        recorder.phase("end", peak_rss_mb=peak_rss_mb(), machine=machine_load())
     finally:
         recorder.close()
 

@@ -535,7 +535,12 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
     logical figure; headers and the per-client trailer add a little."""
     p = cfg.strategy
     per_round = 2 * params * 4 * (p.clients_per_round or p.clients)
-    out = {"bytes_per_round_logical": per_round, "bytes_total_logical": per_round * units}
+    out = {
+        "bytes_per_round_logical": per_round,
+        "bytes_total_logical": per_round * units,
+        # a round's figures are the server's: every sampled client's traffic together
+        "bytes_per_round_scope": "per round, all clients",
+    }
     server = per_rank.get(str(SERVER))
     if executor_kind(cfg) in ("processes", "flower", "serial") and server:
         measured = server["bytes_sent"] + server["bytes_recv"]
