@@ -7,9 +7,11 @@ torchrun --nproc-per-node 4 -m distlab run --strategy allreduce --workers 4
 
 from __future__ import annotations
 
+import copy
 import gc
 import inspect
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -60,9 +62,10 @@ def _options(
 _LAZY = "\x00config:"
 
 
-def _help(path: str) -> str:
-    """The help of the flag that sets config key `path`, filled in when help is printed."""
-    return _LAZY + path
+def _help(path: str, default: str | None = None) -> str:
+    """The help of the flag that sets config key `path`, filled in when help is printed;
+    `default` replaces the config's default where a command starts from another one."""
+    return _LAZY + path + ("" if default is None else "\x00" + default)
 
 
 def _resolve_help(command) -> None:
@@ -70,22 +73,24 @@ def _resolve_help(command) -> None:
     for param in command.params:
         help_text = getattr(param, "help", None)
         if isinstance(help_text, str) and help_text.startswith(_LAZY):
-            param.help = _config_help(help_text[len(_LAZY) :])
+            path, _, default = help_text[len(_LAZY) :].partition("\x00")
+            param.help = _config_help(path, default or None)
     if command.epilog == _LAZY:
         command.epilog = _unflagged_keys()
     for sub in getattr(command, "commands", {}).values():
         _resolve_help(sub)
 
 
-def _config_help(path: str) -> str:
-    """A config field's docstring, which is also its --help text, and its default."""
+def _config_help(path: str, shown: str | None = None) -> str:
+    """A config field's docstring, which is also its --help text, and its default (or
+    `shown`, the default of a command that starts from another config)."""
     from distlab.config import config_field
 
     field = config_field(path)
     if field is None:
         return ""
     text = field.description or ""
-    default = field.default
+    default = field.default if shown is None else shown
     if isinstance(default, str | int | float | bool | Path):
         return f"{text} [default: {_plain(default)}]"
     return text
@@ -239,17 +244,21 @@ def resumed_config(run_dir: Path, file: Path | None, flags: dict, overrides: lis
 SWEEP_OWN_FLAGS = ("name", "out_dir")
 
 
-def with_config_flags(fn=None, *, skip: tuple[str, ...] = SWEEP_OWN_FLAGS):
+def with_config_flags(
+    fn=None, *, skip: tuple[str, ...] = SWEEP_OWN_FLAGS, defaults: dict[str, str] | None = None
+):
     """Give a command the run command's config flags (--config, --strategy ... --set), so
     every flag of `distlab run` sets the base config of a sweep. The command takes them as
     **config_flags. `skip` leaves out flags the command has its own meaning for (a sweep
-    names its cells itself; a deployed run takes --name and --out-dir as `run` does)."""
+    names its cells itself; a deployed run takes --name and --out-dir as `run` does);
+    `defaults` (flag -> value) are the defaults the command applies instead of run's, which
+    its help then shows."""
     if fn is None:
-        return lambda f: with_config_flags(f, skip=skip)
+        return lambda f: with_config_flags(f, skip=skip, defaults=defaults)
     from distlab.config import FLAG_KEYS
 
     shared = [
-        p
+        _with_default(p, (defaults or {}).get(n))
         for n, p in inspect.signature(run, eval_str=True).parameters.items()
         if (n in FLAG_KEYS and n not in skip) or n in ("config", "set_")
     ]
@@ -261,6 +270,18 @@ def with_config_flags(fn=None, *, skip: tuple[str, ...] = SWEEP_OWN_FLAGS):
     fn.__signature__ = inspect.Signature(own + shared)
     fn.__annotations__ = {p.name: p.annotation for p in own + shared}
     return fn
+
+
+def _with_default(param: inspect.Parameter, default: str | None) -> inspect.Parameter:
+    """`param` (a flag of `run`) whose help shows `default`; unchanged for None."""
+    if default is None:
+        return param
+    option = copy.copy(param.default)
+    if option.help.startswith(_LAZY):
+        option.help = _help(option.help[len(_LAZY) :].partition("\x00")[0], default)
+    else:
+        option.help = re.sub(r"\[default: [^\]]*\]", f"[default: {default}]", option.help)
+    return param.replace(default=option)
 
 
 def base_config(config_flags: dict[str, Any], start: dict[str, Any] | None = None) -> dict:
@@ -986,6 +1007,9 @@ deploy_app = command_group(
 )
 
 DEPLOY_EPILOG = "Every flag of `distlab run` (see distlab run --help) sets the config."
+# What a deployed run starts from where the flags say nothing (deploy_data, deploy_local).
+DEPLOY_STRATEGY = "fedavg"
+DEPLOY_LOCAL_CLIENTS = 3
 
 
 @deploy_app.command("certs")
@@ -1014,7 +1038,7 @@ def deploy_certs(
 
 
 @deploy_app.command("server", epilog=DEPLOY_EPILOG)
-@with_config_flags(skip=())
+@with_config_flags(skip=(), defaults={"strategy": DEPLOY_STRATEGY})
 def deploy_server(
     certs: Path = typer.Option(None, help="Directory from distlab deploy certs (TLS)."),
     keys: list[Path] = typer.Option(
@@ -1097,7 +1121,9 @@ def deploy_client(
 
 
 @deploy_app.command("local", epilog=DEPLOY_EPILOG)
-@with_config_flags(skip=())
+@with_config_flags(
+    skip=(), defaults={"strategy": DEPLOY_STRATEGY, "clients": str(DEPLOY_LOCAL_CLIENTS)}
+)
 def deploy_local(
     insecure: bool = typer.Option(False, help="No TLS and no node authentication."),
     connect_timeout: float = typer.Option(120, help="Seconds to wait for every client."),
@@ -1132,9 +1158,6 @@ def deploy_local(
     _print_result(result, as_json)
 
 
-DEPLOY_LOCAL_CLIENTS = 3
-
-
 def deploy_data(config_flags: dict, resume: Path | None) -> dict:
     """A deployed run's config mapping: the flags' (fedavg unless they say otherwise), or,
     with --resume, the run's own with what the flags change."""
@@ -1143,7 +1166,7 @@ def deploy_data(config_flags: dict, resume: Path | None) -> dict:
 
     data = base_config(config_flags)
     if resume is None:
-        data.setdefault("strategy", "fedavg")
+        data.setdefault("strategy", DEPLOY_STRATEGY)
         return data
     if not (resume / "config.json").is_file():
         raise ValueError(f"--resume: {str(resume)!r} is not a run directory (no config.json)")

@@ -85,3 +85,26 @@ def test_help_shows_defaults_in_plain_brackets(command, capsys, monkeypatch):
         main([*command, "--help"])
     text = capsys.readouterr().out
     assert "[default: " in text and "\\[" not in text
+
+
+def flag_help(text: str, flag: str) -> str:
+    """One flag's help, its wrapped lines joined: from the flag to the next flag."""
+    words = " ".join(text.split("Options:", 1)[1].split())
+    return words.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "strategy", "clients"),
+    [(["run"], "centralized", "10"), (["deploy", "local"], "fedavg", "3"),
+     (["deploy", "server"], "fedavg", "10")],
+)  # fmt: skip
+def test_help_shows_the_defaults_each_command_applies(command, strategy, clients, capsys):
+    from distlab.cli import deploy_data
+
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    text = capsys.readouterr().out
+
+    assert flag_help(text, "--strategy").endswith(f"[default: {strategy}]")
+    assert flag_help(text, "--clients").endswith(f"[default: {clients}]")
+    assert deploy_data({}, None)["strategy"] == "fedavg"  # what deploy runs without --strategy
