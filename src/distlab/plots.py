@@ -69,18 +69,23 @@ def tick_positions(n: int) -> np.ndarray:
 
 
 def plot_partition(
-    counts: np.ndarray, path: str | Path, kind: str = "bar", title: str | None = None
+    counts: np.ndarray,
+    path: str | Path,
+    kind: str = "bar",
+    title: str | None = None,
+    holder: str = "client",
 ) -> Path:
-    """Draw a parts x classes count matrix: `bar` stacks each client's class counts, `heatmap`
-    shades clients x classes. PNG or SVG by the extension of `path`."""
+    """Draw a parts x classes count matrix: `bar` stacks each part's class counts, `heatmap`
+    shades parts x classes; `holder` names who holds a part (client, worker). PNG or SVG by
+    the extension of `path`."""
     path = check_plot(path, kind)
     counts = np.asarray(counts)
     clients, classes = counts.shape
     fig = new_figure(min(14.0, max(6.0, 3.0 + 0.1 * clients)), 4.5)
     ax = fig.add_subplot()
     (draw_bars if kind == "bar" else draw_heatmap)(fig, ax, counts)
-    ax.set_title(title or f"{clients} clients, {classes} classes")
-    ax.set_xlabel("client")
+    ax.set_title(title or f"{clients} {holder}s, {classes} classes")
+    ax.set_xlabel(holder)
     return save_figure(fig, path)
 
 

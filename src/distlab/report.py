@@ -171,6 +171,7 @@ def comparison_rows(
                 "train_seconds": seconds,
                 "samples_per_second": s.get("samples_per_second"),
                 "baseline": baseline_label(base),
+                "baseline_strategy": base[0]["summary"].get("strategy") if base else None,
                 "baseline_seconds": t1,
                 "speedup": speedup,
                 "efficiency": eff,
@@ -644,7 +645,11 @@ def write_whatif(runs, rows, plan, path: Path) -> list[str]:
         predicted += got
         if reason:
             notes.append(f"{run['name']}: no what-if model: {reason}")
-    measured = [r for r in rows if r.get("speedup") is not None]
+    # The model predicts speedup over the same strategy's N = 1; a speedup over another
+    # strategy's run is another figure and stays off this plot.
+    measured = [
+        r for r in rows if r.get("speedup") is not None and r["baseline_strategy"] == r["strategy"]
+    ]
     if predicted:
         whatif.plot_whatif(predicted, measured, path)
     return notes

@@ -119,6 +119,8 @@ def partition_record(p: Partition) -> dict[str, Any]:
     params = p.config.model_dump(exclude={"scheme"}) if p.config is not None else {}
     return {
         "scheme": p.scheme,
+        "holder": p.holder,
+        "source": p.source,
         "params": params,
         "clients": len(p.indices),
         "sizes": [int(s) for s in p.sizes],
@@ -153,7 +155,18 @@ def write_partition_plot(run_dir: str | Path) -> Path | None:
     if not source.is_file():
         return None
     record = read_json(source)
-    title = f"{record['scheme']} partition, TV distance {record['metrics']['tv_distance']:.3f}"
     from distlab.plots import plot_partition  # matplotlib: only when there is a partition
 
-    return plot_partition(np.asarray(record["counts"]), run_dir / "partition.png", "bar", title)
+    holder = record.get("holder") or "client"  # records written before holders were named
+    counts, title = np.asarray(record["counts"]), partition_title(record)
+    return plot_partition(counts, run_dir / "partition.png", "bar", title, holder)
+
+
+def partition_title(record: dict[str, Any]) -> str:
+    """What a partition figure shows: '2 workers: the random sampler's first epoch', or
+    'dirichlet partition over 10 clients, TV distance 0.412'."""
+    parts, holder = len(record["counts"]), record.get("holder") or "client"
+    if record.get("source"):
+        return f"{parts} {holder}s: {record['source']}"
+    tv = record["metrics"]["tv_distance"]
+    return f"{record['scheme']} partition over {parts} {holder}s, TV distance {tv:.3f}"

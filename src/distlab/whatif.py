@@ -458,6 +458,11 @@ def add_legend(fig: Figure, axes: np.ndarray, measured: list[dict[str, Any]]) ->
             [], [], ls="", marker="o", ms=7, mfc="white", mec="black",
             label="measured on this machine (color: strategy)",
         )  # fmt: skip
+    if any(m.get("flags") for m in measured):
+        handles["flagged"] = Line2D(
+            [], [], ls="", marker="o", ms=10, mfc="none", mec="tab:red",
+            label="measured, flagged in the report (disturbed or above ideal)",
+        )  # fmt: skip
     fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=3, fontsize=8)
 
 
@@ -495,6 +500,9 @@ def draw_measured(ax: Axes, measured: list[dict[str, Any]], colors: dict[str, An
             m["workers"], m["speedup"], "o", ms=7, color=color, mec="black", zorder=3,
             label="_measured",
         )  # fmt: skip
+        if m.get("flags"):  # disturbed, or above ideal: the report's flags say why
+            ax.plot(m["workers"], m["speedup"], "o", ms=13, mfc="none", mec="tab:red", mew=1.5,
+                    zorder=4, label="_flagged")  # fmt: skip
 
 
 def finish_axes(ax: Axes, top: int, rounds: bool) -> None:

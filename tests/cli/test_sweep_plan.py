@@ -34,8 +34,13 @@ def test_dry_run_lists_the_cells_and_writes_nothing(tmp_path):
         (["--grid", "name=a,b"], "--grid cannot set 'name'"),
         (["--grid", "workers=1", "--jobs", "0"], "--jobs must be >= 1 (got 0)"),
         (["--grid", "workers=1", "--set", "strategy.period=4"], "strategy.period"),
+        (["--grid", "workers=1", "--repeats", "0"], "--repeats must be an integer from 1 to 100"),
+        (["--grid", "workers=1", "--repeats", "1000"], "(got 1000)"),
     ],
-    ids=["unknown-field", "no-values", "bad-value", "bad-strategy", "reserved", "jobs", "unused"],
+    ids=[
+        "unknown-field", "no-values", "bad-value", "bad-strategy", "reserved", "jobs", "unused",
+        "repeats-0", "repeats-1000",
+    ],  # fmt: skip
 )
 def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, said):
     done = cli("sweep", "--out-dir", str(tmp_path / "sw"), *args, *TINY)
@@ -75,3 +80,33 @@ def test_a_plan_validates_every_cell_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match=r"^cell lr--1: "):
         plan_sweep({"dataset": "synthetic"}, ["lr=0.1,-1"], out_dir=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_repeats_run_every_cell_again_interleaved(tmp_path):
+    base = {"strategy": "allreduce", "dataset": "synthetic", "model": "mlp", "epochs": 1}
+
+    plan = plan_sweep(base, ["workers=1,2"], out_dir=tmp_path, repeats=3, check_inputs=False)
+
+    assert [c.name for c in plan.cells] == [
+        f"workers-{w}_r{r}" for r in (1, 2, 3) for w in (1, 2)
+    ]
+    assert [c.repeat for c in plan.cells] == [1, 1, 2, 2, 3, 3]
+    assert {c.config["name"] for c in plan.cells} == {c.name for c in plan.cells}
+    # repeats are the same work: their configs differ only in their names
+    first, again = plan.cells[1].config, plan.cells[3].config
+    assert {k: v for k, v in first.items() if k != "name"} == {
+        k: v for k, v in again.items() if k != "name"
+    }
+
+
+def test_cells_of_different_process_counts_get_the_same_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    base = {"strategy": "param-server", "dataset": "synthetic", "model": "mlp", "epochs": 1}
+
+    plan = plan_sweep(base, ["workers=1,3"], out_dir=tmp_path, check_inputs=False)
+    fixed = plan_sweep({**base, "threads": 3}, ["workers=1,3"], out_dir=tmp_path / "f",
+                       check_inputs=False)  # fmt: skip
+
+    assert [c.processes for c in plan.cells] == [2, 4]
+    assert [c.config["threads"] for c in plan.cells] == [2, 2]  # 8 cores // 4 processes
+    assert [c.config["threads"] for c in fixed.cells] == [3, 3]  # set by hand: kept

@@ -410,3 +410,25 @@ def test_record_of_a_partition_built_without_a_scheme(tmp_path):
     assert (record["scheme"], record["params"], record["sizes"]) == ("custom", {}, [2, 1])
     # global mix (2/3, 1/3): client 0 is 1/3 away, client 1 is 2/3 away.
     assert record["metrics"]["tv_distance"] == pytest.approx(0.5)
+
+
+def test_a_data_parallel_split_is_titled_by_its_workers_and_sampler(tmp_path):
+    from distlab.config import RunConfig
+    from distlab.rundir import partition_title
+    from distlab.strategies.spec import sampler_partition
+
+    labels = np.repeat(np.arange(4), 8)
+    cfg = RunConfig(workers=2, sampler="random", batch_size=4, dataset="synthetic")
+    split = sampler_partition(cfg, labels)
+    scheme = partition(labels, 3, ShardsPartition(shards_per_client=1), seed=0)
+
+    write_partition_record(tmp_path, Partition(split.indices, split.counts, holder="worker",
+                                               source=split.source))  # fmt: skip
+
+    record = json.loads((tmp_path / "partition.json").read_text())
+    assert (record["holder"], record["source"]) == ("worker", "the random sampler's first epoch")
+    assert partition_title(record) == "2 workers: the random sampler's first epoch"
+    assert partition_title(
+        {**json.loads(json.dumps(record)), "source": None, "holder": "client", "scheme": "shards",
+         "counts": scheme.counts.tolist()}
+    ).startswith("shards partition over 3 clients, TV distance ")  # fmt: skip

@@ -77,11 +77,15 @@ PartitionConfig = Annotated[
 
 @dataclass(frozen=True)
 class Partition:
-    """Index arrays, one per part, the parts x classes count matrix and the scheme used."""
+    """Index arrays, one per part, the parts x classes count matrix and the scheme used;
+    `holder` says who holds a part (a federated client, a data-parallel worker) and
+    `source`, for parts that no scheme made, how they came about."""
 
     indices: list[np.ndarray]
     counts: np.ndarray
     config: _Scheme | None = None
+    holder: str = "client"
+    source: str | None = None
 
     @property
     def sizes(self) -> list[int]:
