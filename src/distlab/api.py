@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import distlab.drawer as drawer
-from distlab.config import RunConfig, validate_config
+from distlab.config import RunConfig, config_data, validate_config
 from distlab.data.datasets import load_dataset
 from distlab.metrics import merge_events
 from distlab.resume import (
@@ -37,6 +37,7 @@ from distlab.rundir import (
 )
 from distlab.runtime import launch
 from distlab.runtime.environ import elastic_restart
+from distlab.runtime.failures import blame_fault, forget_fault
 from distlab.strategies import StrategySpec, get_spec, spec_ref
 from distlab.summary import summarize
 from distlab.tensorboard import TensorBoardLog
@@ -70,8 +71,7 @@ def run(
     if config is None:
         raise ValueError("run needs a config (or resume=RUN_DIR)")
     # A RunConfig built directly skipped the strategy's cross-field checks: validate again.
-    data = config.model_dump() if isinstance(config, RunConfig) else dict(config)
-    cfg = validate_config(data)
+    cfg = validate_config(config_data(config))
     spec = get_spec(cfg.strategy.name)
     launch.check_launcher(spec.launcher_for(cfg))
     start = time.time() if started is None else started
@@ -90,6 +90,7 @@ def run(
     launch.notify(on_event if _leads(external) else None, "loading data")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     spec.check_data(cfg, data)
+    spec.check_schedule(cfg, data)
     # Partitioning can refuse the config (more clients than samples): before any writing.
     split = spec.data_partition(cfg, data.y_train.cpu().numpy())
     if external is None:
@@ -103,6 +104,7 @@ def run(
     if resumed is not None:
         checkpoint = resumed.checkpoint_for(job.world)
         run_dir = reopen_run_dir(resumed.run_dir, checkpoint, board)
+        rearm_fault(cfg, run_dir)
         start -= checkpoint.seconds(job.lead)  # wall seconds count the run's earlier life
     else:
         run_dir = prepare(cfg, overwrite, split, board)
@@ -125,6 +127,13 @@ def prepare(cfg: RunConfig, overwrite: bool, split, board: TensorBoardLog | None
         board.open(run_dir)
     record_partition(run_dir, split)
     return run_dir
+
+
+def rearm_fault(cfg: RunConfig, run_dir: Path) -> None:
+    """A resumed run that still has a fault (given again, or one that had not fired) may
+    fire it; without one, the record of the fault that fired stays."""
+    if cfg.fault is not None:
+        forget_fault(run_dir)
 
 
 def make_job(cfg: RunConfig, spec: StrategySpec, world: int) -> launch.Job:
@@ -195,8 +204,10 @@ def _run_local(cfg, spec, job, launcher, run_dir, start, data, on_event, board) 
             launcher(cfg, job, run_dir, start, data, on_event)
             status = "completed"
         except launch.RunFailed as exc:
-            failure = exc
-            raise
+            failure = blame_fault(exc, run_dir, cfg.fault, 0)
+            if failure is exc:
+                raise
+            raise failure from exc
         except (KeyboardInterrupt, launch.Terminated, launch.RunInterrupted) as exc:
             stopped = launch.stopped_error(exc, run_dir)
             status = stopped.status
@@ -225,6 +236,7 @@ def _run_external(
 ) -> RunResult:
     rank, world, local_rank = external
     clock = {"start": start}
+    recorded: dict[str, launch.RunFailed] = {}  # the failure rank 0 wrote into the summary
 
     def prepare_dir() -> Path:
         """Rank 0: a new run directory, or the run this one goes on with: --resume, or
@@ -243,23 +255,36 @@ def _run_external(
         if checkpoint is None:  # stopped before its first checkpoint: from the start
             return restart_from_scratch(found.run_dir, board)
         clock["start"] = start - checkpoint.seconds(job.lead)
-        return reopen_run_dir(found.run_dir, checkpoint, board)
+        run_dir = reopen_run_dir(found.run_dir, checkpoint, board)
+        if resumed is not None and elastic_restart() == 0:  # --resume, not a restart of it
+            rearm_fault(cfg, run_dir)
+        return run_dir
 
     def finish(run_dir: Path, status: str, failure: launch.RunFailed | None) -> None:
+        if failure is not None:  # the run's outcome, its message naming a fault that fired
+            failure = recorded["failure"] = blame_fault(
+                failure, run_dir, cfg.fault, elastic_restart()
+            )
         finish_run(cfg, spec, run_dir, world, clock["start"], status, failure, board)
 
     with launch.sigterm_raises(ignore_after_error=_leads(external)):
-        run_dir = launch.join_external(
-            cfg,
-            job,
-            rank,
-            local_rank,
-            prepare_dir,
-            finish,
-            start,
-            data,
-            on_event if _leads(external) else None,
-        )
+        try:
+            run_dir = launch.join_external(
+                cfg,
+                job,
+                rank,
+                local_rank,
+                prepare_dir,
+                finish,
+                start,
+                data,
+                on_event if _leads(external) else None,
+            )
+        except launch.RunFailed as exc:
+            blamed = recorded.get("failure", exc)  # rank 0 raises what it recorded
+            if blamed is exc:
+                raise
+            raise blamed from exc
     if _leads(external):
         return load_run(run_dir)
     # rank 0 holds the record: this rank's result has no summary or events

@@ -227,8 +227,10 @@ def run(
 
 def resumed_config(run_dir: Path, file: Path | None, flags: dict, overrides: list[str]):
     """The config of a run to resume: its own, with what the flags change (the API refuses
-    a change that matters); None when no flag is given, so the run's own is used."""
+    a change that matters); None when no flag is given, so the run's own is used. A fault
+    that fired is left out unless the flags give fault.* again."""
     from distlab.config import build_data, validate_config
+    from distlab.resume import without_fired_fault
     from distlab.rundir import read_json
 
     if file is None and not overrides and all(v is None for v in flags.values()):
@@ -236,7 +238,9 @@ def resumed_config(run_dir: Path, file: Path | None, flags: dict, overrides: lis
     if not (run_dir / "config.json").is_file():
         raise ValueError(f"--resume: {str(run_dir)!r} is not a run directory (no config.json)")
     own = read_json(run_dir / "config.json")
-    return validate_config(build_data(file, flags, overrides, start=own))
+    cfg = validate_config(build_data(file, flags, overrides, start=own))
+    given = build_data(file, flags, overrides)
+    return cfg if "fault" in given else without_fired_fault(run_dir, cfg)
 
 
 # The run flags that set a config (all but where the run directory goes): a sweep's base
@@ -602,7 +606,9 @@ def report(
       distlab report runs/centralized runs/allreduce --target 0.9 --network 1gbit,10gbit
     """
     from distlab.report import CONSOLE_COLUMNS, write_report
+    from distlab.whatif import parse_latency
 
+    parse_latency(latency)  # a bad --latency is refused even where no --network uses it
     # write_report checks every input and run directory before writing anything.
     rows = write_report(run_dirs, out_dir, target, network, latency, force)
     title = f"report written to {out_dir} (report.html; every column in results.csv)"
@@ -664,6 +670,9 @@ def compare(
         cells = COMPARE_CELLS
     check_target(target)
     check_out_dir(out_dir / name / "report")
+    from distlab.whatif import parse_latency
+
+    parse_latency(latency)  # refused even where no --network uses it
     if network is not None:
         from distlab.report import check_network
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,12 @@ from distlab.strategies import STRATEGIES, StrategyBase, params_for
 
 # Longest file name on Linux file systems (ext4, xfs, tmpfs), in bytes.
 NAME_MAX = 255
+
+# Bounds no real run reaches: a typo such as `--epochs 1000000000000` would start a run that
+# never ends. A strategy's `rounds` and `clients` keys are bounded alike (STRATEGY_LIMITS).
+MAX_EPOCHS = 100_000
+MAX_ROUNDS = 1_000_000
+MAX_CLIENTS = 1_000_000
 
 
 class Frozen(BaseModel):
@@ -68,6 +75,10 @@ class FaultConfig(Frozen):
     """The failure happens after this many steps of that rank."""
     kind: Literal["raise", "exit", "hang"] = "raise"
     """raise an exception, exit the process at once, or hang (block forever)."""
+
+    def describe(self) -> str:
+        """How a failure message names the fault: `fault.kind=exit at step 20`."""
+        return f"fault.kind={self.kind} at step {self.step}"
 
 
 class CheckpointConfig(Frozen):
@@ -119,8 +130,8 @@ class RunConfig(Frozen):
     """Optimizer settings."""
     batch_size: int = Field(32, ge=1)
     """Batch size: global under split-batch, per worker or client otherwise; >= 1."""
-    epochs: int = Field(3, ge=1)
-    """Passes over the training data (data-parallel strategies); >= 1."""
+    epochs: int = Field(3, ge=1, le=MAX_EPOCHS)
+    """Passes over the training data (data-parallel strategies); 1 to 100000."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed for every random choice: model init, shuffling, partitioning, sampling, dropout;
     in [0, 2**32 - 1]."""
@@ -140,7 +151,9 @@ class RunConfig(Frozen):
     out_dir: Path = Path("runs")
     """Parent directory of the run directory."""
     fault: FaultConfig | None = None
-    """Fault injection for robustness checks, e.g. --set fault.rank=1 --set fault.kind=hang."""
+    """Fault injection for robustness checks, e.g. --set fault.rank=1 --set fault.kind=hang;
+    fault.rank must be a rank of the run and fault.step within its steps. It fires once: a
+    resumed run leaves out a fault that fired unless --set fault.* gives it again."""
     save_model: bool = True
     """Save the final model's state_dict as model.pt in the run directory."""
     oversubscribe: bool = False
@@ -180,6 +193,11 @@ class RunConfig(Frozen):
     def _plain_name(cls, value: str | None) -> str | None:
         # The name is joined to out_dir, and --overwrite deletes what it points at: '.',
         # '..' or a path would put a run (or a deletion) outside its own directory.
+        if value == "":
+            raise ValueError(
+                "name must not be empty (leave out --name for the automatic "
+                "STRATEGY-DATASET-MODEL-TIME name)"
+            )
         if value is not None and (value in (".", "..") or "/" in value or "\\" in value):
             raise ValueError(f"name must be a plain directory name, without '/' (got {value!r})")
         if value is not None and len(value.encode()) > NAME_MAX:
@@ -256,6 +274,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_run_file(path: Path) -> dict[str, Any]:
+    """A run's --config file; one that sets no key is refused, since running every default
+    is rarely what a file was meant to say."""
+    data = read_config_file(path)
+    if not data:
+        raise ValueError(
+            f"config file {str(path)!r} is empty: it sets no key (leave out --config to run "
+            "the defaults)"
+        )
+    return data
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split one `key=value` override; the value is parsed as YAML (so 10 is an int)."""
     key, sep, raw = text.partition("=")
@@ -312,7 +342,7 @@ def build_data(
 ) -> dict[str, Any]:
     """The config mapping before validation: `start` (a sweep file's base), then the file,
     then flags (dotted keys, None = not given), then --set overrides."""
-    data = merge(_normalize_shorthands(start or {}), read_config_file(file) if file else {})
+    data = merge(_normalize_shorthands(start or {}), read_run_file(file) if file else {})
     for key, value in (flags or {}).items():
         if value is not None:
             set_dotted(data, key, value)
@@ -350,10 +380,54 @@ def validate_config(data: dict[str, Any]) -> RunConfig:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ValueError(describe_error(exc)) from None
+    check_limits(config)
     from distlab.strategies import check_config
 
     check_config(config)
+    check_fault_rank(config)
     return config
+
+
+# Strategy keys bounded whatever the strategy that has them (--rounds and --clients).
+STRATEGY_LIMITS = {"rounds": MAX_ROUNDS, "clients": MAX_CLIENTS}
+
+
+def check_limits(cfg: RunConfig) -> None:
+    """Refuse a strategy's rounds or clients beyond the bounds no real run reaches."""
+    for key, limit in STRATEGY_LIMITS.items():
+        value = getattr(cfg.strategy, key, None)
+        if isinstance(value, int) and value > limit:
+            raise ValueError(f"strategy.{key} must be <= {limit} (got {value})")
+
+
+def check_fault_rank(cfg: RunConfig) -> None:
+    """A fault on a rank the run does not have would never fire."""
+    if cfg.fault is None:
+        return
+    from distlab.strategies import get_spec
+
+    world = get_spec(cfg.strategy.name).processes(cfg)
+    if cfg.fault.rank >= world:
+        ranks = "rank 0" if world == 1 else f"ranks 0 to {world - 1}"
+        raise ValueError(
+            f"fault.rank must be < {world}, the run's process count (got {cfg.fault.rank}; "
+            f"strategy {cfg.strategy.name} with --workers {cfg.workers} runs {ranks})"
+        )
+
+
+def config_data(config: Any) -> dict[str, Any]:
+    """A config given to the API (a RunConfig or a mapping) as a plain dict; anything else
+    is refused in one line, not left to fail deep inside dict()."""
+    if isinstance(config, RunConfig):
+        return config.model_dump()
+    if isinstance(config, Mapping):
+        return dict(config)
+    shown = repr(config)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise ValueError(
+        f"the config must be a mapping of keys to values or a RunConfig "
+        f"(got {type(config).__name__} {shown})"
+    )
 
 
 def describe_error(exc: ValidationError, prefix: tuple = ()) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distlab.config import RunConfig, validate_config
+from distlab.config import RunConfig, config_data, validate_config
 from distlab.rundir import read_json
 from distlab.runtime.checkpoint import (
     CHECKPOINTS,
@@ -29,12 +29,13 @@ from distlab.runtime.checkpoint import (
     read_sidecar,
     write_resume,
 )
+from distlab.runtime.failures import has_fired
 
 if TYPE_CHECKING:
     from distlab.tensorboard import TensorBoardLog
 
 # Keys a resumed run may change: where and how fast it runs, not what it computes (and the
-# injected fault that stopped it).
+# injected fault that stopped it, which a resume leaves out once it fired).
 RESUME_FREE_KEYS = frozenset(
     {
         "name",
@@ -90,9 +91,9 @@ def resumable_run(run_dir: Path, config: RunConfig | dict[str, Any] | None) -> R
     summary = run_dir / "summary.json"
     if summary.is_file() and read_json(summary).get("status") == "completed":
         raise ValueError(f"--resume: run {str(run_dir)!r} already completed; nothing to resume")
-    own = validate_config(read_json(run_dir / "config.json"))
+    own = without_fired_fault(run_dir, validate_config(read_json(run_dir / "config.json")))
     if config is not None:
-        given = config if isinstance(config, RunConfig) else validate_config(dict(config))
+        given = config if isinstance(config, RunConfig) else validate_config(config_data(config))
         check_same_config(own, given)
         own = given
     if not checkpoints_of(run_dir):
@@ -101,6 +102,15 @@ def resumable_run(run_dir: Path, config: RunConfig | dict[str, Any] | None) -> R
             "--set checkpoint.every=N)"
         )
     return ResumableRun(run_dir, own)
+
+
+def without_fired_fault(run_dir: Path, cfg: RunConfig) -> RunConfig:
+    """`cfg` less its injected fault when that fault already fired in `run_dir`: the resumed
+    run goes on past it instead of failing the same way again (a config that gives the fault
+    again, `--set fault.*`, fires it anew)."""
+    if cfg.fault is not None and has_fired(run_dir, cfg.fault):
+        return cfg.model_copy(update={"fault": None})
+    return cfg
 
 
 def check_same_config(own: RunConfig, given: RunConfig) -> None:

@@ -95,6 +95,73 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
             ["--strategy", "allreduce", "--workers", "5000", "--sampler", "random"],
             ["5000 processes on", "--set oversubscribe=true"],
         ),
+        # bounds no real run reaches, said with the value
+        (["--epochs", "1000000000000"], ["epochs must be <= 100000 (got 1000000000000)"]),
+        (
+            ["--strategy", "fedavg", "--rounds", "1000000000000"],
+            ["strategy.rounds must be <= 1000000 (got 1000000000000)"],
+        ),
+        (
+            ["--strategy", "fedavg", "--clients", "2000000"],
+            ["strategy.clients must be <= 1000000 (got 2000000)"],
+        ),
+        (
+            [
+                "--dataset",
+                "synthetic",
+                "--model",
+                "logreg",
+                "--epochs",
+                "100000",
+                "--batch-size",
+                "1",
+            ],
+            ["the run would take 200000000 steps", "at most 100000000 are allowed"],
+        ),
+        # a batch larger than the data a worker holds
+        (
+            ["--batch-size", "100000"],
+            [
+                "--batch-size 100000 is larger than the 4000 training samples of mnist-sample",
+                "allowed: 1 to 4000",
+            ],
+        ),
+        (
+            [
+                *TINY[:4],
+                "--strategy",
+                "allreduce",
+                "--workers",
+                "2",
+                "--sampler",
+                "random",
+                "--batch-size",
+                "1500",
+            ],
+            [
+                "--batch-size 1500 (per worker under sampler random)",
+                "1000 training samples each",
+                "allowed: 1 to 1000",
+            ],
+        ),
+        (
+            [*TINY[:4], "--strategy", "fedavg", "--batch-size", "2001"],
+            ["--batch-size 2001 is larger than the 2000 training samples", "per client"],
+        ),
+        (["--name", ""], ["name must not be empty", "automatic"]),
+        # a fault that would never fire
+        (
+            [*TINY, "--strategy", "allreduce", "--workers", "2", "--set", "fault.rank=7"],
+            ["fault.rank must be < 2, the run's process count (got 7", "ranks 0 to 1"],
+        ),
+        (
+            [*TINY, "--set", "fault.kind=exit"],  # fault.rank defaults to 1
+            ["fault.rank must be < 1, the run's process count (got 1", "runs rank 0)"],
+        ),
+        (
+            [*TINY, "--set", "fault.rank=0", "--set", "fault.step=5"],
+            ["fault.step must be <= 4, the run's last step", "(got 5)"],
+        ),
     ],
 )
 def test_config_error_is_one_line_and_writes_nothing(tmp_path, capsys, args, parts):
@@ -115,6 +182,19 @@ def test_unknown_key_in_config_file(tmp_path, capsys):
 
     assert code == 2
     assert_one_line_error(stderr, "unknown config key 'optimizer.rate'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("name", "text"), [("empty.yaml", ""), ("c.yaml", "# nothing\n"),
+                                            ("c.json", "{}"), ("c.toml", "")])  # fmt: skip
+def test_empty_config_file_is_refused(tmp_path, capsys, name, text):
+    out, path = tmp_path / "runs", tmp_path / name
+    path.write_text(text)
+
+    code, _, stderr = run_main(capsys, "run", "--config", str(path), "--out-dir", str(out))
+
+    assert code == 2
+    assert_one_line_error(stderr, f"config file {str(path)!r} is empty")
     assert not out.exists()
 
 
@@ -195,6 +275,37 @@ def test_missing_run_directory_for_show(tmp_path, capsys):
     assert_one_line_error(stderr, "nothing", "not a finished run directory")
 
 
+def test_report_checks_the_latency_without_a_network(tmp_path, capsys):
+    out = tmp_path / "report"
+
+    code, _, stderr = run_main(
+        capsys, "report", str(tmp_path / "runs"), "--latency", "abc", "--out", str(out)
+    )
+
+    assert code == 2
+    assert_one_line_error(stderr, "--latency must be a time >= 0", "(got 'abc')")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("a,b,y\n1,2,x\n3,red,z\n", ["column 'b' holds 'red' on line 3", "must be numeric"]),
+        ("a,b,y\n1,2,x\n3,z\n", ["line 3 has 2 fields, the header 3"]),
+    ],
+)
+def test_tune_sklearn_names_the_csv_value_that_is_no_number(tmp_path, capsys, text, parts):
+    data, out = tmp_path / "t.csv", tmp_path / "out"
+    data.write_text(text)
+    args = ["--estimator", "knn", "-p", "n_neighbors=1", "--out", str(out)]
+
+    code, _, stderr = run_main(capsys, "tune-sklearn", "--csv", str(data), "--target", "y", *args)
+
+    assert code == 2
+    assert_one_line_error(stderr, "--csv t.csv: ", *parts)
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- subprocess: the real command
 
 
@@ -261,6 +372,11 @@ def test_command_reports_unwritable_out_dir(tmp_path):
         ({"epochs": 0}, r"epochs must be >= 1 \(got 0\)"),
         ({"learning_rate": 0.1}, "unknown config key 'learning_rate'"),
         ({"dataset": "mnist", "data_dir": "/nonexistent"}, "data dir '/nonexistent'"),
+        ({"epochs": 1e9}, r"epochs must be <= 100000 \(got 1000000000.0\)"),
+        ({"strategy": {"name": "fedavg", "rounds": 10**12}}, r"strategy.rounds must be <= 1000000"),
+        ({"name": ""}, "name must not be empty"),
+        ({"batch_size": 100000}, "--batch-size 100000 is larger than the 4000 training samples"),
+        ({"workers": 2, "strategy": "allreduce", "fault": {"rank": 2}}, r"fault.rank must be < 2"),
     ],
 )
 def test_api_raises_value_error_before_writing(tmp_path, fields, message):
@@ -270,6 +386,14 @@ def test_api_raises_value_error_before_writing(tmp_path, fields, message):
         run({"out_dir": str(out), **fields})
 
     assert not out.exists()
+
+
+@pytest.mark.parametrize("config", ["notadict", 5, ["epochs", 1]])
+def test_api_refuses_a_config_that_is_no_mapping(config):
+    with pytest.raises(
+        ValueError, match="config must be a mapping of keys to values or a RunConfig"
+    ):
+        run(config)
 
 
 def test_api_checks_a_run_config_built_directly(tmp_path):

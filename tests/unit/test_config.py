@@ -9,8 +9,12 @@ import pytest
 from pydantic import ValidationError
 
 from distlab.config import (
+    MAX_CLIENTS,
+    MAX_EPOCHS,
+    MAX_ROUNDS,
     RunConfig,
     build_config,
+    config_data,
     describe_error,
     parse_override,
     read_config_file,
@@ -211,6 +215,16 @@ def test_build_config_unknown_key_names_it_and_the_allowed_keys(overrides, messa
         build_config(overrides=overrides)
 
 
+@pytest.mark.parametrize(("name", "text"), [("c.yaml", "# nothing set\n"), ("c.json", "{}")])
+def test_build_config_refuses_an_empty_file(tmp_path, name, text):
+    # read_config_file reads it as {} (a search space says its own words about that); a run's
+    # --config that sets nothing is a mistake, not a request for the defaults
+    path = write(tmp_path / name, text)
+
+    with pytest.raises(ValueError, match=rf"config file '.*{name}' is empty: it sets no key"):
+        build_config(path)
+
+
 def test_build_config_unknown_key_in_file(tmp_path):
     path = write(tmp_path / "c.yaml", "epochs: 1\nlearning_rate: 0.1\n")
 
@@ -251,6 +265,71 @@ def test_describe_error_names_key_value_and_allowed(data, expected):
     assert message.startswith(expected)
     assert repr(bad) in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"epochs": MAX_EPOCHS + 1}, f"epochs must be <= {MAX_EPOCHS} (got {MAX_EPOCHS + 1})"),
+        ({"epochs": 1e12}, f"epochs must be <= {MAX_EPOCHS} (got 1000000000000.0)"),
+        ({"strategy": {"name": "fedavg", "rounds": MAX_ROUNDS + 1}}, "strategy.rounds must be <="),
+        ({"strategy": {"name": "fedavg", "clients": MAX_CLIENTS + 1}}, "strategy.clients must be"),
+    ],
+)
+def test_bounds_no_real_run_reaches_are_refused_with_the_bound(data, expected):
+    with pytest.raises(ValueError) as info:
+        validate_config(data)
+
+    assert str(info.value).startswith(expected)
+
+
+def test_the_bounds_themselves_are_allowed():
+    cfg = validate_config(
+        {"epochs": MAX_EPOCHS, "strategy": {"name": "fedavg", "rounds": MAX_ROUNDS}}
+    )
+
+    assert cfg.epochs == MAX_EPOCHS and cfg.strategy.rounds == MAX_ROUNDS
+
+
+def test_the_epochs_bound_is_in_the_help_text():
+    assert str(MAX_EPOCHS) in RunConfig.model_fields["epochs"].description
+
+
+def test_an_empty_name_is_refused():
+    with pytest.raises(ValueError, match="name must not be empty"):
+        validate_config({"name": ""})
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"fault": {"rank": 1}}, r"fault.rank must be < 1, .* \(got 1; .* runs rank 0\)"),
+        (
+            {"strategy": "allreduce", "workers": 2, "fault": {"rank": 7}},
+            r"fault.rank must be < 2, the run's process count \(got 7; .* ranks 0 to 1\)",
+        ),
+    ],
+)
+def test_a_fault_on_a_rank_the_run_lacks_is_refused(data, expected):
+    with pytest.raises(ValueError, match=expected):
+        validate_config(data)
+
+
+def test_a_fault_on_the_server_of_a_parameter_server_run_is_a_rank_of_it():
+    cfg = validate_config({"strategy": "param-server", "workers": 2, "fault": {"rank": 2}})
+
+    assert cfg.fault.rank == 2  # workers + the server: 3 processes
+
+
+@pytest.mark.parametrize("config", ["notadict", 3, ["epochs", 1], None])
+def test_config_data_refuses_what_is_no_mapping(config):
+    with pytest.raises(ValueError, match=r"config must be a mapping .* or a RunConfig \(got "):
+        config_data(config)
+
+
+def test_config_data_takes_a_mapping_or_a_run_config():
+    assert config_data({"epochs": 2}) == {"epochs": 2}
+    assert config_data(RunConfig(epochs=2))["epochs"] == 2
 
 
 @pytest.mark.parametrize("name", [".", "..", "a/b", "../up", "a\\b"])

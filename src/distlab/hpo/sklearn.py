@@ -221,13 +221,35 @@ def read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
     if not body:
         raise ValueError(f"--csv {str(path)!r} has no rows under its header")
     at = header.index(target)
+    check_csv_body(path, header, body, at)
     labels = np.array([row[at] for row in body])
     features = [[v for i, v in enumerate(row) if i != at] for row in body]
+    return np.array(features, dtype=np.float64), labels
+
+
+def check_csv_body(path: Path, header: list[str], body: list[list[str]], target: int) -> None:
+    """Every row has the header's fields and every feature is a number; the first one that
+    is not is named by its line, column and value."""
+    for line, row in enumerate(body, start=2):  # line 1 is the header
+        if len(row) != len(header):
+            raise ValueError(
+                f"--csv {path.name}: line {line} has {len(row)} fields, the header {len(header)}"
+            )
+        for i, (column, value) in enumerate(zip(header, row, strict=True)):
+            if i != target and not is_float(value):
+                raise ValueError(
+                    f"--csv {path.name}: column {column!r} holds {value!r} on line {line}; "
+                    f"feature columns must be numeric (only --target {header[target]!r} may "
+                    "hold labels)"
+                )
+
+
+def is_float(text: str) -> bool:
     try:
-        x = np.array(features, dtype=np.float64)
+        float(text)
     except ValueError:
-        raise ValueError(f"--csv {path.name}: feature columns must be numeric") from None
-    return x, labels
+        return False
+    return True
 
 
 def split_table(name: str, x: np.ndarray, y: np.ndarray, seed: int) -> Table:

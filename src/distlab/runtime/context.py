@@ -18,6 +18,8 @@ from distlab.metrics import Recorder
 from distlab.models import build_model
 from distlab.runtime.checkpoint import Checkpointer, rng_state, set_rng_state
 from distlab.runtime.comm import Communicator, SoloCommunicator
+from distlab.runtime.environ import elastic_restart
+from distlab.runtime.failures import has_fired, record_fault
 from distlab.training import EvalResult, evaluate
 
 if TYPE_CHECKING:
@@ -130,10 +132,18 @@ class WorkerContext:
             torch.save(state, self.run_dir / "model.pt")
 
     def maybe_fault(self, step: int) -> None:
-        """Fire the configured fault on this rank at this step (robustness checks)."""
+        """Fire the configured fault on this rank at this step (robustness checks), once per
+        run directory: a torchrun restart of the run goes on past it."""
         fault = self.cfg.fault
         if fault is None or fault.rank != self.rank or fault.step != step:
             return
+        if self.run_dir is not None:
+            if has_fired(self.run_dir, fault):
+                return
+            try:
+                record_fault(self.run_dir, fault, elastic_restart())
+            except OSError:
+                pass  # a node without the shared run directory: the fault still fires
         self.recorder.flush()
         if fault.kind == "raise":
             raise RuntimeError(f"injected fault at step {step}")

@@ -133,3 +133,51 @@ def write_error(run_dir: Path, rank: int, exc: BaseException) -> None:
         "traceback": traceback.format_exc(),
     }
     path.write_text(json.dumps(info))
+
+
+# --- injected faults ----------------------------------------------------------------------
+
+# Written by the rank whose injected fault fires, just before it fires: the failure message
+# names the fault, and neither a torchrun restart nor --resume fires it a second time.
+FAULT_FILE = "fault.json"
+
+
+def record_fault(run_dir: Path, fault, attempt: int) -> None:
+    """Note that `fault` (a FaultConfig) fires now, in torchrun attempt `attempt` (0 without
+    torchrun)."""
+    info = {"rank": fault.rank, "step": fault.step, "kind": fault.kind, "attempt": attempt}
+    (Path(run_dir) / FAULT_FILE).write_text(json.dumps(info) + "\n")
+
+
+def fired_fault(run_dir: Path) -> dict | None:
+    """The record of the injected fault that fired in this run directory, or None."""
+    try:
+        info = json.loads((Path(run_dir) / FAULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def has_fired(run_dir: Path, fault) -> bool:
+    """Whether this very fault (rank, step, kind) already fired in the run directory."""
+    info = fired_fault(run_dir)
+    same = ("rank", "step", "kind")
+    return info is not None and all(info.get(k) == getattr(fault, k) for k in same)
+
+
+def forget_fault(run_dir: Path) -> None:
+    """A resume that gives the fault again lets it fire again."""
+    (Path(run_dir) / FAULT_FILE).unlink(missing_ok=True)
+
+
+def blame_fault(failure: RunFailed, run_dir: Path, fault, attempt: int) -> RunFailed:
+    """`failure`, its message naming the injected fault when that fault fired in this attempt
+    (`rank 1 exited with code 3 (injected fault: fault.kind=exit at step 20)`); a message
+    that says so already (kind raise) is kept as it is."""
+    message = str(failure)
+    info = fired_fault(run_dir)
+    if fault is None or "injected fault" in message or not has_fired(run_dir, fault):
+        return failure
+    if info.get("attempt", 0) != attempt:
+        return failure  # it fired in an earlier attempt of a restarted torchrun job
+    return RunFailed(f"{message} (injected fault: {fault.describe()})", failure.rank_errors)

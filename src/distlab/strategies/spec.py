@@ -37,6 +37,11 @@ class StrategyBase(BaseModel):
     name: str
 
 
+# Optimizer steps no real run reaches (a thousand epochs of batch 1 on 60,000 samples is 6e7):
+# a typo beyond it would start a run that never ends.
+MAX_STEPS = 100_000_000
+
+
 # --- defaults: the data-parallel family ---------------------------------------------------------
 
 
@@ -79,6 +84,45 @@ def sampler_partition(cfg: RunConfig, labels: np.ndarray) -> Partition:
         batches = epoch_batches(cfg.sampler, labels, cfg.batch_size, 0, cfg.seed, rank, cfg.workers)
         parts.append(np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64))
     return Partition(parts, count_classes(labels, parts, int(labels.max()) + 1))
+
+
+def sampler_steps(cfg: RunConfig, labels: np.ndarray) -> int:
+    """Steps each worker takes: cfg.epochs times its batches per epoch under --sampler, the
+    count train_epochs walks (every rank has as many batches)."""
+    from distlab.data.samplers import epoch_batches
+
+    batches = epoch_batches(cfg.sampler, labels, cfg.batch_size, 0, cfg.seed, 0, cfg.workers)
+    return cfg.epochs * len(batches)
+
+
+def check_batch(cfg: RunConfig, samples: int, meaning: str, sampler_shares: bool) -> None:
+    """A batch larger than the data a worker holds would silently take full-batch steps:
+    under split-batch the global batch is bounded by the training set; a per-worker batch
+    (random, balanced) by one worker's share; any other by the whole training set."""
+    if cfg.batch_size > samples:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is larger than the {samples} training samples of "
+            f"{cfg.dataset} (allowed: 1 to {samples}; the batch here is {meaning})"
+        )
+    share = -(-samples // cfg.workers)
+    if sampler_shares and cfg.sampler != "split-batch" and cfg.batch_size > share:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} (per worker under sampler {cfg.sampler}) is larger "
+            f"than the {share} training samples each of the {cfg.workers} workers holds "
+            f"(allowed: 1 to {share})"
+        )
+
+
+def check_steps(cfg: RunConfig, steps: int, how: str = "") -> None:
+    """The run's length in steps is bounded, and an injected fault falls on one of them;
+    `how` says where the count comes from and what lowers it."""
+    if steps > MAX_STEPS:
+        raise ValueError(f"the run would take {steps} steps{how}; at most {MAX_STEPS} are allowed")
+    if cfg.fault is not None and cfg.fault.step > steps:
+        raise ValueError(
+            f"fault.step must be <= {steps}, the run's last step, or the fault never fires "
+            f"(got {cfg.fault.step})"
+        )
 
 
 def data_parallel_comm(cfg: RunConfig, per_rank: dict, params: int, steps: int) -> dict:
@@ -127,6 +171,12 @@ class StrategySpec:
     - check(cfg): rules spanning several config fields; raises ValueError with one line.
     - check_data(cfg, data): rules that need the dataset (the models it builds fit its
       shapes, sizes bounded by the parameter count); ValueError, before any process starts.
+      check_schedule then applies the rules every strategy shares (batch within the data,
+      steps bounded, fault.step within them).
+    - steps(cfg, labels): the steps (or rounds) each rank counts, the unit of fault.step and
+      checkpoint.every, or None where unknown before the run. None (the field): the
+      sampler's count for a spec that keeps the default data_partition (its workers walk
+      the sampler's batches), unknown otherwise.
     - data_partition(cfg, labels): who trains on what, for partition.json; None for no record.
     - comm_analysis(cfg, per_rank, params, units): measured next to analytic bytes.
     - batch_meaning(cfg): what --batch-size means under this strategy.
@@ -152,9 +202,36 @@ class StrategySpec:
     extra_summary: Callable[[RunConfig, list[dict]], dict] = no_extra_summary
     uses_partition: bool = False
     launcher: str | Callable[[RunConfig], str] = "auto"
+    steps: Callable[[RunConfig, np.ndarray], int | None] | None = None
 
     def launcher_for(self, cfg: RunConfig) -> str:
         return self.launcher(cfg) if callable(self.launcher) else self.launcher
+
+    def walks_sampler(self) -> bool:
+        """Whether the workers share the data through --sampler (the data-parallel default)."""
+        return self.data_partition is sampler_partition
+
+    def run_steps(self, cfg: RunConfig, labels: np.ndarray) -> int | None:
+        """The steps (or rounds) each rank counts, or None where unknown before the run."""
+        if self.steps is not None:
+            return self.steps(cfg, labels)
+        return sampler_steps(cfg, labels) if self.walks_sampler() else None
+
+    def check_schedule(self, cfg: RunConfig, data: Any) -> None:
+        """The rules on the run's length every strategy shares, once the dataset is known:
+        the batch fits the data, the steps are bounded and fault.step is one of them."""
+        labels = data.y_train.cpu().numpy()
+        check_batch(cfg, len(labels), self.batch_meaning(cfg), self.walks_sampler())
+        steps = self.run_steps(cfg, labels)
+        if steps is None:
+            return
+        how = ""
+        if self.steps is None:  # the sampler's count
+            how = (
+                f" ({cfg.epochs} epochs of {steps // cfg.epochs} batches of {cfg.batch_size}"
+                "; lower --epochs or raise --batch-size)"
+            )
+        check_steps(cfg, steps, how)
 
     def __post_init__(self) -> None:
         default = self.params.model_fields["name"].default
