@@ -11,6 +11,7 @@ import copy
 import gc
 import inspect
 import json
+import os
 import re
 import sys
 import warnings
@@ -34,8 +35,24 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Run one model on one dataset under every distributed and federated paradigm.",
 )
-err = Console(stderr=True)
-out = Console()
+
+
+def _console(**options: Any) -> Console:
+    """A rich Console that writes colour and cursor codes only to a terminal. mpirun (and
+    srun --pty) hands each rank a pseudo-terminal of its own whatever the launcher's output
+    is (a file, a pipe), so under them the output is plain unless FORCE_COLOR or
+    TTY_COMPATIBLE=1 asks for codes; NO_COLOR drops colour everywhere (rich reads it)."""
+    from distlab.runtime.environ import LAUNCHER_KEYS
+
+    forwarded = any(keys[0] in os.environ for keys in LAUNCHER_KEYS if keys[0] != "RANK")
+    asked = os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE") == "1"
+    if forwarded and not asked:
+        options.setdefault("force_terminal", False)
+    return Console(**options)
+
+
+err = _console(stderr=True)
+out = _console()
 
 
 def _print_version(value: bool) -> None:
@@ -615,7 +632,7 @@ def report(
     table = Table(*CONSOLE_COLUMNS.values(), title=title)
     for row in rows:
         table.add_row(*("-" if row[k] is None else format_number(row[k]) for k in CONSOLE_COLUMNS))
-    console = Console(width=max(200, out.width))
+    console = _console(width=max(200, out.width))
     console.print(table)
     for row in rows:
         if row["speedup_note"]:
@@ -793,7 +810,7 @@ def print_cells(plan, results) -> None:
             "-" if train is None else format_number(train),
             note,
         )
-    Console(width=max(160, out.width)).print(table)
+    _console(width=max(160, out.width)).print(table)
     out.print(f"sweep directory: {plan.root}  (distlab report {plan.root})", soft_wrap=True)
 
 
@@ -995,7 +1012,7 @@ def _print_best(done) -> None:
     for row in ranked(done):
         values = (row.value, row.iterations, row.seconds, *row.params.values())
         table.add_row(row.trial, *("-" if v is None else format_number(v) for v in values))
-    Console(width=max(160, out.width)).print(table)
+    _console(width=max(160, out.width)).print(table)
     counts = {s: sum(r.status == s for r in done.rows) for s in ("completed", "stopped", "failed")}
     said = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     out.print(f"{len(done.rows)} trials ({said}); results in {plan.out}", soft_wrap=True)

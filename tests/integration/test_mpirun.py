@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -27,8 +28,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def mpirun(*args: str) -> subprocess.CompletedProcess:
-    """`mpirun -np 2 python -m distlab run ARGS` on tiny data, on this machine."""
+def mpirun(*args: str, quiet: bool = True, export: dict | None = None):
+    """`mpirun -np 2 python -m distlab run ARGS` on tiny data, on this machine; `export`
+    sets variables in the ranks (mpirun -x NAME=VALUE)."""
     env = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
@@ -38,8 +40,11 @@ def mpirun(*args: str) -> subprocess.CompletedProcess:
         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
         "OMPI_MCA_rmaps_base_oversubscribe": "1",
     }
-    launcher = ["mpirun", "-np", "2", "-x", "MASTER_ADDR", "-x", "MASTER_PORT", sys.executable]
-    data = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "1", "--quiet"]
+    exports = [a for k, v in (export or {}).items() for a in ("-x", f"{k}={v}")]
+    launcher = ["mpirun", "-np", "2", "-x", "MASTER_ADDR", "-x", "MASTER_PORT", *exports,
+                sys.executable]  # fmt: skip
+    data = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "1"]
+    data += ["--quiet"] if quiet else []
     cmd = [*launcher, "-m", "distlab", "run", "--workers", "2", *data, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
 
@@ -83,3 +88,22 @@ def test_mpirun_with_bad_input_stops_every_rank_with_one_line(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "strategy.period" in errors[0], done.stderr[-2000:]
     assert not any(tmp_path.iterdir())
+
+
+def test_output_redirected_from_mpirun_carries_no_terminal_codes(tmp_path):
+    """mpirun hands each rank a pseudo-terminal (isatty() is true) and TERM=xterm even when
+    its own output goes to a file or a pipe, as here: the summary must be plain text. Where
+    FORCE_COLOR asks for codes, NO_COLOR still keeps colour out."""
+    where = ("--strategy", "allreduce", "--out-dir", str(tmp_path), "--set", "timeout=60")
+
+    plain = mpirun("--name", "plain", *where, quiet=False)
+    forced = mpirun("--name", "forced", *where, quiet=False,
+                    export={"FORCE_COLOR": "1", "NO_COLOR": "1"})  # fmt: skip
+
+    assert plain.returncode == 0 and forced.returncode == 0, plain.stderr + forced.stderr
+    assert "run summary" in plain.stdout and "completed" in plain.stdout
+    assert "\x1b" not in plain.stdout + plain.stderr, repr(plain.stdout[:300])
+    codes = re.findall(r"\x1b\[([0-9;]*)m", forced.stdout)
+    assert codes, "FORCE_COLOR gives terminal codes (bold): the check above can see them"
+    colours = [p for c in codes for p in c.split(";") if p and (30 <= int(p) <= 49 or int(p) >= 90)]
+    assert not colours, colours
