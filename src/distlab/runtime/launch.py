@@ -25,7 +25,7 @@ from distlab.runtime.failures import (
 from distlab.runtime.launchers.external import external_env, is_follower, join_external
 from distlab.runtime.launchers.inline import run_inline
 from distlab.runtime.launchers.shared import launch_shared
-from distlab.runtime.launchers.spawn import launch_local
+from distlab.runtime.launchers.spawn import check_entry_importable, launch_local
 from distlab.runtime.signals import hold_sigterm, sigterm_raises
 from distlab.runtime.worker import Job, notify, resolve_device, thread_count
 
@@ -71,10 +71,13 @@ def check_launcher(name: str) -> None:
 
 
 def local_launcher(name: str, job: Job) -> Callable:
-    """The launcher a strategy asked for; "auto" runs one process inline, more by spawn."""
+    """The launcher a strategy asked for; "auto" runs one process inline, more by spawn.
+    ValueError for an unknown name, or for an entry that processes it starts cannot import."""
     if name == "auto":
-        return run_inline if job.world == 1 else launch_local
+        name = "inline" if job.world == 1 else "spawn"
     if name not in LOCAL_LAUNCHERS:
         allowed = ", ".join(["auto", *LOCAL_LAUNCHERS])
         raise ValueError(f"unknown launcher {name!r} (allowed: {allowed})")
+    if name != "inline":
+        check_entry_importable(job.entry)
     return LOCAL_LAUNCHERS[name]

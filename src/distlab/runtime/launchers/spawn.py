@@ -6,6 +6,11 @@ working directory and environment; it joins a TCPStore the parent hosts on a fre
 there are no port races. The first death or exception becomes a
 RunFailed that names the rank; the other ranks are stopped and none outlives the parent
 (PR_SET_PDEATHSIG).
+
+A rank runs the parent's main script again only when it has one to run: a script file, or a
+module run with -m. A notebook, `python -c` and the REPL have none, and the program read from
+stdin (its file "<stdin>") is withheld while the ranks start (`main_withheld`), so that
+`python - <<EOF` works as a notebook does; the entry a rank runs is a module of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing import connection, get_context
@@ -105,8 +112,9 @@ def watch_until_done(
     world = len(procs)
     try:
         notify(on_event, f"starting {world} processes")
-        for proc in procs:
-            proc.start()
+        with main_withheld():
+            for proc in procs:
+                proc.start()
         notify(on_event, f"waiting for {world} processes to join")
         _watch(procs, run_dir, cfg.timeout, tail.poll)
         tail.poll()
@@ -118,6 +126,61 @@ def watch_until_done(
         raise RunTerminated("terminated by SIGTERM; all processes stopped") from None
     finally:
         stop_all(procs)
+
+
+def ranks_import_main() -> bool:
+    """Whether a new process runs the parent's main module again: a script file, or a module
+    run with -m (not a package's __main__, which multiprocessing skips). A notebook, `python
+    -c` and the REPL have none to run; the program read from stdin and a file removed since
+    cannot be run (`unreadable_main`)."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return name.rpartition(".")[2] != "__main__"
+    path = getattr(main, "__file__", None)
+    return path is not None and Path(path).is_file()
+
+
+def unreadable_main() -> str | None:
+    """The main module's file when multiprocessing would have a new process run it, and it
+    cannot: "<stdin>" for `python - <<EOF` and `python < script.py`."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or path is None or Path(path).is_file():
+        return None
+    return path
+
+
+@contextmanager
+def main_withheld() -> Iterator[None]:
+    """While processes start, an empty main module in place of one they cannot run again.
+    multiprocessing has each new process run the parent's main module from its file (it
+    reads sys.modules["__main__"] when a process starts); "<stdin>" is no file, and every
+    rank died of FileNotFoundError. A notebook's main module has no file, so its ranks run
+    none: this makes stdin's the same."""
+    if unreadable_main() is None:
+        yield
+        return
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def check_entry_importable(entry: str) -> None:
+    """ValueError when the entry ("module:attribute") lives in a main module that new
+    processes do not import: a notebook's, the REPL's, `python -c`'s or the program read from
+    stdin. Called before anything is written; the inline launcher needs no such check."""
+    if entry.partition(":")[0] != "__main__" or ranks_import_main():
+        return
+    main = sys.modules.get("__main__")
+    where = getattr(main, "__file__", None) or "a notebook or an interactive session"
+    raise ValueError(
+        f"{entry} is defined in the main program ({where}), which the worker processes cannot "
+        "import: move it to a module file and register it under that module's name"
+    )
 
 
 def _announce_training(on_event: Callable | None) -> Callable | None:
@@ -236,9 +299,10 @@ def _child(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how Ctrl-C ends a run
     signal.signal(signal.SIGTERM, raise_terminated)  # unwinds, so the events are flushed
     inherited.apply()
-    cfg = parse_config(cfg_json, load_entry(job.entry))
-    torch.set_num_threads(threads)
     try:
+        # inside the try: an entry that fails to import is this rank's error, reported
+        cfg = parse_config(cfg_json, load_entry(job.entry))
+        torch.set_num_threads(threads)
         store = dist.TCPStore(
             "127.0.0.1", port, is_master=False, timeout=timedelta(seconds=cfg.timeout)
         )
