@@ -1497,9 +1497,14 @@ def _usage_message(exc: Exception) -> str:
 def _fail(message: str, code: int) -> None:
     from distlab.runtime.launch import is_follower
 
+    line = f"error: {' '.join(message.split())}"
     # Under a launcher every rank reaches the same error; rank 0 prints it once.
     if not is_follower():
-        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        print(line, file=sys.stderr)
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:  # every rank: torchrun's report names it
+        from distlab.runtime.launchers.external import tell_launcher
+
+        tell_launcher(line)
     sys.exit(code)
 
 

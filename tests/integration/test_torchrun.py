@@ -104,7 +104,15 @@ def test_torchrun_with_an_existing_name_fails_on_every_rank_in_one_line(tmp_path
     # torchrun's SIGTERM, sent when the first one ended, came before a rank's own exit
     codes = re.findall(r"^\s+exitcode\s+:\s+(-?\d+)", done.stderr, re.MULTILINE)
     assert "2" in codes and set(codes) <= {"2", "-15"}, codes
+    assert torchrun_root_cause(done.stderr) == expected
     assert (tmp_path / "t" / "config.json").read_text() == "{}"
+
+
+def torchrun_root_cause(stderr: str) -> str:
+    """What torchrun's ChildFailedError report gives as the root cause's traceback: the
+    error file a failed worker left (TORCHELASTIC_ERROR_FILE), else a link to torch's docs."""
+    root = stderr.split("Root Cause (first observed failure):", 1)[1]
+    return re.search(r"^\s+traceback : (.*)$", root, re.MULTILINE)[1]
 
 
 def test_torchrun_failure_on_rank_1_is_recorded_by_rank_0(tmp_path):
@@ -119,6 +127,8 @@ def test_torchrun_failure_on_rank_1_is_recorded_by_rank_0(tmp_path):
     assert summary["status"] == "failed"
     assert summary["error"] == "rank 1 failed: RuntimeError: injected fault at step 20"
     assert distlab_lines(done.stderr) == [f"error: run failed: {summary['error']}"]
+    # torchrun's own report follows; it names distlab's cause, not a link to torch's docs
+    assert torchrun_root_cause(done.stderr) == f"error: run failed: {summary['error']}"
     assert {"rank": 1, "message": "RuntimeError: injected fault at step 20"} in summary[
         "rank_errors"
     ]

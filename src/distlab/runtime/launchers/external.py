@@ -41,6 +41,23 @@ from distlab.runtime.worker import Job, notify, resolve_device, run_worker, thre
 REPORT_WAIT_SECONDS = 3.0
 
 
+def tell_launcher(line: str) -> None:
+    """Leave this process's one-line error where torchrun looks for a failed worker's cause:
+    the JSON file TORCHELASTIC_ERROR_FILE names, in the format of torch's ErrorHandler
+    (torch.distributed.elastic.multiprocessing.errors), so that torchrun's failure report
+    shows the line as the worker's traceback instead of a pointer to its docs. Nothing
+    without torchrun."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    extra = {"py_callstack": line, "timestamp": str(int(time.time()))}
+    said = {"message": line, "extraInfo": extra}
+    try:
+        Path(path).write_text(json.dumps({"message": said}))
+    except OSError:
+        pass  # torchrun then reports the exit code alone, as before
+
+
 def is_follower() -> bool:
     """True in a launcher-started process other than rank 0: it leaves all output to rank 0."""
     env = external_env()
