@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import assert_no_orphans
+import pytest
+from tests.conftest import assert_no_orphans, cli
 
 ARGS = [
     "run",
@@ -112,7 +113,15 @@ def test_a_rank_that_exits_at_once_is_named(tmp_path):
     code, err, seconds = finish(proc)
     assert code == 1
     assert seconds < 30
-    assert "rank 1 exited with code 3" in err
+    # the exit code alone would read as a crash: the message says the fault was injected
+    said = "rank 1 exited with code 3 (injected fault: fault.kind=exit at step 4)"
+    assert said in err
+    summary = read_summary(tmp_path)
+    assert summary["error"] == said
+    assert_error_recorded(summary, err)
+    assert json.loads((tmp_path / "r" / "fault.json").read_text()) == {
+        "rank": 1, "step": 4, "kind": "exit", "attempt": 0
+    }  # fmt: skip
 
 
 def test_a_stuck_rank_is_named_after_the_collective_timeout(tmp_path):
@@ -136,6 +145,7 @@ def test_a_stuck_rank_is_named_after_the_collective_timeout(tmp_path):
     summary = read_summary(tmp_path)
     assert summary["status"] == "failed"
     assert summary["error"].startswith("rank 1 is stuck: no response within the 4 s")
+    assert summary["error"].endswith("(injected fault: fault.kind=hang at step 3)")
     assert_error_recorded(summary, err)
     assert all(e["rank"] != 1 for e in summary["rank_errors"])  # the stuck rank said nothing
 
@@ -160,3 +170,65 @@ def test_killing_the_parent_leaves_no_workers(tmp_path):
     proc.kill()
     proc.communicate(timeout=30)
     assert_no_orphans(pids)
+
+
+# 2 workers, 3 epochs of 32 steps, a checkpoint every 10 steps; rank 1 exits after step 25.
+CUT = [
+    "run", "--dataset", "synthetic", "--model", "mlp", "--strategy", "allreduce",
+    "--workers", "2", "--epochs", "3", "--sampler", "random", "--quiet",
+    "--set", "checkpoint.every=10", "--set", "timeout=60",
+]  # fmt: skip
+FAULT = ["--set", "fault.rank=1", "--set", "fault.step=25", "--set", "fault.kind=exit"]
+INJECTED = "rank 1 exited with code 3 (injected fault: fault.kind=exit at step 25)"
+
+
+def cut_run(tmp_path: Path) -> Path:
+    done = cli(*CUT, *FAULT, "--out-dir", str(tmp_path), "--name", "cut")
+    assert done.returncode == 1 and INJECTED in done.stderr, done.stderr
+    return tmp_path / "cut"
+
+
+@pytest.mark.slow
+def test_a_resumed_run_goes_on_past_the_fault_that_fired(tmp_path):
+    cut = cut_run(tmp_path)
+
+    # flags that change nothing the run computes, none of them fault.*: the fault is left out
+    done = cli("run", "--resume", str(cut), "--quiet", "--set", "threads=1")
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_at"] == [20]
+    assert summary["steps"] == 3 * 32
+
+
+@pytest.mark.slow
+def test_a_resume_that_gives_the_fault_again_fires_it_again(tmp_path):
+    cut = cut_run(tmp_path)
+
+    again = cli("run", "--resume", str(cut), "--quiet", *FAULT)
+    plain = cli("run", "--resume", str(cut), "--quiet")  # the API's path: the run's own config
+
+    assert again.returncode == 1 and INJECTED in again.stderr, again.stderr
+    assert plain.returncode == 0, plain.stderr
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_at"] == [20]
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_past_the_fault_that_fired(tmp_path):
+    # Every restart runs the same command, --set fault.* included: the fault fires in the
+    # first attempt only, so one restart is enough to finish the run.
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc-per-node", "2", "--max-restarts", "1"]
+
+    done = subprocess.run(
+        [*launcher, "-m", "distlab", *CUT, *FAULT, "--out-dir", str(tmp_path), "--name", "t"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_at"] == [20]
+    assert json.loads((tmp_path / "t" / "fault.json").read_text())["attempt"] == 0
