@@ -1,5 +1,6 @@
 """Gossip on real gloo groups: complete averaging is local SGD step by step, more rounds on a
-ring mean more agreement, exchange bytes match degree x 2 x P x 4, personalized reports,
+ring mean more agreement, exchange bytes match degree x 2 x P x 4 and the measuring
+allreduces theirs, apart, every byte figure beside its formula, personalized reports,
 Ditto's personal models on a ring beat local-only training on non-IID parts, and bad graphs
 and settings are refused before any process starts."""
 
@@ -21,6 +22,16 @@ def lead(result, kind: str) -> list[dict]:
 
 def distance_at(result) -> dict[int, float]:
     return {e["step"]: e["consensus_distance"] for e in lead(result, "round")}
+
+
+def assert_bytes_match_formulas(summary: dict) -> None:
+    """Every measured byte figure of the summary equals the formula beside it, and no figure
+    has a second key: the byte figures are exactly these three pairs."""
+    pairs = ("bytes_per_round", "mix_bytes_per_round", "measure_bytes_per_round")
+    figures = {k for k, v in summary.items() if "bytes" in k and isinstance(v, int | float)}
+    assert figures == {f"{p}_{kind}" for p in pairs for kind in ("measured", "analytic")}
+    for p in pairs:
+        assert summary[f"{p}_measured"] == pytest.approx(summary[f"{p}_analytic"], abs=0.1)
 
 
 def test_complete_uniform_period_one_equals_local_sgd(tmp_path):
@@ -65,15 +76,34 @@ def test_ring_consensus_distance_falls_with_more_rounds(ring):
 def test_ring_bytes_match_degree_times_two_times_p(ring):
     summary, params = ring[1].summary, ring[1].summary["params"]
     per_worker = 2 * 2 * params * 4  # 2 neighbours, a model each way, float32
+    # Two allreduces, each counted in and out: the model with the loss and sample count
+    # (P + 2 float32), then the distance to the average (one float32).
+    measuring = 2 * (params + 2) * 4 + 2 * 4
 
     assert summary["mean_degree"] == 2.0
     assert summary["spectral_gap"] == pytest.approx(2 / 3)  # 1 - (1 + 2 cos(pi / 2)) / 3
-    assert summary["mix_bytes_per_round_analytic"] == per_worker
     assert summary["mix_bytes_per_round_measured"] == per_worker
-    assert summary["mixing_bytes_per_round_analytic"] == per_worker
-    # Everything measured: the exchange plus the consensus measurement (two allreduces).
-    measured, consensus = summary["bytes_per_round_measured"], (params + 2) * 8 + 8
-    assert measured == pytest.approx(per_worker + consensus, rel=1e-3)
+    assert summary["mix_bytes_per_round_analytic"] == per_worker
+    assert summary["measure_bytes_per_round_measured"] == measuring
+    assert summary["measure_bytes_per_round_analytic"] == measuring
+    assert summary["bytes_per_round_measured"] == per_worker + measuring
+    assert_bytes_match_formulas(summary)
+    assert all(e["mix_bytes"] == per_worker for e in lead(ring[1], "round"))
+
+
+def test_an_evaluation_between_rounds_adds_a_measurement(tmp_path):
+    # Period 5 over 63 steps: 13 rounds (steps 5, ..., 60 and 63); evaluations every 4 steps
+    # fall between rounds at 12 of their 15 steps (20, 40 and 60 are rounds), and each
+    # builds the average model once more.
+    result = run_small(tmp_path, strategy=gossip(period=5), workers=2, eval_every=4)
+
+    summary, params = result.summary, result.summary["params"]
+    rounds = lead(result, "round")
+    assert summary["rounds"] == len(rounds) == 13
+    measuring = 2 * (params + 2) * 4 + 2 * 4
+    assert sum(e["measure_bytes"] for e in rounds) == (13 + 12) * measuring
+    assert summary["mix_bytes_per_round_measured"] == 2 * params * 4  # a ring of 2: 1 peer
+    assert_bytes_match_formulas(summary)
 
 
 def test_personalized_star_reports_each_workers_local_accuracy(tmp_path):
@@ -102,6 +132,9 @@ def test_personalized_star_reports_each_workers_local_accuracy(tmp_path):
     assert summary["mix_bytes_per_round_measured"] == 3 * 2 * mixed * 4
     assert summary["mix_bytes_per_round_analytic"] == 3 * 2 * mixed * 4
     assert summary["mean_degree"] == 1.5
+    # All traffic per worker: the leaves swap with the hub only, and each evaluation
+    # gathers every worker's accuracy to the lead.
+    assert_bytes_match_formulas(summary)
     assert summary["batch_size_meaning"] == "per worker (its own part)"
 
 

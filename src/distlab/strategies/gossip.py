@@ -18,9 +18,10 @@ through the counted `Communicator.exchange`, never a global allreduce.
 
 Measurement. After each round's mixing (and at each evaluation) one allreduce builds the
 average model x_bar and a second the consensus distance, mean_i ||x_i - x_bar||; both are
-counted. Round events carry `consensus_distance`, `mix_bytes` (this rank's exchange bytes)
+counted, apart from the mixing: round events carry `consensus_distance`, `mix_bytes` (this
+rank's exchange bytes), `measure_bytes` (its measuring allreduces since the previous round)
 and the workers' mean loss of that step. Evaluation measures x_bar on the global test set;
-model.pt is x_bar.
+model.pt is x_bar. The summary sets each byte figure beside its formula (`traffic_summary`).
 
 Personalized (`personalized: true`): each worker holds out `local_test_fraction` of its own
 part (the same split FedAvg's `local_test_fraction` makes) and keeps its own model; each
@@ -198,6 +199,7 @@ class GossipWorker:
         self.ditto = DittoModel(ctx) if ctx.cfg.strategy.personal == "ditto" else None
         self.shift = label_shift(ctx, data) if ctx.cfg.strategy.label_prior else None
         self.done = self.round = self.round_first = 0
+        self.measured = 0  # bytes of the measuring allreduces since the last round event
         self.round_start = time.perf_counter()
 
     def rounds_at(self, done: int) -> tuple[str, int] | None:
@@ -300,14 +302,17 @@ class GossipWorker:
     def measure(self, loss: float, n: int) -> tuple[float, float]:
         """The average model into `shown` (one allreduce with this step's loss), then the
         consensus distance mean_i ||x_i - x_bar|| (one allreduce of a scalar). Returns the
-        workers' sample-weighted mean loss of this step and the distance."""
-        world, own = self.ctx.world, flat_params(self.model)
+        workers' sample-weighted mean loss of this step and the distance; the bytes go to
+        `measured`, apart from the mixing's."""
+        comm, world, own = self.ctx.comm, self.ctx.world, flat_params(self.model)
+        before = comm.bytes_sent + comm.bytes_recv
         msg = torch.cat([own, torch.tensor([loss * n, float(n)])])
-        self.ctx.comm.all_reduce(msg)
+        comm.all_reduce(msg)
         average = msg[:-2] / world
         set_flat_params(self.shown, average.clone())
         distance = torch.tensor([float(torch.linalg.vector_norm(own - average))])
-        self.ctx.comm.all_reduce(distance)
+        comm.all_reduce(distance)
+        self.measured += comm.bytes_sent + comm.bytes_recv - before
         return float(msg[-2]) / float(msg[-1]), float(distance[0]) / world
 
     def record_round(self, loss: float, distance: float, mixed: int) -> None:
@@ -321,9 +326,11 @@ class GossipWorker:
             step=self.done,
             consensus_distance=distance,
             mix_bytes=mixed,
+            measure_bytes=self.measured,
             mixed_params=self.mixed_size,
         )
-        self.round_start, self.round_first = now, self.done
+        # A checkpoint falls only at a round's end, after this: `measured` is 0 in every one.
+        self.round_start, self.round_first, self.measured = now, self.done, 0
 
     def evaluate(self) -> None:
         """The average model on the global test set (lead only), with the workers' own
@@ -378,6 +385,8 @@ def label_shift(ctx: WorkerContext, data: ClientData) -> torch.Tensor:
     own = counts / counts.sum()
     mean = own.clone()
     ctx.comm.all_reduce(mean)
+    # Every start (a resumed run's too) sends it: the summary's formula counts these events.
+    ctx.recorder.phase("label_prior", classes=ctx.data.classes)
     return (own.log() - (mean / ctx.world).log()).float()
 
 
@@ -523,50 +532,92 @@ def degrees(cfg: RunConfig, rounds: int) -> np.ndarray:
 
 
 def comm_analysis(cfg: RunConfig, per_rank: dict, params: int, units: int) -> dict:
-    """Per worker per gossip round: all measured traffic next to the analytic exchange,
-    mean degree x 2 x P x 4 bytes, and the measurement, 2 (P + 2) 4 + 2 x 4 bytes (two
-    allreduces; an evaluation between rounds adds one more measurement)."""
+    """All traffic per worker per gossip round, mean over the workers. Its formula
+    (bytes_per_round_analytic) is set beside it in gossip_summary: it needs the lead's events
+    (the epoch length behind the measurements, the mixed parameter count), which the totals
+    here do not hold."""
     if cfg.workers == 1:
-        return {}
+        return {}  # one worker exchanges nothing: there is no traffic to set beside a formula
     workers = list(per_rank.values())
     measured = sum(w["bytes_sent"] + w["bytes_recv"] for w in workers) / len(workers)
-    mixing = float(degrees(cfg, units).mean()) * 2 * params * 4
-    # personal_head mixes fewer than P numbers: the lead's round events give the exact figure
-    # (mix_bytes_per_round_analytic); here it would be a wrong one.
-    exact = not cfg.strategy.personal_head
     return {
         "bytes_per_round_measured": round(measured / units, 1),
-        "mixing_bytes_per_round_analytic": round(mixing, 1) if exact else None,
-        "consensus_bytes_per_round_analytic": 2 * (params + 2) * 4 + 2 * 4,
+        "bytes_per_round_scope": "per worker per round (mean over workers)",
     }
 
 
 def gossip_summary(cfg: RunConfig, lead: list[dict]) -> dict:
-    """The graph (spectral gap of W, degrees), the final consensus distance, the lead
-    worker's exchange bytes per round beside degree x 2 x P x 4, and, personalized, the
-    workers' mean and worst accuracy on their own held-out splits."""
+    """The graph (spectral gap of W, degrees), the final consensus distance, the bytes per
+    round beside their formulas (traffic_summary), and, personalized, the workers' mean and
+    worst accuracy on their own held-out splits."""
     rounds = [e for e in lead if e["kind"] == "round"]
     evals = [e for e in lead if e["kind"] == "eval"]
     if not rounds:
         return {"consensus_distance": None}
     deg = degrees(cfg, len(rounds))
     gaps = [topology.spectral_gap(round_mixing(cfg, r)) for r in range(1, len(rounds) + 1)]
-    lead_rank = rounds[0]["rank"]
     out = {
         "topology": cfg.strategy.topology,
         "mixing": cfg.strategy.mixing,
         "spectral_gap": round(float(np.mean(gaps)), 6),
         "mean_degree": round(float(deg.mean()), 3),
         "consensus_distance": rounds[-1].get("consensus_distance"),
-        "mix_bytes_per_round_measured": round(float(np.mean([e["mix_bytes"] for e in rounds])), 1),
-        "mix_bytes_per_round_analytic": (
-            round(float(deg[:, lead_rank].mean()) * 2 * rounds[-1]["mixed_params"] * 4, 1)
-        ),
+        **traffic_summary(cfg, lead, rounds, deg),
     }
     if cfg.strategy.personalized and evals:
         out["local_accuracy_mean"] = evals[-1].get("local_accuracy_mean")
         out["local_accuracy_worst"] = evals[-1].get("local_accuracy_worst")
     return out
+
+
+def measurement_bytes(params: int) -> int:
+    """What one rank counts for one measurement: the allreduce of its P parameters with the
+    step's loss and sample count (P + 2 float32, handed in and got back), and that of its
+    distance to the average (one float32)."""
+    return 2 * (params + 2) * 4 + 2 * 4
+
+
+def traffic_summary(cfg: RunConfig, lead: list[dict], rounds: list[dict], deg) -> dict:
+    """Per gossip round, each measured figure beside its formula (M: the parameters mixed,
+    P unless personal_head):
+    - mix_bytes: the lead worker's exchange, its degree x 2 x M x 4;
+    - measure_bytes: the lead worker's measuring allreduces (plan_traffic);
+    - bytes (comm_analysis's, mean over workers): all traffic, the workers' mean degree x 2 x
+      M x 4 plus the measurements and the rest of plan_traffic."""
+    if cfg.workers == 1:
+        return {}  # as comm_analysis: one worker exchanges nothing
+    n, mixed = len(rounds), rounds[-1]["mixed_params"]
+    measuring, other = plan_traffic(cfg, lead, rounds[-1]["step"])
+    measured = [e.get("measure_bytes") for e in rounds]
+    lead_degree, mean_degree = float(deg[:, rounds[0]["rank"]].mean()), float(deg.mean())
+    return {
+        "mix_bytes_per_round_measured": round(float(np.mean([e["mix_bytes"] for e in rounds])), 1),
+        "mix_bytes_per_round_analytic": round(lead_degree * 2 * mixed * 4, 1),
+        # None for a run recorded before round events carried measure_bytes
+        "measure_bytes_per_round_measured": (
+            None if None in measured else round(sum(measured) / n, 1)
+        ),
+        "measure_bytes_per_round_analytic": round(measuring / n, 1),
+        "bytes_per_round_analytic": round(mean_degree * 2 * mixed * 4 + (measuring + other) / n, 1),
+    }
+
+
+def plan_traffic(cfg: RunConfig, lead: list[dict], last_step: int) -> tuple[int, int]:
+    """Bytes every worker counts up to step `last_step` besides the mixing: (measuring,
+    other). Measuring: measurement_bytes(P) after each round, and at each evaluation between
+    rounds. Other, personalized runs: 16 per evaluation (each worker's float64 accuracy
+    gathered to the lead, 8 bytes sent by every worker and 8 x workers received by the lead)
+    and, at each start of the run, label_prior's allreduce of the class frequencies (2 x
+    classes x 8)."""
+    params = next(e["params"] for e in lead if e.get("phase") == "start")
+    train = next(e for e in lead if e.get("phase") == "train")
+    plan = make_plan(cfg, train["total"] // cfg.epochs)
+    kinds = [plan.kind(s) for s in range(1, last_step + 1)]
+    measurements = kinds.count("average") + kinds.count("eval-average")
+    other = sum(2 * e["classes"] * 8 for e in lead if e.get("phase") == "label_prior")
+    if cfg.strategy.personalized:
+        other += 16 * sum(plan.evaluates(s) for s in range(1, last_step + 1))
+    return measurements * measurement_bytes(params), other
 
 
 def model_fits_data(cfg: RunConfig, data) -> None:
