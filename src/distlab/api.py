@@ -7,6 +7,7 @@ whatever the outcome, it merges the events and writes summary.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -93,6 +94,8 @@ def run(
     spec.check_schedule(cfg, data)
     # Partitioning can refuse the config (more clients than samples): before any writing.
     split = spec.data_partition(cfg, data.y_train.cpu().numpy())
+    if split is not None:
+        split = dataclasses.replace(split, holder=spec.part_holder)
     if external is None:
         warn_oversubscribed(world)
     job = make_job(cfg, spec, world)

@@ -609,12 +609,20 @@ def report(
     ),
     latency: str = typer.Option("50us", help="Per-message latency for --network (us, ms)."),
     force: bool = typer.Option(False, help="Put runs of different datasets in one report."),
+    baseline: str = typer.Option(
+        None,
+        help="Speedup against this strategy's one-process runs (e.g. centralized). "
+        "[default: each run's own strategy]",
+    ),
 ) -> None:
     """Compare runs and sweeps: report.html, report.md, results.csv and the figures
-    speedup.png and accuracy.png (against workers, error bars over seeds), curves.png,
-    communication.png (measured against the formula), partition-*.png and, with --network,
-    whatif.png. Speedup is T(1)/T(N) against a completed one-process run with the same
-    dataset, model, samples and batch meaning (the notes say why a run has none).
+    speedup.png and accuracy.png (against workers: median over seeds and repeats, bars from
+    min to max), curves.png, communication.png (measured against the formula),
+    partition-*.png and, with --network, whatif.png. Speedup is T(1)/T(N) against the
+    completed one-process runs of the same strategy (--baseline: of another) with the same
+    dataset, model, samples, batch meaning and torch threads per process (the notes say why
+    a run has none). A run is flagged when it was disturbed (step time p90 over 3x its
+    median, load above the cores, CPU time stolen) or its efficiency is above 1.05.
 
     Examples:
 
@@ -627,16 +635,32 @@ def report(
 
     parse_latency(latency)  # a bad --latency is refused even where no --network uses it
     # write_report checks every input and run directory before writing anything.
-    rows = write_report(run_dirs, out_dir, target, network, latency, force)
+    rows = write_report(run_dirs, out_dir, target, network, latency, force, baseline)
     title = f"report written to {out_dir} (report.html; every column in results.csv)"
     table = Table(*CONSOLE_COLUMNS.values(), title=title)
     for row in rows:
         table.add_row(*("-" if row[k] is None else format_number(row[k]) for k in CONSOLE_COLUMNS))
     console = _console(width=max(200, out.width))
     console.print(table)
+    _print_repeats(console, out_dir / "repeats.json")
     for row in rows:
-        if row["speedup_note"]:
-            console.print(f"{row['run']}: {row['speedup_note']}", soft_wrap=True)
+        for note in (row["speedup_note"], row["flags"]):
+            if note:
+                console.print(f"{row['run']}: {note}", soft_wrap=True)
+
+
+def _print_repeats(console: Console, path: Path) -> None:
+    """The report's repeats table, when some config ran more than once."""
+    from rich.markup import escape
+
+    from distlab.page import REPEAT_COLUMNS, REPEATS_TITLE, cell
+
+    if not path.is_file():
+        return
+    table = Table(*REPEAT_COLUMNS, title=escape(REPEATS_TITLE))
+    for group in json.loads(path.read_text()):
+        table.add_row(*(escape(cell(group.get(k))) for k in REPEAT_COLUMNS))
+    console.print(table)
 
 
 # What `distlab compare` runs unless --strategies says otherwise: seed 000's homework.
@@ -668,24 +692,35 @@ def compare(
     target: float = typer.Option(None, help="Report seconds to reach this test accuracy."),
     network: str = typer.Option(None, help="Networks for the what-if model (1gbit,10gbit)."),
     latency: str = typer.Option("50us", help="Per-message latency for --network."),
+    repeats: int = typer.Option(1, help="Run each strategy this many times, interleaved."),
+    baseline: str = typer.Option(
+        "centralized",
+        help="Speedups are against this strategy's one-process run (run first, as one "
+        "process, whether --strategies names it or not).",
+    ),
     **config_flags: Any,
 ) -> None:
     """One config under several strategies: a sweep, then its report in OUT_DIR/NAME/report.
-    --workers defaults to 2 here (a strategy needs peers to compare).
+    --workers defaults to 2 here (a strategy needs peers to compare). Every run gets the
+    same torch threads per process, so the speedups compare like with like; with
+    --repeats 3 the report gives each figure's median and min-max.
 
     Example: distlab compare --epochs 1 --workers 4
     """
-    from distlab.report import check_out_dir, check_target
+    from distlab.report import check_baseline, check_out_dir, check_target
     from distlab.sweep import canonical_key, raise_for_failures
 
     if strategies is not None:
         names = [s.strip() for s in strategies.split(",") if s.strip()]
         if not names:
             raise ValueError("--strategies has no names (e.g. --strategies allreduce,fedavg)")
-        cells = [{"strategy": n} for n in names]
+        # The baseline runs once, as one process: the T(1) of every speedup.
+        cells = [{"strategy": baseline, "workers": 1}]
+        cells += [{"strategy": n} for n in names if n != baseline]
     else:
         cells = COMPARE_CELLS
     check_target(target)
+    check_baseline(baseline)
     check_out_dir(out_dir / name / "report")
     from distlab.whatif import parse_latency
 
@@ -697,9 +732,10 @@ def compare(
     spec = {"cells": [{canonical_key(k, "cells"): v for k, v in c.items()} for c in cells]}
     base = base_config(config_flags)
     base.setdefault("workers", COMPARE_WORKERS)
+    spec["repeats"] = repeats
     plan, results = _run_sweep(base, grid, spec, name, out_dir, jobs, False, overwrite)
     if any(r.status == "completed" for r in results):
-        report([plan.root], plan.root / "report", target, network, latency, False)
+        report([plan.root], plan.root / "report", target, network, latency, False, baseline)
     raise_for_failures(plan, results)
 
 
@@ -723,9 +759,16 @@ def sweep(
     jobs: int = typer.Option(1, help="Cells run at once, never more processes than cores."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells; run nothing."),
     overwrite: bool = typer.Option(False, help="Start the sweep again, removing its cells."),
+    repeats: int = typer.Option(
+        None,
+        help="Run each cell this many times, interleaved (CELL_r1, CELL_r2, ...); the report "
+        "gives the median and min-max. [default: the file's repeats, else 1]",
+    ),
     **config_flags: Any,
 ) -> None:
-    """Run a grid of configs, one run directory per cell, resumable.
+    """Run a grid of configs, one run directory per cell, resumable. Every cell gets the
+    same torch threads per process (cores // the most processes of any cell) unless
+    threads is set, so that timings compare.
 
     Examples:
 
@@ -738,6 +781,8 @@ def sweep(
     from distlab.sweep import raise_for_failures, read_sweep_file
 
     spec = read_sweep_file(file) if file else {}
+    if repeats is not None:
+        spec["repeats"] = repeats
     base = base_config(config_flags, spec.get("base"))
     name = name or spec.get("name") or (file.stem if file else None)
     done = _run_sweep(base, grid, spec, name, out_dir, jobs, dry_run, overwrite)

@@ -576,6 +576,7 @@ SPEC = StrategySpec(
     batch_meaning=batch_meaning,
     extra_summary=extra_summary,
     uses_partition=True,  # clients own partitions made by the `partition` config
+    part_holder="client",
     launcher=launcher,
     check_data=check_data,
 )

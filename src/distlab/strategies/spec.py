@@ -83,7 +83,8 @@ def sampler_partition(cfg: RunConfig, labels: np.ndarray) -> Partition:
     for rank in range(cfg.workers):
         batches = epoch_batches(cfg.sampler, labels, cfg.batch_size, 0, cfg.seed, rank, cfg.workers)
         parts.append(np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64))
-    return Partition(parts, count_classes(labels, parts, int(labels.max()) + 1))
+    counts = count_classes(labels, parts, int(labels.max()) + 1)
+    return Partition(parts, counts, source=f"the {cfg.sampler} sampler's first epoch")
 
 
 def sampler_steps(cfg: RunConfig, labels: np.ndarray) -> int:
@@ -182,6 +183,8 @@ class StrategySpec:
     - batch_meaning(cfg): what --batch-size means under this strategy.
     - extra_summary(cfg, lead_events): figures of the strategy's own for summary.json.
     - uses_partition: whether the `partition` config divides the data (federated strategies).
+    - part_holder: who holds a part of the data, in partition.json and its figure: "worker"
+      (data parallel), "client" (federated).
     - launcher: "auto" (inline for one process, spawn for more, or the external launcher
       that started the processes); a strategy with other needs names its own launcher,
       or gives launcher(cfg) when it depends on the config ("deployed": the run is started
@@ -201,6 +204,7 @@ class StrategySpec:
     batch_meaning: Callable[[RunConfig], str] = sampler_batch_meaning
     extra_summary: Callable[[RunConfig, list[dict]], dict] = no_extra_summary
     uses_partition: bool = False
+    part_holder: str = "worker"
     launcher: str | Callable[[RunConfig], str] = "auto"
     steps: Callable[[RunConfig, np.ndarray], int | None] | None = None
 
