@@ -5,6 +5,7 @@ follows the run live as events are appended; off loopback every request needs th
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,6 +120,15 @@ def test_the_page_lists_the_runs_and_follows_a_federated_run_live(runs, server, 
     wait_for(browser, drawn("chart-val-accuracy", "boxlayer"))
     node = browser.execute_script("return document.querySelector('tr.client-row').textContent")
     assert "12107536797416033456" in node  # the node id exactly, not rounded to a float
+    # counts get whole-number ticks: rounds, and client rounds per training-time bin (at
+    # most 2 here, where Plotly's own ticks would be 0, 0.5, 1, 1.5, 2)
+    for chart, axis in (("chart-train-times", "ytick"), ("chart-loss", "xtick"),
+                        ("chart-round-split", "xtick")):  # fmt: skip
+        labels = f"#{chart} .{axis} text"
+        ticks = browser.execute_script(
+            f"return [...document.querySelectorAll({labels!r})].map(t => t.textContent)"
+        )
+        assert ticks and all(t.isdigit() for t in ticks), (chart, ticks)
 
     # the run goes on: one more round, with client 1 lost
     rank_file = runs / "live" / "events" / "rank-0.jsonl"
@@ -127,9 +137,58 @@ def test_the_page_lists_the_runs_and_follows_a_federated_run_live(runs, server, 
     wait_for(browser, count("#rounds tr.round-row"), 3)
     wait_for(browser, "return document.querySelector('tr.client-row[data-client=\"1\"]')"
                       ".dataset.status", "lost")  # fmt: skip
+    row = "document.querySelector('tr.round-row[data-round=\"3\"]')"
+    failed = f"return {row}.children[2].textContent"
+    assert browser.execute_script(failed) == "1 (lost: no reply)"
     browser.save_screenshot(str(tmp_path / "live.png"))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
+
+
+AUTO_NAMES = ("param-server-mnist-sample-lenet-20261207-101500",
+              "param-server-mnist-sample-lenet-20261207-101533")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def auto_named(runs, tmp_path_factory) -> Path:
+    """Two finished runs named as distlab names them, one second apart, whose lead rank
+    planned more steps than it did (as an asynchronous parameter server's does)."""
+    root = tmp_path_factory.mktemp("names")
+    for name in AUTO_NAMES:
+        shutil.copytree(runs / "fed", root / name)
+        merged = root / name / "events.jsonl"
+        events = [json.loads(line) for line in merged.read_text().splitlines()]
+        for event in events:
+            if event.get("phase") == "train":
+                event["total"] += 3
+        merged.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return root
+
+
+def test_long_run_names_stay_distinct_and_a_finished_run_shows_what_it_did(
+    auto_named, browser, tmp_path
+):
+    proc, url = start(auto_named)
+    try:
+        browser.get(url + "#run=" + AUTO_NAMES[0])
+        wait_for(browser, count(".run-item"), 2)
+        wait_for(browser, text("round-counter"), "2")
+        names = browser.execute_script(
+            "return [...document.querySelectorAll('.run-name')].map(n => {"
+            " const [head, tail] = n.children, box = n.getBoundingClientRect();"
+            " const end = tail.getBoundingClientRect();"
+            " return {title: n.title, tail: tail.textContent,"
+            " cut: head.scrollWidth > head.clientWidth,"
+            " shown: end.width > 0 && end.right <= box.right + 0.5}; })"
+        )
+        total = browser.execute_script(text("round-total"))
+        browser.save_screenshot(str(tmp_path / "names.png"))
+    finally:
+        stop(proc, signal.SIGTERM)
+    assert sorted(n["title"] for n in names) == sorted(AUTO_NAMES)  # the whole name on hover
+    assert all(n["cut"] and n["shown"] for n in names), names  # the middle goes, the end shows
+    assert sorted(n["tail"] for n in names) == ["-20261207-101500", "-20261207-101533"]
+    assert total == ""  # 2 rounds done, not "2 / 5": the plan shows only while a run runs
 
 
 def test_a_data_parallel_run_shows_its_ranks(server, browser):

@@ -54,7 +54,7 @@ def client_reports(rounds: list[dict]) -> list[dict]:
 
 def next_round(rank_file: Path, lost: int | None = None) -> list[dict]:
     """The events of one more round after the last in rank_file: client reports, the round,
-    its eval; `lost` is a client that did not answer (rejected by the server)."""
+    its eval; `lost` is a client that did not answer (it fails the round)."""
     old = [json.loads(line) for line in rank_file.read_text().splitlines() if line.strip()]
     last = max(e["round"] for e in old if e["kind"] == "round")
     at = max(e["seconds"] for e in old) + 1.0
@@ -86,8 +86,8 @@ def next_round(rank_file: Path, lost: int | None = None) -> list[dict]:
             "duration": 0.5,
             "aggregate_seconds": 0.05,
             "clients": [0, 1, 2],
-            "failed": [],
-            "rejected": [lost] if lost is not None else [],
+            "failed": [lost] if lost is not None else [],
+            "rejected": [],
             "attempts": 1,
         }
     )
@@ -224,7 +224,7 @@ def test_rounds_split_their_time_into_training_transfer_and_aggregation(runs):
     ]
 
 
-def test_a_lost_client_is_rejected_with_its_reason(live):
+def test_a_lost_client_fails_its_round_with_its_reason(live):
     rank_file = live / "live" / "events" / "rank-0.jsonl"
     append_events(rank_file, next_round(rank_file, lost=1))
     append_events(
@@ -242,13 +242,33 @@ def test_a_lost_client_is_rejected_with_its_reason(live):
     )
     fed = run_detail(live, "live")["federated"]
     last = fed["rounds"][-1]
-    assert last["round"] == 3 and last["rejected"] == {"1": "lost: no reply"}
+    assert last["round"] == 3 and last["failed"] == [1] and last["rejected"] == {}
+    assert last["lost"] == {"1": "lost: no reply"}
     clients = {c["client"]: c for c in fed["clients"]}
     assert (clients[1]["status"], clients[1]["reason"], clients[1]["rounds"]) == (
         "lost", "lost: no reply", 2)  # fmt: skip
     assert clients[0]["status"] == "trained" and clients[0]["rounds"] == 3
     assert fed["refused"] == [{"client": 0, "node": str(NODE + 9), "seconds": 99.0,
                                "reason": "partition id 0 already connected"}]  # fmt: skip
+
+
+def test_a_finished_run_shows_what_it_did_and_a_running_one_its_plan(runs, tmp_path):
+    # An asynchronous parameter server's lead rank ends with fewer steps than it planned:
+    # a plan of more steps than were done, in a finished run's events.
+    shutil.copytree(runs / "ar", tmp_path / "ar")
+    merged = tmp_path / "ar" / "events.jsonl"
+    events = [json.loads(line) for line in merged.read_text().splitlines()]
+    steps = json.loads((tmp_path / "ar" / "summary.json").read_text())["steps"]
+    for event in events:
+        if event.get("phase") == "train":
+            event["total"] = steps + 16
+    merged.write_text("".join(json.dumps(e) + "\n" for e in events))
+
+    finished = run_detail(tmp_path, "ar")["progress"]
+    running = run_detail(runs, "live")["progress"]
+
+    assert (finished["steps"], finished["total"]) == (steps, None)
+    assert (running["rounds"], running["total"]) == (2, 2)
 
 
 def test_in_process_clients_come_from_round_events_and_unknowns_are_null(runs):

@@ -477,7 +477,8 @@ def take_round_event(clients: dict[Any, dict[str, Any]], event: Event) -> None:
     for client in event.get("clients") or []:
         row = clients.setdefault(client, new_client(client))
         if client in failed:
-            row["status"] = "failed"
+            if row["status"] != "lost":  # a lost client's own event already says why
+                row["status"] = "failed"
         elif str(client) in rejected:
             if row["status"] != "lost":  # a lost client's own event already says why
                 row["status"], row["reason"] = "rejected", rejected[str(client)]
@@ -587,8 +588,11 @@ def build_detail(events: list[Event], summary: dict[str, Any] | None) -> dict[st
     """Everything the run page draws, from the events alone (plus the summary's figures)."""
     lead = lead_events(events, summary)
     figures = {k: summary.get(k) for k in SUMMARY_FIGURES} if summary else {}
+    done = progress(lead)
+    if summary is not None:  # the plan only while it runs: async workers finish short of it
+        done["total"] = None
     return {
-        "progress": progress(lead),
+        "progress": done,
         "curves": curves(lead),
         "federated": federated_view(events, lead),
         "ranks": rank_view(events),

@@ -186,7 +186,7 @@
       "a",
       { class: "run-item", href: runHref(run.path), "data-path": run.path, "data-status": run.status },
       el("div", { class: "run-line" },
-        el("span", { class: "run-name", text: run.name, title: run.path }),
+        runName(run),
         el("span", { class: "badge " + run.status, text: run.status })),
       el("div", { class: "run-meta", text: meta }),
       el("div", { class: "run-figures" },
@@ -194,6 +194,20 @@
         el("span", { text: known(run.accuracy) ? "acc " + pct(run.accuracy) : "" }),
         el("span", { class: "muted", text: clock(run.started) })),
     );
+  }
+
+  // Auto-named runs (STRATEGY-DATASET-MODEL-DATE-TIME[-N]) differ at the end: a long name
+  // loses its middle, never its time stamp (or last characters), and the whole name (and
+  // path) shows on hover; strategy, dataset and model are on the line below anyway.
+  const STAMP = /-\d{8}-\d{6}(-\d+)?$/;
+  function runName(run) {
+    const name = String(run.name);
+    const title = run.path === name ? name : `${name}\n${run.path}`;
+    const stamp = name.match(STAMP);
+    const cut = stamp ? stamp.index : Math.max(0, name.length - 12);
+    return el("span", { class: "run-name", title },
+      el("span", { class: "run-name-head", text: name.slice(0, cut) }),
+      el("span", { class: "run-name-tail", text: name.slice(cut) }));
   }
 
   function markSelected() {
@@ -253,9 +267,10 @@
     $("tile-rounds").hidden = !rounds;
     $("tile-steps").hidden = rounds && !p.steps;
     $("round-counter").textContent = String(p.rounds);
-    $("round-total").textContent = p.unit === "round" && known(p.total) ? " / " + p.total : "";
+    const plan = known(p.total) ? " / " + p.total : "";  // null once the run has finished
+    $("round-total").textContent = p.unit === "round" ? plan : "";
     $("step-counter").textContent = String(p.steps);
-    $("step-total").textContent = p.unit === "step" && known(p.total) ? " / " + p.total : "";
+    $("step-total").textContent = p.unit === "step" ? plan : "";
     $("tile-accuracy").textContent = pct(p.accuracy);
     $("tile-best").textContent = pct(p.best_accuracy);
     const losses = run.curves.train.loss.filter(known);
@@ -295,10 +310,33 @@
     Plotly.react(div, traces, layout(extra), { displayModeBar: false, responsive: true });
   }
 
-  // An axis of rounds or steps: from 0, and a tick on every integer while there are few
+  // Ticks of an axis that counts (rounds, steps, clients): whole numbers only, a 1-2-5 step
+  // that gives at most about ten of them up to `top`.
+  function integerTicks(top) {
+    let step = 1;
+    for (let scale = 1; top / step > 10; scale *= 10) {
+      step = [1, 2, 5].map((m) => m * scale).find((s) => top / s <= 10) || 10 * scale;
+    }
+    return { tickmode: "linear", tick0: 0, dtick: step };
+  }
+
+  // An axis of rounds or steps: from 0, with whole-number ticks
   function countAxis(title, xs) {
     const top = Math.max(0, ...xs.filter(known));
-    return { title: { text: title }, rangemode: "tozero", dtick: top <= 12 ? 1 : undefined };
+    return { title: { text: title }, rangemode: "tozero", ...integerTicks(top) };
+  }
+
+  // Fixed histogram bins (so that the tallest bar is known here, for integer count ticks)
+  function histogram(values, bins) {
+    const lo = Math.min(...values), hi = Math.max(...values);
+    const size = hi > lo ? (hi - lo) / bins : Math.max(Math.abs(hi) * 0.05, 1e-3);
+    const start = hi > lo ? lo : lo - size / 2;
+    const counts = new Map();
+    for (const v of values) {
+      const bin = Math.floor((v - start) / size);
+      counts.set(bin, (counts.get(bin) || 0) + 1);
+    }
+    return { xbins: { start, end: hi + size, size }, tallest: Math.max(...counts.values()) };
   }
 
   function line(name, x, y, color, extra) {
@@ -338,10 +376,15 @@
       barmode: "stack", xaxis: { ...countAxis("round", x), rangemode: "normal" },
       yaxis: { title: { text: "seconds" } },
     });
-    const times = fed.train_seconds.length
-      ? [{ type: "histogram", x: fed.train_seconds, marker: { color: COLORS.training, line: { color: "#fff", width: 1 } }, nbinsx: 24, name: "clients" }]
+    const bins = fed.train_seconds.length ? histogram(fed.train_seconds, 24) : null;
+    const times = bins
+      ? [{ type: "histogram", x: fed.train_seconds, marker: { color: COLORS.training, line: { color: "#fff", width: 1 } }, xbins: bins.xbins, name: "clients" }]
       : [];
-    plot("chart-train-times", times, { xaxis: { title: { text: "seconds of local training" } }, yaxis: { title: { text: "client rounds" } }, showlegend: false, bargap: 0.04 });
+    plot("chart-train-times", times, {
+      xaxis: { title: { text: "seconds of local training" } },
+      yaxis: { title: { text: "client rounds" }, rangemode: "tozero", ...integerTicks(bins ? bins.tallest : 1) },
+      showlegend: false, bargap: 0.04,
+    });
     const shown = fed.val_accuracy.slice(-40);
     const boxes = shown.length
       ? [{
@@ -395,10 +438,14 @@
     body.replaceChildren();
     for (const r of rounds.slice(-200).reverse()) {
       const rejected = Object.entries(r.rejected).map(([c, why]) => (why ? `${c} (${why})` : c)).join(", ");
+      // a failed client that was lost (no reply) says why; injected failures are just ids
+      const lost = r.failed.filter((c) => r.lost[String(c)]);
+      const failed = [ranges(r.failed.filter((c) => !r.lost[String(c)])),
+        ...lost.map((c) => `${c} (${r.lost[String(c)]})`)].filter(Boolean).join(", ");
       body.append(el("tr", { class: "round-row", "data-round": String(r.round) },
         el("td", { class: "num", text: fmt(r.round) }),
         el("td", { class: "mono nowrap", text: `${ranges(r.sampled)} (${r.sampled.length})` }),
-        el("td", { class: "mono bad", text: ranges(r.failed) }),
+        el("td", { class: "note bad", text: failed }),
         el("td", { class: "note bad", text: rejected }),
         el("td", { class: "num", text: fmt(r.attempts) }),
         el("td", { class: "num", text: fmt(r.duration, 3) }),
