@@ -27,12 +27,12 @@ FIGURES = {
 TABLE_COLUMNS = (
     "run", "status", "strategy", "workers", "seed", "threads", "final_accuracy",
     "train_seconds", "samples_per_second", "baseline", "speedup", "efficiency",
-    "bytes_per_step_measured", "bytes_per_step_analytic", "seconds_to_target", "flags",
+    "bytes_per_step_measured", "bytes_per_step_analytic", "seconds_to_target", "flagged",
 )  # fmt: skip
 # The repeats table: one row per config that ran several times.
 REPEAT_COLUMNS = (
     "run", "runs", "strategy", "workers", "threads", "train_seconds", "speedup", "efficiency",
-    "final_accuracy", "disturbed", "flagged",
+    "final_accuracy", "disturbed_runs", "flagged_runs",
 )  # fmt: skip
 
 
@@ -106,7 +106,7 @@ body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; color: #222
 table { border-collapse: collapse; font-size: 0.85em; }
 .scroll { max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-td { max-width: 28em; overflow-wrap: anywhere; }
+td { white-space: nowrap; }
 th { background: #f0f0f0; } td:first-child { text-align: left; }
 figure { margin: 1.5em 0; } img { max-width: 100%; } pre { background: #f7f7f7; padding: 8px; }
 """

@@ -108,7 +108,9 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
         if (path / "summary.json").is_file() or (path / "config.json").is_file():
             found.append(path)
             continue
-        inside = sorted(p for p in path.iterdir() if (p / "summary.json").is_file())
+        # a run has its config beside its summary; a report inside the sweep (compare's)
+        # has a summary.json of its own and is no run
+        inside = sorted(p for p in path.iterdir() if is_run_dir(p))
         if not inside:
             raise ValueError(
                 f"{str(path)!r} holds no run: a run directory has summary.json, a sweep "
@@ -116,6 +118,10 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
             )
         found.extend(inside)
     return found
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "summary.json").is_file() and (path / "config.json").is_file()
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
@@ -177,7 +183,8 @@ def comparison_rows(
                 "efficiency": eff,
                 "speedup_note": note,
                 "disturbed": bool(disturbance(s)),
-                "flags": "; ".join(flags) or None,
+                "flagged": ", ".join(flags) or None,
+                "flags": "; ".join(flags.values()) or None,
                 "bytes_per_step_measured": s.get("bytes_per_step_measured"),
                 "bytes_per_step_analytic": s.get("bytes_per_step_analytic"),
                 "seconds_to_target": (
@@ -244,20 +251,22 @@ def disturbance(summary: dict[str, Any]) -> list[str]:
 
 def row_flags(
     run: dict[str, Any], base: list[dict[str, Any]] | None, eff: float | None
-) -> list[str]:
-    """Why this row's timing or speedup should not be trusted as it stands."""
+) -> dict[str, str]:
+    """Why this row's timing or speedup should not be trusted as it stands: {short name
+    for a table cell: the reason in full}."""
+    flags = {}
     reasons = disturbance(run["summary"])
-    flags = [f"disturbed: {'; '.join(reasons)}"] if reasons else []
+    if reasons:
+        flags["disturbed"] = f"disturbed: {'; '.join(reasons)}"
     if base and run not in base:
         upset = [r for r in base if disturbance(r["summary"])]
         if upset and 2 * len(upset) >= len(base):
             first = upset[0]
-            flags.append(
-                f"baseline {first['name']} disturbed: {disturbance(first['summary'])[0]}"
-            )
+            why = disturbance(first["summary"])[0]
+            flags["baseline disturbed"] = f"baseline {first['name']} disturbed: {why}"
     # a one-process run's "efficiency" against its own repeats is their spread, not scaling
     if eff is not None and eff > EFFICIENCY_LIMIT and (run["summary"].get("workers") or 0) > 1:
-        flags.append(
+        flags["above ideal"] = (
             f"efficiency {eff:g} is above 1 (faster than ideal): check the baseline's load "
             "and threads before believing it"
         )
@@ -595,8 +604,8 @@ def repeat_rows(rows: list[dict[str, Any]], keys: list[str]) -> list[dict[str, A
         }
         for key in SPREAD_KEYS:
             record[key] = spread([r[key] for r in group if r["status"] == "completed"])
-        record["disturbed"] = sum(r["disturbed"] for r in group)
-        record["flagged"] = sum(r["flags"] is not None for r in group)
+        record["disturbed_runs"] = sum(r["disturbed"] for r in group)
+        record["flagged_runs"] = sum(r["flags"] is not None for r in group)
         out.append(record)
     return out
 

@@ -79,9 +79,13 @@ def test_a_real_browser_shows_every_image_and_a_row_per_run(report):
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
+    options.add_argument("--window-size=1400,1000")
     browser = webdriver.Chrome(service=Service(driver), options=options)
     try:
         browser.get((out / "report.html").as_uri())
+        # the wide table scrolls in its own box: the page itself never gets wider than 1400 px
+        page_width = browser.execute_script("return document.documentElement.scrollWidth")
+        view_width = browser.execute_script("return document.documentElement.clientWidth")
         widths = browser.execute_script(
             "return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)"
         )
@@ -89,5 +93,6 @@ def test_a_real_browser_shows_every_image_and_a_row_per_run(report):
         browser.save_screenshot(str(out / "screenshot.png"))
     finally:
         browser.quit()
+    assert page_width <= view_width, (page_width, view_width)
     assert len(widths) >= 6 and all(w > 0 for w in widths), widths
     assert rows == len(summaries)

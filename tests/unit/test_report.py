@@ -291,6 +291,8 @@ def test_the_issues_busy_baseline_is_flagged_with_its_reasons():
     assert "load 3.6 at its start on 2 cores" in rows[0]["flags"]
     assert "baseline one disturbed" in rows[1]["flags"]
     assert "efficiency 7 is above 1" in rows[1]["flags"]
+    assert rows[0]["flagged"] == "disturbed"
+    assert rows[1]["flagged"] == "baseline disturbed, above ideal"
 
 
 @pytest.mark.parametrize(
