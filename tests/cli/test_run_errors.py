@@ -162,6 +162,11 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
             [*TINY, "--set", "fault.rank=0", "--set", "fault.step=5"],
             ["fault.step must be <= 4, the run's last step", "(got 5)"],
         ),
+        (  # FedAvg's server counts rounds
+            [*TINY, "--strategy", "fedavg", "--rounds", "3", "--set", "fault.rank=0",
+             "--set", "fault.step=5"],
+            ["fault.step must be <= 3", "(got 5)"],
+        ),  # fmt: skip
     ],
 )
 def test_config_error_is_one_line_and_writes_nothing(tmp_path, capsys, args, parts):

@@ -441,6 +441,11 @@ def check_data(cfg: RunConfig, data) -> None:
         kind.check_data(cfg, data)
 
 
+def round_count(cfg: RunConfig, labels) -> int:
+    """The rounds the server counts: the unit of fault.step for FedAvg."""
+    return cfg.strategy.rounds
+
+
 def run(ctx: WorkerContext, params: Params) -> None:
     setup = client_setup(ctx, params)
     if ctx.rank != SERVER:
@@ -577,6 +582,7 @@ SPEC = StrategySpec(
     extra_summary=extra_summary,
     uses_partition=True,  # clients own partitions made by the `partition` config
     part_holder="client",
+    steps=round_count,
     launcher=launcher,
     check_data=check_data,
 )
