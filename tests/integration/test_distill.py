@@ -1,17 +1,23 @@
 """Distillation on real gloo groups: 3 members and their ensemble teach a larger target that
 beats the same target trained alone; alpha 0 is the centralized run of the target, step by
 step; each member is a centralized run of its own seed; the logits traffic matches its
-formula; the VGG-style target fits every image shape; bad input is one line and exit 2."""
+formula; the VGG-style target fits every image shape; a step on the distillation loss is
+never larger than one on the labels, so the defaults train where they used to diverge; bad
+input is one line and exit 2."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tests.conftest import cli, final_state, run_small
 
 from distlab.models import build_model, count_parameters, model_layers
+from distlab.rundir import load_run
+from distlab.strategies.distill import Params, distill_loss
 
 # Measured with these settings (digits, 3 mlp members x 6 epochs, vgg-small target x 2
 # epochs, T 4, alpha 0.5, one thread per process), seeds 0..4:
@@ -125,6 +131,44 @@ def test_alpha_zero_is_the_target_alone_step_by_step(tmp_path):
     saved, expected = final_state(distilled), final_state(alone)
     assert saved.keys() == expected.keys()
     assert all(torch.equal(saved[k], expected[k]) for k in saved)
+
+
+def test_a_step_on_the_distillation_loss_is_no_larger_than_on_the_labels():
+    # Logits far beyond T, as a target's are at initialization or after an overshoot: per
+    # sample, alpha T^2 KL alone pulls with up to 2 alpha T in L1 norm, the labels with up
+    # to 2 (1 - alpha); divided by (1 - alpha) + alpha T the whole stays within 2, the bound
+    # of the labels' cross-entropy alone.
+    torch.manual_seed(0)
+    logits = (50 * torch.randn(64, 10)).requires_grad_()
+    y = torch.randint(0, 10, (64,))
+    teacher = F.softmax(3 * torch.randn(64, 10), 1)
+
+    distill_loss(logits, y, teacher, Params(temperature=4, alpha=0.5)).backward()
+
+    per_sample = 64 * logits.grad.abs().sum(1)  # both terms are means over the batch
+    assert per_sample.max() <= 2 + 1e-5
+    assert per_sample.max() > 1.9  # the bound is reached: unscaled it would be near 5
+    z = torch.randn(8, 10)
+    assert torch.equal(
+        distill_loss(z, y[:8], teacher[:8], Params(alpha=0)), F.cross_entropy(z, y[:8])
+    )
+
+
+@pytest.mark.slow
+def test_the_defaults_train_where_the_unscaled_loss_diverged(tmp_path):
+    # Before the loss was divided by (1 - alpha) + alpha T, this command's target (vgg-small,
+    # T 4, alpha 0.5, --lr 0.05) went to NaN at its sixth step, step 381 of the record.
+    done = cli(
+        "run", "--strategy", "distill", "--workers", "3", "--epochs", "1", "--seed", "3",
+        "--json", cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    target = target_steps(load_run(tmp_path / summary["run_dir"]))  # relative to cwd
+    assert len(target) == 125 and all(math.isfinite(e["loss"]) for e in target)
+    assert math.isfinite(summary["final_loss"])
+    assert summary["final_accuracy"] > 0.75  # chance is 0.1; measured 0.881
 
 
 @pytest.mark.parametrize(
