@@ -396,6 +396,7 @@ SUMMARY_ROWS = [
     ("bytes/step analytic", "bytes_per_step_analytic"),
     ("bytes/round logical", "bytes_per_round_logical"),
     ("bytes/round measured", "bytes_per_round_measured"),
+    ("bytes/round analytic", "bytes_per_round_analytic"),
     ("stale gradients dropped", "stale_gradients_dropped"),
     ("averagings", "averagings"),
     ("bytes/averaging measured", "bytes_per_averaging_measured"),

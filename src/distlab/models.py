@@ -168,8 +168,10 @@ class VggSmall(nn.Module):
         return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
 
     def _init_weights(self) -> None:
-        # He initialization (He et al. 2015), as torchvision's VGG: with torch's default
-        # (variance 1/3 of He's) eight ReLU layers start with vanishing signals and SGD stalls.
+        # He initialization (He et al. 2015) for every layer, as torchvision's VGG does for its
+        # convolutions (its linear layers draw N(0, 0.01), which starts with smaller logits):
+        # with torch's default (variance 1/3 of He's) eight ReLU layers start with vanishing
+        # signals and SGD stalls.
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")

@@ -191,7 +191,10 @@ def byte_figures(summary: dict[str, Any]) -> dict[str, Any]:
     unit, measured, analytic, scope = None, None, None, None
     for name, m_key, a_key in BYTE_PAIRS:
         if summary.get(m_key) is not None:
-            unit, measured, analytic = name, summary[m_key], summary.get(a_key)
+            # a round's formula is FedAvg's logical figure, or another strategy's analytic one
+            fallback = summary.get(f"bytes_per_{name}_analytic")
+            unit, measured = name, summary[m_key]
+            analytic = summary.get(a_key) if summary.get(a_key) is not None else fallback
             scope = summary.get(f"bytes_per_{name}_scope") or BYTE_SCOPES[name]
             break
     ranks = summary.get("bytes_per_rank") or {}

@@ -61,9 +61,13 @@ def test_adam_and_fedprox_match_sequential_on_lenet(opt):
 
     stacked, losses = VectorTrainer(model, spec, x, y).train(start, schedules)
 
+    # Adam divides by the root of the second moment: where a gradient is near zero, the last
+    # bit of its sum (grouped against plain kernels, whose order differs between CPUs) grows
+    # to a few 1e-5 in the weight after 8 steps (3.6e-5 in one of 19,244 on an AMD EPYC).
+    atol = 1e-4 if opt.name == "adam" else 1e-5
     for row, schedule in zip(stacked, schedules, strict=True):
         params, _ = train_client(model, start, x, y, schedule, spec)
-        assert torch.allclose(row, params, atol=1e-5)
+        assert torch.allclose(row, params, atol=atol)
     assert np.isfinite(losses).all()
 
 
