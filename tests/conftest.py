@@ -85,6 +85,21 @@ def assert_no_orphans(pids: list[int], grace: float = 10.0) -> None:
 
 
 @pytest.fixture
+def saved_figures(monkeypatch) -> list:
+    """Every matplotlib figure saved during the test, as it was saved."""
+    from matplotlib.figure import Figure
+
+    figures, savefig = [], Figure.savefig
+
+    def save(self, *args, **kwargs):
+        figures.append(self)
+        return savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", save)
+    return figures
+
+
+@pytest.fixture
 def small_config(tmp_path):
     return lambda **fields: make_config(tmp_path, **fields)
 

@@ -1,6 +1,8 @@
 """`distlab tune` on real Ray: a grid of 8 allreduce configs on mnist-sample under ASHA
-(a bad lr stopped early, the best config run again to the same accuracy), a Ray head
-started here joined with --address, and bad input refused in one line before Ray starts."""
+(a bad lr stopped early, the best config run again to the same accuracy), every file and
+line of a search agreeing with the trials' run directories (stopped and interrupted trials
+included), a Ray head started here joined with --address, and bad input refused in one line
+before Ray starts."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import psutil
 import pytest
 import yaml
 from tests.conftest import assert_no_orphans, cli
+
+from distlab.cli import format_number
 
 pytest.importorskip("ray", reason="distlab tune needs the ray package: pip install 'distlab[tune]'")
 
@@ -41,6 +45,13 @@ def write(path: Path, data: dict) -> Path:
 def read_rows(out: Path) -> list[dict]:
     with (out / "results.csv").open() as handle:
         return list(csv.DictReader(handle))
+
+
+def lead_evals(run_dir: Path) -> int:
+    """Eval events of the run's lead rank, from its merged events."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return sum(e["kind"] == "eval" and e["rank"] == summary["lead_rank"] for e in events)
 
 
 def ours(out: Path) -> list[int]:
@@ -83,7 +94,7 @@ def test_acceptance_grid_of_8_under_asha_stops_the_bad_lr_and_best_yaml_reproduc
         assert float(row["accuracy"]) == summary["final_accuracy"]
     # ASHA stopped the bad lr after fewer evals than a whole run reports (125 / 25 = 5).
     bad = [r for r in rows if float(r["optimizer.lr"]) == BAD_LR]
-    assert any(r["status"] == "stopped" and int(r["iterations"]) < 5 for r in bad), bad
+    assert any(r["status"] == "stopped" and int(r["evals"]) < 5 for r in bad), bad
     assert "stopped" in done.stderr and "best trials" in done.stdout
     # The best config runs again to the same accuracy (same seed, same config).
     best = max(completed, key=lambda r: float(r["accuracy"]))
@@ -95,6 +106,90 @@ def test_acceptance_grid_of_8_under_asha_stops_the_bad_lr_and_best_yaml_reproduc
     summary = json.loads((tmp_path / "again" / "best" / "summary.json").read_text())
     assert summary["final_accuracy"] == float(best["accuracy"])
     assert not ours(out), "a trial's run outlived the search"
+
+
+@pytest.mark.slow
+def test_asha_every_file_and_line_says_what_each_trials_run_directory_says(tmp_path):
+    # 30 epochs of synthetic data, an eval after each (a few seconds of training): ASHA ranks
+    # the trials at their 2nd, 4th, 8th and 16th evals while their runs go on, and stops the
+    # two tiny learning rates long before their runs would end.
+    base = write(tmp_path / "base.yaml", {"dataset": "synthetic", "model": "mlp", "epochs": 30})
+    space = write(tmp_path / "space.yaml", {"optimizer.lr": {"grid": [0.1, 0.05, BAD_LR, 2e-5]}})
+    out = tmp_path / "out"
+
+    done = cli("tune", "--config", str(base), "--space", str(space), "--scheduler", "asha",
+               "--out", str(out), timeout=400)  # fmt: skip
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_rows(out)
+    assert len(rows) == 4 and any(r["status"] == "stopped" for r in rows), rows
+    for row in rows:  # one record: the run directory, whatever Tune last heard
+        run_dir = out / "trials" / row["trial"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert row["status"] == summary["status"], row
+        assert int(row["evals"]) == lead_evals(run_dir) >= 1, row
+        assert float(row["accuracy"]) == summary["final_accuracy"], row
+        assert (float(row["seconds"]) if row["seconds"] else None) == summary["wall_seconds"]
+        assert summary["tune"]["trial"] == row["trial"]
+        line = f"{row['status']}: {row['trial']}  accuracy {format_number(float(row['accuracy']))}"
+        assert f"{line}  ({row['evals']} evals)" in done.stderr, (line, done.stderr[-3000:])
+    stopped = next(r for r in rows if r["status"] == "stopped")
+    shown = cli("show", str(out / "trials" / stopped["trial"]))
+    assert shown.returncode == 0 and "stopped" in shown.stdout, shown.stderr[-2000:]
+    # `distlab report` takes every trial, each with its status.
+    report = cli("report", str(out / "trials"), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    reported = {r["run"]: r["status"] for r in read_rows(tmp_path / "report")}
+    assert reported == {r["trial"]: r["status"] for r in rows}
+
+
+def test_metric_png_draws_the_best_so_far_as_best_yaml_picks_it(tmp_path, saved_figures):
+    from matplotlib.text import Text
+
+    from distlab.hpo.runs import TrialRow, TuneOutcome, best_row, plan_tune, write_outcome
+    from distlab.hpo.space import parse_space
+
+    plan = plan_tune(BASE, parse_space({"optimizer.lr": {"grid": [0.1, 0.05, 0.02]}}),
+                     tmp_path / "out")  # fmt: skip
+
+    def trial(name: str, status: str, accuracy: float, lr: float) -> TrialRow:
+        config = {**BASE, "optimizer": {"lr": lr}}
+        return TrialRow(name, status, 5, accuracy, 3.0, {"optimizer.lr": lr}, config)
+
+    # A stopped trial's last eval (0.431) beats every completed trial's final accuracy.
+    rows = [trial("t_00000", "completed", 0.41, 0.1), trial("t_00001", "stopped", 0.431, 0.05),
+            trial("t_00002", "completed", 0.38, 0.02)]  # fmt: skip
+
+    write_outcome(TuneOutcome(plan, rows, best_row(plan, rows)))
+
+    assert yaml.safe_load((plan.out / "best.yaml").read_text())["optimizer"]["lr"] == 0.1
+    (figure,) = saved_figures
+    (ax,) = figure.axes
+    best = [line for line in ax.get_lines() if line.get_label().startswith("best so far")]
+    assert len(best) == 1 and list(best[0].get_ydata()) == [0.41, 0.41, 0.41]
+    said = " ".join(t.get_text() for t in figure.findobj(Text))
+    assert "best.yaml" in said and "of the completed trials" in said, said
+
+
+def test_a_run_killed_before_its_summary_gets_one_from_its_events(tmp_path):
+    from tests.conftest import run_small
+
+    from distlab.hpo.records import settle
+
+    result = run_small(tmp_path, epochs=2)
+    own = dict(result.summary)
+    for name in ("summary.json", "events.jsonl"):  # as after a SIGKILL
+        (result.run_dir / name).unlink()
+
+    settle(result.run_dir, "t_00000", "stopped", reported=1)
+
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["tune"]["evals_reported"] == 1
+    for key in ("final_accuracy", "final_loss", "steps", "samples", "lead_rank"):
+        assert summary[key] == own[key], key
+    assert summary["wall_seconds"] is None  # the run died before it measured it
+    shown = cli("show", str(result.run_dir))
+    assert shown.returncode == 0 and "stopped" in shown.stdout, shown.stderr[-2000:]
 
 
 def free_port() -> int:
@@ -269,7 +364,15 @@ def test_ctrl_c_keeps_the_finished_trials_and_resume_runs_the_rest(tmp_path):
     assert proc.returncode == 130, stderr[-2000:]
     assert "rerun with --resume" in stderr.strip().splitlines()[-1]
     first = read_rows(out)
-    assert first[0]["status"] == "completed" and first[1]["status"] in ("pending", "stopped")
+    assert first[0]["status"] == "completed" and first[1]["status"] == "interrupted"
+    # The interrupted trial's run directory is a record like any other: summary.json says
+    # interrupted, with the evals it made, and `distlab show` shows it.
+    stopped = out / "trials" / first[1]["trial"]
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["tune"]["trial"] == first[1]["trial"]
+    assert int(first[1]["evals"]) == lead_evals(stopped)
+    shown = cli("show", str(stopped))
+    assert shown.returncode == 0 and "interrupted" in shown.stdout, shown.stderr[-2000:]
     assert not ours(out)
     assert_no_orphans(family)
 

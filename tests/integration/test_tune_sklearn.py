@@ -153,6 +153,23 @@ def test_param_flags_parse_to_grids_and_node_counts_to_speedups():
     assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 0.625, 2 / 3])
 
 
+def test_scaling_png_names_what_it_plots_nodes_and_the_searchs_wall_time(tmp_path, saved_figures):
+    from matplotlib.text import Text
+
+    from distlab.hpo.sklearn import scaling_rows, write_scaling
+
+    write_scaling(tmp_path, scaling_rows({1: 12.0, 2: 7.5, 3: 6.0}), "knn")
+
+    (figure,) = saved_figures
+    assert figure.axes and all("Ray nodes" in ax.get_xlabel() for ax in figure.axes)
+    plotted = {ax.get_ylabel(): [list(line.get_ydata()) for line in ax.get_lines()]
+               for ax in figure.axes}  # fmt: skip
+    assert [12.0, 7.5, 6.0] in plotted["wall seconds of the whole search"]
+    said = " ".join(t.get_text() for t in figure.findobj(Text)).lower()
+    assert "worker" not in said and "training time" not in said, said
+    assert "search wall time" in said and "nodes" in said, said
+
+
 def start_ray_head(temp_dir: str) -> int:
     """`ray start --head` on 127.0.0.1 at a free port, its files under temp_dir."""
     import socket

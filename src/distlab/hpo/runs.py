@@ -4,9 +4,12 @@ Each trial is the base config with the trial's parameters, run as a `distlab run
 into OUT/trials/<trial>/ (a normal run directory), as a sweep runs its cells. The trial
 follows the run's events as they are written and reports every eval to Tune, so ASHA
 (Li et al. 2020, "A System for Massively Parallel Hyperparameter Tuning") can stop a bad
-trial after its first evaluations. A trial asks Ray for one CPU per process of its run, so
-Ray never starts more processes than the cluster has cores. Everything is checked before
-Ray starts; OUT also holds Ray's experiment state, which `--resume` continues from.
+trial after its first evaluations; a stopped trial's run is stopped and keeps its record.
+That run directory is the trial's record (records.py): every file of the search, and the
+line printed for each trial, says what it says. A trial asks Ray for one CPU per process of
+its run, so Ray never starts more processes than the cluster has cores. Everything is
+checked before Ray starts; OUT also holds Ray's experiment state, which `--resume`
+continues from.
 """
 
 from __future__ import annotations
@@ -23,17 +26,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from distlab.hpo.records import (
+    METRICS,
+    figures,
+    is_settled,
+    last_line,
+    read_summary,
+    restatus,
+    settle,
+)
 from distlab.hpo.space import Domain, check_trials, grid_size, parse_space
 
 SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha")
-# The eval event's value each trial reports, and the summary figure that is its final value.
-METRICS = {"accuracy": "final_accuracy", "loss": "final_loss"}
 MODES = ("max", "min")
 DEFAULT_MODE = {"accuracy": "max", "loss": "min"}
 # Trials a search without grid keys runs unless --trials says otherwise.
@@ -81,17 +91,24 @@ class TunePlan:
 
 @dataclass
 class TrialRow:
-    """One trial's outcome: `status` is completed, stopped (by the scheduler), failed or
-    pending (not finished when the search stopped)."""
+    """One trial, as its record (its run directory) says: `status` is completed, stopped
+    (by the scheduler), interrupted (running when the search stopped), failed, or pending
+    (never started); `evals` the eval events the run recorded; `value` the metric of the
+    last one (the run's final figure)."""
 
     trial: str
     status: str
-    iterations: int
+    evals: int
     value: float | None
     seconds: float | None
     params: dict[str, Any]
     config: dict[str, Any] | None
     error: str | None = None
+
+    @property
+    def iterations(self) -> int:
+        """The evals, by the name cli.py reads."""
+        return self.evals
 
 
 # --- planning --------------------------------------------------------------------------------
@@ -241,23 +258,89 @@ def plain_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v.item() if hasattr(v, "item") else v for k, v in params.items()}
 
 
-def run_trial(params: dict[str, Any], base: dict[str, Any], root: str, cwd: str) -> None:
-    """One trial: `distlab run` on the base config with `params` into
-    ROOT/trials/<trial id>, each eval event reported to Tune as it is written; an error
-    when the run does not complete (Tune records the trial as failed, with the run's cause)."""
-    from ray import tune
+class TrialRun:
+    """One trial's `distlab run` into ROOT/trials/<trial>, inside the trial's Tune actor:
+    started, followed eval by eval (each eval event is one result for Tune), and settled
+    when Tune ends the trial (see records.py)."""
 
-    name = tune.get_context().get_trial_id()
-    data = trial_data(base, plain_params(params))
-    data.update(out_dir=str(Path(root) / "trials"), name=name)
-    run_dir = Path(root) / "trials" / name
-    shutil.rmtree(run_dir, ignore_errors=True)  # a restarted trial starts its run afresh
-    proc = start_run(Path(root), name, data, cwd)
-    try:
-        reported = follow_run(proc, run_dir)
-    finally:
-        stop_run(proc)
-    finish_trial(run_dir, reported, Path(root) / "logs" / f"{name}.log")
+    def __init__(self, params: dict[str, Any], base: dict[str, Any], root: Path, cwd: str,
+                 name: str) -> None:  # fmt: skip
+        data = trial_data(base, plain_params(params))
+        data.update(out_dir=str(root / "trials"), name=name)
+        self.name, self.run_dir = name, root / "trials" / name
+        self.log = root / "logs" / f"{name}.log"
+        shutil.rmtree(self.run_dir, ignore_errors=True)  # a restarted trial starts afresh
+        self.proc = start_run(root, name, data, cwd)
+        self.tails: dict[Path, Any] = {}
+        self.evals: list[dict[str, Any]] = []
+        self.reported = 0
+        self.extra = {"run_dir": str(self.run_dir), "ray_address": ray_address()}
+        self.failure: str | None = None
+        self.final_given = False
+
+    def next_result(self) -> dict[str, Any] | None:
+        """The run's next eval as Tune's result, waited for. Once the run has ended and
+        every eval was given: None (a run without an eval event gives its summary's final
+        figures once first). A run that did not complete raises its cause: Tune records the
+        trial as failed."""
+        while True:
+            running = self.proc.poll() is None
+            poll_events(self.run_dir / "events", self.tails, self.evals)
+            if self.reported < len(self.evals):
+                event = self.evals[self.reported]
+                self.reported += 1
+                return {"accuracy": event["accuracy"], "loss": event["loss"], **self.extra}
+            if not running:
+                return self.ended()
+            time.sleep(POLL_SECONDS)
+
+    def ended(self) -> dict[str, Any] | None:
+        summary = read_summary(self.run_dir)
+        if summary.get("status") != "completed":
+            cause = summary.get("error") or last_line(self.log) or "no cause recorded"
+            self.failure = f"run {summary.get('status') or 'failed'}: {cause}"
+            raise RuntimeError(self.failure)
+        if self.reported or self.final_given:
+            return None
+        self.final_given = True
+        return {m: summary.get(k) for m, k in METRICS.items()} | self.extra
+
+    def settle(self) -> None:
+        """Tune ended the trial: a run still going is stopped (SIGTERM: it records itself),
+        and its record gets the final word, `stopped` where Tune stopped it (the search
+        corrects this to `interrupted` where the search itself was stopped)."""
+        was_running = stop_run(self.proc)
+        if self.failure is not None:
+            word, error = "failed", self.failure
+        elif was_running:
+            word, error = "stopped", None
+        else:  # it ended by itself: completed or failed as it says, or killed without a word
+            word, error = "failed", last_line(self.log) or "no cause recorded"
+        settle(self.run_dir, self.name, word, self.reported, error)
+
+
+def trial_trainable():
+    """The Tune trainable: a class, so that Tune's stop (the scheduler's, the end of the
+    search, Ctrl-C) runs `cleanup` in the trial's actor before the actor exits, and the run
+    is stopped and recorded there (Ray SIGKILLs an exited worker's child processes, which
+    leaves no record)."""
+    from ray import tune
+    from ray.tune.result import RESULT_DUPLICATE
+
+    class DistlabTrial(tune.Trainable):
+        def setup(self, config, base, root, cwd):
+            self.run = TrialRun(config, base, Path(root), cwd, self.trial_id)
+
+        def step(self):
+            result = self.run.next_result()
+            # The run has ended: Tune ends the trial on its last result, as for a function.
+            return {RESULT_DUPLICATE: True} if result is None else result
+
+        def cleanup(self):
+            if hasattr(self, "run"):
+                self.run.settle()
+
+    return DistlabTrial
 
 
 def start_run(root: Path, name: str, data: dict[str, Any], cwd: str) -> subprocess.Popen:
@@ -278,30 +361,9 @@ def start_run(root: Path, name: str, data: dict[str, Any], cwd: str) -> subproce
         )  # fmt: skip
 
 
-def follow_run(proc: subprocess.Popen, run_dir: Path) -> int:
-    """Report each eval event of the run to Tune while it runs; how many were reported.
-    Only the lead rank records evals, so every rank's file is followed and the evals come
-    from whichever has them."""
-    from ray import tune
-
-    evals: list[dict[str, Any]] = []
-    tails: dict[Path, Any] = {}
-    extra = {"run_dir": str(run_dir), "ray_address": ray_address()}
-    reported = 0
-    while True:
-        running = proc.poll() is None
-        poll_events(run_dir / "events", tails, evals)
-        for event in evals[reported:]:
-            # Blocks until Tune asks for the next result; in a trial the scheduler stops
-            # it raises SystemExit, and the run is stopped on the way out.
-            tune.report({"accuracy": event["accuracy"], "loss": event["loss"], **extra})
-            reported += 1
-        if not running:
-            return reported
-        time.sleep(POLL_SECONDS)
-
-
 def poll_events(events: Path, tails: dict[Path, Any], evals: list[dict[str, Any]]) -> None:
+    """New eval events of the run. Only the lead rank records evals, so every rank's file
+    is followed and the evals come from whichever has them."""
     from distlab.metrics import EventTail
 
     def keep(event: dict[str, Any]) -> None:
@@ -322,65 +384,18 @@ def ray_address() -> str | None:
         return None
 
 
-def stop_run(proc: subprocess.Popen) -> None:
+def stop_run(proc: subprocess.Popen) -> bool:
+    """SIGTERM a run that is still going and give it STOP_GRACE_SECONDS to record itself;
+    whether it was still going."""
     if proc.poll() is not None:
-        return
+        return False
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def finish_trial(run_dir: Path, reported: int, log: Path) -> None:
-    """A run that did not complete fails the trial with its cause; one that completed
-    without an eval event reports its summary's final figures once."""
-    from ray import tune
-
-    summary = read_summary(run_dir)
-    if summary.get("status") != "completed":
-        cause = summary.get("error") or last_line(log) or "no cause recorded"
-        raise RuntimeError(f"run {summary.get('status') or 'failed'}: {cause}")
-    if reported == 0:
-        tune.report({m: summary.get(k) for m, k in METRICS.items()} | {"run_dir": str(run_dir)})
-
-
-def ended_status(result: dict[str, Any]) -> str:
-    """How a trial Tune ended: completed when its run completed and Tune took every eval
-    of it, else stopped (by the scheduler; Tune marks both alike)."""
-    run_dir = result.get("run_dir")
-    summary = read_summary(Path(run_dir)) if run_dir else {}
-    if summary.get("status") != "completed":
-        return "stopped"
-    evals = count_evals(Path(run_dir), summary.get("lead_rank") or 0)
-    return "completed" if (result.get("training_iteration") or 0) >= max(evals, 1) else "stopped"
-
-
-def count_evals(run_dir: Path, lead: int) -> int:
-    from distlab.metrics import read_events
-
-    try:
-        events = read_events(run_dir / "events.jsonl")
-    except (OSError, ValueError):
-        return 0
-    return sum(e.get("kind") == "eval" and e.get("rank") == lead for e in events)
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def last_line(log: Path) -> str | None:
-    try:
-        lines = log.read_text().splitlines()
-    except OSError:
-        return None
-    said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return said[-1] if said else (lines[-1] if lines else None)
+    return True
 
 
 def param_space(plan: TunePlan) -> dict[str, Any]:
@@ -427,7 +442,9 @@ def make_scheduler(plan: TunePlan):
 def make_trainable(plan: TunePlan):
     from ray import tune
 
-    trainable = tune.with_parameters(run_trial, base=plan.base, root=str(plan.out), cwd=plan.cwd)
+    trainable = tune.with_parameters(
+        trial_trainable(), base=plan.base, root=str(plan.out), cwd=plan.cwd
+    )
     return tune.with_resources(trainable, partial(trial_resources, plan.base))
 
 
@@ -449,13 +466,17 @@ def make_tuner(plan: TunePlan, resume: bool):
         search_alg=make_searcher(plan),
         scheduler=make_scheduler(plan),
         num_samples=samples(plan),
+        # A trial's actor ends with it: its cleanup is what stops and records the run.
+        reuse_actors=False,
     )
     run_config = tune.RunConfig(
         name=RAY_DIR,
         storage_path=str(plan.out),
         verbose=0,
-        callbacks=[trial_lines()],
+        callbacks=[trial_events()],
         failure_config=tune.FailureConfig(max_failures=0),
+        # A trial has nothing to save: its run is its record, and a restored trial reruns it.
+        checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
     )
     return tune.Tuner(
         trainable, param_space=param_space(plan), tune_config=tune_config, run_config=run_config
@@ -464,36 +485,90 @@ def make_tuner(plan: TunePlan, resume: bool):
 
 # --- progress --------------------------------------------------------------------------------
 
-# Who hears of trials ending during the current search: (kind, trial id, last result).
-LISTENERS: list[Callable[[str, str, dict[str, Any]], None]] = []
+# Who hears, during the current search, of each trial Tune starts, ends or fails, and of each
+# turn of Tune's loop: (what, trial id or None).
+LISTENERS: list[Callable[[str, str | None], None]] = []
 
 
-def tell_listeners(kind: str, trial) -> None:
-    result = trial.last_result or {}
-    if kind == "ended":
-        kind = ended_status(result)
+def tell_listeners(what: str, trial=None) -> None:
+    trial_id = getattr(trial, "trial_id", trial)  # a trial, or its id
     for listen in LISTENERS:
-        listen(kind, trial.trial_id, result)
+        listen(what, trial_id)
 
 
-def trial_lines():
-    """A Tune callback telling LISTENERS of each trial that ends (completed, stopped by
-    the scheduler, failed). Tune pickles it by value into the experiment state, so it looks
-    this module up when called: a restored search reaches the listeners of its own run."""
+def trial_events():
+    """A Tune callback telling LISTENERS of each trial that starts, that Tune ends (its run
+    completed, or the scheduler stopped it) or that fails, and of each turn of Tune's loop.
+    Tune pickles it by value into the experiment state, so it looks this module up when
+    called: a restored search reaches the listeners of its own run."""
     from ray.tune import Callback
 
-    class TrialLines(Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            from distlab.hpo import runs
+    def tell(what: str, trial=None) -> None:
+        from distlab.hpo import runs
 
-            runs.tell_listeners("ended", trial)
+        runs.tell_listeners(what, trial)
+
+    class TrialEvents(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            tell("started", trial)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            tell("ended", trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            from distlab.hpo import runs
+            tell("failed", trial)
 
-            runs.tell_listeners("failed", trial)
+        def on_step_end(self, iteration, trials, **info):
+            tell("turn")
 
-    return TrialLines()
+    return TrialEvents()
+
+
+@dataclass
+class TrialWatch:
+    """What Tune did to each trial in this session of the search, and the progress line of
+    each trial that ended, said from its record once the trial has settled it (records.py):
+    the line and every file then say the same. `on_trial(status, trial, figures)` gets the
+    metric and `training_iteration` (the evals the run recorded), as cli.py reads them."""
+
+    plan: TunePlan
+    on_trial: Callable[[str, str, dict[str, Any]], None]
+    started: set[str] = field(default_factory=set)
+    ended: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    told: set[str] = field(default_factory=set)
+
+    def hear(self, what: str, trial: str | None) -> None:
+        if what == "started":
+            self.started.add(trial)
+            self.told.discard(trial)  # a trial Tune runs again is told again
+        elif what in ("ended", "failed"):
+            getattr(self, what).add(trial)
+        for done in sorted((self.ended | self.failed) - self.told):
+            if is_settled(self.run_dir(done)):
+                self.tell(done)
+
+    def run_dir(self, trial: str) -> Path:
+        return self.plan.out / "trials" / trial
+
+    def tell(self, trial: str) -> None:
+        self.told.add(trial)
+        record = figures(self.run_dir(trial), self.plan.metric)
+        said = {self.plan.metric: record["value"], "training_iteration": record["evals"]}
+        self.on_trial(record["status"] or "failed", trial, said)
+
+    def word(self, trial) -> str:
+        """The status a trial's unfinished run gets: stopped where Tune ended the trial,
+        failed where it failed, interrupted where it was running when the search stopped;
+        for a trial of an earlier session, Tune's state says which."""
+        tid = trial.trial_id
+        if tid in self.ended:
+            return "stopped"
+        if tid in self.failed:
+            return "failed"
+        if tid in self.started:
+            return "interrupted"
+        return {"TERMINATED": "stopped", "ERROR": "failed"}.get(trial.status, "interrupted")
 
 
 # --- running ---------------------------------------------------------------------------------
@@ -570,19 +645,22 @@ def run_tune(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Trials that never reported (pending at Ctrl-C) are rows of their own here, not warnings.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    watch = TrialWatch(plan, on_trial or (lambda *_: None))
     with ray_session(address) as ray:
         if address is not None:
             check_cpus(plan, largest_node(ray), f"the largest node of the cluster at {address} has")
         tuner = make_tuner(plan, resume)
-        LISTENERS.append(on_trial or (lambda *_: None))
+        LISTENERS.append(watch.hear)
         try:
             tuner.fit()
         finally:
             LISTENERS.pop()
-    rows = collect_rows(plan)
+    trials = tune_trials(plan)
+    settle_trials(plan, watch, trials)
+    rows = [trial_row(plan, t) for t in trials]
     outcome = TuneOutcome(plan, rows, best_row(plan, rows))
     write_outcome(outcome)
-    done = sum(r.status != "pending" for r in rows)
+    done = sum(r.status in FINISHED for r in rows)
     if done < plan.trials:
         raise RunInterrupted(
             f"tune interrupted: {done} of {plan.trials} trials finished; rerun with --resume "
@@ -628,30 +706,51 @@ def check_cpus(plan: TunePlan, cpus: int, where: str) -> None:
         )
 
 
-def collect_rows(plan: TunePlan) -> list[TrialRow]:
-    """One row per trial Tune knows of, in trial order, from its experiment state and each
-    trial's run directory."""
+def tune_trials(plan: TunePlan) -> list:
+    """Every trial Tune knows of, in trial order, from its experiment state: their ids,
+    parameters and Tune's status."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(plan.out / RAY_DIR))
-    trials = sorted(analysis.trials, key=lambda t: t.trial_id.rsplit("_", 1)[-1])
-    return [trial_row(plan, t) for t in trials]
+    return sorted(analysis.trials, key=lambda t: t.trial_id.rsplit("_", 1)[-1])
+
+
+def settle_trials(plan: TunePlan, watch: TrialWatch, trials: list) -> None:
+    """Every trial's record final once Tune is done: one whose actor could not settle it
+    (killed before its cleanup ran) is settled here, from its events if its run wrote no
+    summary; a trial that was still running when the search stopped is `interrupted` (its
+    actor, which cannot tell, said stopped). Then the line of each trial not yet said."""
+    for trial in trials:
+        run_dir = watch.run_dir(trial.trial_id)
+        word = watch.word(trial)
+        if not is_settled(run_dir):
+            reported = (trial.last_result or {}).get("training_iteration")
+            error = last_line(plan.out / "logs" / f"{trial.trial_id}.log")
+            settle(run_dir, trial.trial_id, word, reported, error if word == "failed" else None)
+        elif word == "interrupted" and trial.trial_id in watch.started:
+            restatus(run_dir, word)
+        ran = trial.trial_id in watch.started | watch.ended | watch.failed
+        if ran and trial.trial_id not in watch.told and read_summary(run_dir):
+            watch.tell(trial.trial_id)
+
+
+# Statuses of a trial that ended; pending (never started) and interrupted trials run again on
+# --resume.
+FINISHED = ("completed", "stopped", "failed")
 
 
 def trial_row(plan: TunePlan, trial) -> TrialRow:
-    result = trial.last_result or {}
+    """The trial's row, from its record alone; Tune gives only its id and parameters (and
+    says failed where a trial failed before its run made a directory)."""
     params = plain_params(trial.config)
-    run_dir = plan.out / "trials" / trial.trial_id
-    summary = read_summary(run_dir)
-    status = {"TERMINATED": ended_status(result), "ERROR": "failed"}.get(trial.status, "pending")
-    value = summary.get(METRICS[plan.metric]) if status == "completed" else result.get(plan.metric)
+    record = figures(plan.out / "trials" / trial.trial_id, plan.metric)
+    status = record["status"] or ("failed" if trial.status == "ERROR" else "pending")
     error = None
     if status == "failed":
         log = plan.out / "logs" / f"{trial.trial_id}.log"
-        error = summary.get("error") or last_line(log) or "no cause recorded"
+        error = record["error"] or last_line(log) or "no cause recorded"
     return TrialRow(
-        trial.trial_id, status, int(result.get("training_iteration") or 0), value,
-        summary.get("wall_seconds") or result.get("time_total_s"), params,
+        trial.trial_id, status, record["evals"], record["value"], record["seconds"], params,
         best_config(plan, params), error,
     )  # fmt: skip
 
@@ -663,11 +762,11 @@ def best_config(plan: TunePlan, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def best_row(plan: TunePlan, rows: list[TrialRow]) -> TrialRow | None:
-    done = [r for r in rows if r.status == "completed" and is_value(r.value)]
-    if not done:
-        return None
-    pick = max if plan.mode == "max" else min
-    return pick(done, key=lambda r: r.value)
+    """The trial best.yaml names, picked as metric.png marks it (results.best_index)."""
+    from distlab.hpo.results import best_index
+
+    at = best_index(table_rows(plan, rows), plan.metric, plan.mode)
+    return None if at is None else rows[at]
 
 
 def is_value(value: Any) -> bool:
@@ -680,14 +779,19 @@ def ranked(outcome: TuneOutcome, count: int = 5) -> list[TrialRow]:
     return sorted(done, key=lambda r: r.value, reverse=outcome.plan.mode == "max")[:count]
 
 
+def table_rows(plan: TunePlan, rows: list[TrialRow]) -> list[dict[str, Any]]:
+    """The rows of results.csv and results.md."""
+    table = []
+    for r in rows:
+        row = {"trial": r.trial, "status": r.status, "evals": r.evals}
+        row |= {plan.metric: r.value, "seconds": r.seconds, **r.params}
+        table.append(row | ({"error": r.error} if r.error else {}))
+    return table
+
+
 def write_outcome(outcome: TuneOutcome) -> None:
     from distlab.hpo.results import write_results
 
     plan = outcome.plan
-    rows = []
-    for r in outcome.rows:
-        row = {"trial": r.trial, "status": r.status, "iterations": r.iterations}
-        row |= {plan.metric: r.value, "seconds": r.seconds, **r.params}
-        rows.append(row | ({"error": r.error} if r.error else {}))
     best = outcome.best.config if outcome.best else None
-    write_results(plan.out, rows, plan.metric, plan.mode, best)
+    write_results(plan.out, table_rows(plan, outcome.rows), plan.metric, plan.mode, best)

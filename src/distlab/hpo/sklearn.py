@@ -488,9 +488,8 @@ def append_scores(path: Path, best, base) -> None:
 
 
 def write_scaling(out: Path, rows: list[dict[str, Any]], label: str) -> None:
-    """scaling.csv, scaling.md and scaling.png (speedup and efficiency against nodes)."""
-    from distlab.scaling import plot_speedup
-
+    """scaling.csv, scaling.md and scaling.png (the search's wall time, speedup and
+    efficiency against Ray nodes)."""
     columns = ["nodes", "seconds", "speedup", "efficiency"]
     with (out / "scaling.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns)
@@ -500,6 +499,37 @@ def write_scaling(out: Path, rows: list[dict[str, Any]], label: str) -> None:
     lines += [f"| {r['nodes']} | {r['seconds']:.1f} | {r['speedup']:.2f} | "
               f"{r['efficiency']:.2f} |" for r in rows]  # fmt: skip
     (out / "scaling.md").write_text("\n".join(lines) + "\n")
-    # plot_speedup draws against "workers"; here a worker is a one-CPU Ray node.
-    points = [{"workers": r["nodes"], **r} for r in rows]
-    plot_speedup(points, [label] * len(points), out / "scaling.png", cores=os.cpu_count())
+    plot_scaling(rows, label, out / "scaling.png", cores=os.cpu_count())
+
+
+def plot_scaling(rows: list[dict[str, Any]], label: str, path: Path, cores: int | None) -> Path:
+    """What --scaling measured, named as such: the wall time of the whole search (Tune
+    running every trial; not the cluster's start) on clusters of 1, 2, ... Ray nodes, each
+    node running one trial at a time (its CPUs are a trial's), and its speedup T(1)/T(N)
+    and efficiency speedup/N. Nodes past this machine's cores share them: --scaling builds
+    every node here."""
+    from distlab.plots import new_figure, save_figure
+
+    nodes = [r["nodes"] for r in rows]
+    fig = new_figure(13, 4.4)
+    wall_ax, speed_ax, eff_ax = fig.subplots(1, 3)
+    wall_ax.plot(nodes, [r["seconds"] for r in rows], "o-", color="tab:blue", label=label)
+    speed_ax.plot(nodes, [r["speedup"] for r in rows], "o-", color="tab:blue", label=label)
+    eff_ax.plot(nodes, [r["efficiency"] for r in rows], "o-", color="tab:blue", label=label)
+    speed_ax.plot([1, max(nodes)], [1, max(nodes)], color="0.6", ls=":", label="ideal")
+    eff_ax.axhline(1.0, color="0.6", ls=":", label="ideal")
+    if cores and cores < max(nodes):
+        for ax in (wall_ax, speed_ax, eff_ax):
+            ax.axvline(cores, color="tab:red", ls="--", lw=0.8,
+                       label=f"{cores} nodes = this machine's {cores} cores")  # fmt: skip
+    wall_ax.set(ylabel="wall seconds of the whole search", title="Search wall time")
+    speed_ax.set(ylabel="speedup T(1 node) / T(N nodes)", title="Speedup of the search wall time")
+    eff_ax.set(ylabel="efficiency (speedup / nodes)", title="Efficiency per node")
+    for ax in (wall_ax, speed_ax, eff_ax):
+        ax.set(xlabel="Ray nodes (each runs one trial at a time)")
+        ax.set_xticks(nodes)
+        ax.grid(alpha=0.3)
+    speed_ax.legend(fontsize=8)
+    fig.suptitle(f"tune-sklearn {label}: the same search on clusters of 1 to {max(nodes)} Ray "
+                 "nodes")  # fmt: skip
+    return save_figure(fig, path)
