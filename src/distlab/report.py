@@ -226,9 +226,21 @@ STEAL_LIMIT = 0.05
 EFFICIENCY_LIMIT = 1.05
 
 
+# Cores other programs may keep busy before a run that wants the rest is disturbed: the
+# system's own daemons and the command's parent process stay well below it.
+OTHERS_FLOOR = 0.2
+
+
+def own_demand(summary: dict[str, Any], cores: int) -> int:
+    """The cores the run's processes could keep busy: processes x threads, at most all."""
+    threads = threads_of(summary)
+    threads = max(threads) if isinstance(threads, list) else (threads or 1)
+    return min(cores, (summary.get("processes") or 1) * threads)
+
+
 def disturbance(summary: dict[str, Any]) -> list[str]:
-    """Why a run's timing is not its own: slow outlier steps, a machine loaded beyond its
-    cores when the run started or ended, CPU time stolen; empty when none is known."""
+    """Why a run's timing is not its own: slow outlier steps, other programs that kept more
+    of the machine busy than the run left free, CPU time stolen; empty when none is known."""
     reasons = []
     spread = summary.get("time_per_unit") or {}
     median, p90 = spread.get("median"), spread.get("p90")
@@ -238,11 +250,12 @@ def disturbance(summary: dict[str, Any]) -> list[str]:
             f"the median {median:.3g} s"
         )
     env = summary.get("environment") or {}
-    cores = env.get("cores")
-    loads = [(w, env.get(f"load_{w}")) for w in ("start", "end")]
-    high = [f"{load:g} at its {when}" for when, load in loads if cores and (load or 0) > cores]
-    if high:
-        reasons.append(f"load {' and '.join(high)} on {cores} cores")
+    cores, others = env.get("cores"), env.get("other_cores")
+    if cores and others is not None and others > OTHERS_FLOOR:
+        if others + own_demand(summary, cores) > cores:
+            reasons.append(
+                f"other programs kept {others:.2g} of the {cores} cores busy while it ran"
+            )
     steal = env.get("steal_fraction")
     if steal is not None and steal > STEAL_LIMIT:
         reasons.append(f"{steal:.0%} of CPU time stolen")

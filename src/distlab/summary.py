@@ -69,7 +69,7 @@ def summarize(
     summary["time_per_unit"] = time_per_unit(units, "round" if rounds else "step")
     summary.update(spec.extra_summary(cfg, lead))
     summary["environment"] = environment(events)
-    summary["environment"].update(machine_figures(lead))
+    summary["environment"].update(machine_figures(lead, events))
     return summary
 
 
@@ -128,18 +128,37 @@ def time_per_unit(units: list[dict[str, Any]], unit: str) -> dict[str, Any] | No
     }
 
 
-def machine_figures(lead: list[dict[str, Any]]) -> dict[str, Any]:
-    """The machine's load average when the lead rank started and ended, and the share of CPU
-    time stolen by a hypervisor in between (null where the OS does not say)."""
-    from distlab.runtime.environ import steal_fraction
+def machine_figures(lead: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The machine's load average when the lead rank started and ended, the cores other
+    programs kept busy in between (the machine's busy CPU time less every rank's own), and
+    the share of CPU time stolen by a hypervisor (null where the OS does not say)."""
+    from distlab.runtime.environ import other_cores, steal_fraction
 
-    first = next((e.get("machine") for e in lead if e.get("phase") in ("start", "resume")), None)
-    last = next((e.get("machine") for e in reversed(lead) if e.get("phase") == "end"), None)
-    return {
-        "load_start": (first or {}).get("load"),
-        "load_end": (last or {}).get("load"),
-        "steal_fraction": steal_fraction(first, last) if first and last else None,
+    first, last = rank_window(lead)
+    figures: dict[str, Any] = {
+        "load_start": (first or {}).get("machine", {}).get("load"),
+        "load_end": (last or {}).get("machine", {}).get("load"),
+        "other_cores": None,
+        "steal_fraction": None,
     }
+    if not (first and last and first.get("machine") and last.get("machine")):
+        return figures
+    own = 0.0
+    for rank in {e["rank"] for e in events}:
+        start, end = rank_window([e for e in events if e["rank"] == rank])
+        if start and end and start.get("machine") and end.get("machine"):
+            own += end["machine"]["own_cpu_seconds"] - start["machine"]["own_cpu_seconds"]
+    wall = last["seconds"] - first["seconds"]
+    figures["other_cores"] = other_cores(first["machine"], last["machine"], own, wall)
+    figures["steal_fraction"] = steal_fraction(first["machine"], last["machine"])
+    return figures
+
+
+def rank_window(events: list[dict[str, Any]]) -> tuple[dict | None, dict | None]:
+    """A rank's last start (or resume) event and its end event, from the same process."""
+    starts = [e for e in events if e.get("phase") in ("start", "resume")]
+    end = next((e for e in reversed(events) if e.get("phase") == "end"), None)
+    return (starts[-1] if starts else None), end
 
 
 def restarts(lead: list[dict[str, Any]]) -> int:

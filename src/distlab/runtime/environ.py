@@ -117,24 +117,50 @@ def busy_seconds() -> float | None:
 
 def machine_load() -> dict[str, float | int | None]:
     """How busy the machine is now: the 1-minute load average (runnable and waiting tasks of
-    every process on the machine, this run's own included) and the CPU time counters from
-    /proc/stat (all CPUs, in clock ticks), so that two readings give the share of CPU time a
-    hypervisor stole between them. A timing taken on a loaded or stolen-from machine
-    misleads; the run records both so its report can say so. None where the OS does not
-    tell."""
+    every process on the machine, this run's own included), the CPU time counters from
+    /proc/stat (all CPUs, in clock ticks) and this process's own CPU seconds. Two readings
+    give the CPU time other programs took between them, and the share a hypervisor stole.
+    A timing taken on a loaded or stolen-from machine misleads; the run records both so its
+    report can say so. None where the OS does not tell."""
     try:
         load: float | None = round(os.getloadavg()[0], 2)
     except OSError:
         load = None
-    steal = total = None
+    steal = total = idle = None
     try:
         with open("/proc/stat") as stat:
             fields = [int(v) for v in stat.readline().split()[1:]]
         # user nice system idle iowait irq softirq steal (guest time is inside user already)
-        total, steal = sum(fields[:8]), (fields[7] if len(fields) > 7 else None)
-    except (OSError, ValueError):
+        total, idle = sum(fields[:8]), fields[3] + fields[4]
+        steal = fields[7] if len(fields) > 7 else None
+    except (OSError, ValueError, IndexError):
         pass
-    return {"load": load, "cpu_ticks": total, "steal_ticks": steal}
+    return {
+        "load": load,
+        "cpu_ticks": total,
+        "idle_ticks": idle,
+        "steal_ticks": steal,
+        "own_cpu_seconds": round(time.process_time(), 4),
+    }
+
+
+def other_cores(before: dict, after: dict, own_seconds: float, wall: float) -> float | None:
+    """The cores other programs kept busy on average between two `machine_load` readings
+    `wall` seconds apart, while this run's processes used `own_seconds` of CPU; None where
+    unknown. Unlike the load average, which trails by a minute (a sweep's previous cell
+    still weighs on it), this counts only the time between the readings.
+
+    >>> before = {"cpu_ticks": 0, "idle_ticks": 0, "steal_ticks": 0}
+    >>> after = {"cpu_ticks": 400, "idle_ticks": 100, "steal_ticks": 0}  # 3 s busy at 100 Hz
+    >>> other_cores(before, after, own_seconds=1.0, wall=2.0)
+    1.0
+    """
+    keys = ("cpu_ticks", "idle_ticks", "steal_ticks")
+    if wall <= 0 or any(r.get(k) is None for r in (before, after) for k in keys):
+        return None
+    busy = [r["cpu_ticks"] - r["idle_ticks"] - r["steal_ticks"] for r in (before, after)]
+    seconds = (busy[1] - busy[0]) / os.sysconf("SC_CLK_TCK")
+    return round(max(0.0, seconds - own_seconds) / wall, 3)
 
 
 def steal_fraction(before: dict, after: dict) -> float | None:
