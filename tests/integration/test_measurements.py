@@ -12,8 +12,8 @@ from tests.conftest import run_small
 
 from distlab.runtime.launch import RunFailed
 
-# Fields that measure time or the process, not the computation.
-TIMING = {"seconds", "duration", "comm_seconds", "pid", "peak_rss_mb", "run"}
+# Fields that measure time, the process or the machine, not the computation.
+TIMING = {"seconds", "duration", "comm_seconds", "pid", "peak_rss_mb", "run", "machine"}
 
 
 def computation(events: list[dict]) -> list[dict]:
