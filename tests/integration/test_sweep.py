@@ -100,16 +100,20 @@ def test_a_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, how):
 
 
 def test_a_failed_cell_is_recorded_and_the_others_go_on(tmp_path):
-    fault = ["--set", "fault.rank=1", "--set", "fault.step=3", "--set", "timeout=30"]
+    # the fault in the two-worker cell alone: a one-process cell has no rank 1 to fail
+    sweep_file = tmp_path / "f.json"
+    sweep_file.write_text(json.dumps({"cells": [
+        {"workers": 2, "fault.rank": 1, "fault.step": 3}, {"workers": 1},
+    ]}))  # fmt: skip
     done = cli(
-        "sweep", "--name", "F", "--out-dir", str(tmp_path), "--grid", "workers=2,1",
-        "--strategy", "allreduce", *TINY, *fault,
+        "sweep", "--name", "F", "--out-dir", str(tmp_path), "--file", str(sweep_file),
+        "--strategy", "allreduce", *TINY, "--set", "timeout=30",
     )  # fmt: skip
 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        "error: run failed: sweep F: 1 of 2 cells failed (first: workers-2: rank 1 failed: "
-        "RuntimeError: injected fault at step 3)"
+        "error: run failed: sweep F: 1 of 2 cells failed (first: workers-2_rank-1_step-3: "
+        "rank 1 failed: RuntimeError: injected fault at step 3)"
     )
     cells = json.loads((tmp_path / "F" / "sweep.json").read_text())["cells"]
     assert [c["status"] for c in cells] == ["failed", "completed"]
