@@ -161,7 +161,8 @@ def comparison_rows(
         speedup = round(t1 / seconds, 3) if base else None
         workers = s.get("workers")
         eff = efficiency(speedup, workers)
-        flags = row_flags(run, base, eff)
+        reasons = disturbance(s)
+        flags = row_flags(run, reasons, base, eff)
         rows.append(
             {
                 "run": run["name"],
@@ -182,7 +183,7 @@ def comparison_rows(
                 "speedup": speedup,
                 "efficiency": eff,
                 "speedup_note": note,
-                "disturbed": bool(disturbance(s)),
+                "disturbed": bool(reasons),
                 "flagged": ", ".join(flags) or None,
                 "flags": "; ".join(flags.values()) or None,
                 "bytes_per_step_measured": s.get("bytes_per_step_measured"),
@@ -263,12 +264,14 @@ def disturbance(summary: dict[str, Any]) -> list[str]:
 
 
 def row_flags(
-    run: dict[str, Any], base: list[dict[str, Any]] | None, eff: float | None
+    run: dict[str, Any],
+    reasons: list[str],
+    base: list[dict[str, Any]] | None,
+    eff: float | None,
 ) -> dict[str, str]:
-    """Why this row's timing or speedup should not be trusted as it stands: {short name
-    for a table cell: the reason in full}."""
+    """Why this row's timing or speedup should not be trusted as it stands (`reasons`: the
+    run's own disturbance): {short name for a table cell: the reason in full}."""
     flags = {}
-    reasons = disturbance(run["summary"])
     if reasons:
         flags["disturbed"] = f"disturbed: {'; '.join(reasons)}"
     if base and run not in base:

@@ -239,11 +239,12 @@ def plan_sweep(
     base = copy.deepcopy(base)
     if jobs > 1 and not base.get("threads"):
         base["threads"] = 1
-    cells = build_cells(base, expand(grids, sweep.get("cells") or []), root)
+    points = expand(grids, sweep.get("cells") or [])
+    cells = build_cells(base, points, root)
     threads = even_threads(base, cells)
     if threads:
         base["threads"] = threads
-        cells = build_cells(base, expand(grids, sweep.get("cells") or []), root)
+        cells = build_cells(base, points, root)
     names = [c.name for c in cells]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice:
