@@ -20,7 +20,7 @@ from typing import Any
 import distlab.drawer as drawer
 from distlab.config import RunConfig, config_data, validate_config
 from distlab.data.datasets import load_dataset
-from distlab.metrics import merge_events
+from distlab.runs.events import merge_events
 from distlab.resume import (
     elastic_run,
     mark_elastic,
@@ -28,7 +28,7 @@ from distlab.resume import (
     restart_from_scratch,
     resumable_run,
 )
-from distlab.rundir import (
+from distlab.runs.directory import (
     RunResult,
     load_run,
     prepare_run_dir,

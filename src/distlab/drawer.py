@@ -162,7 +162,7 @@ def serve(parent: int) -> None:
     die_with(parent)
     os.nice(19)
     import distlab.plots  # noqa: F401  (matplotlib, while the command imports torch)
-    from distlab.rundir import write_partition_plot
+    from distlab.runs.directory import write_partition_plot
 
     for line in sys.stdin:
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distlab.config import RunConfig, config_data, validate_config
-from distlab.rundir import read_json
+from distlab.runs.directory import read_json
 from distlab.runtime.checkpoint import (
     CHECKPOINTS,
     RESUME_FILE,

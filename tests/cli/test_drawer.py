@@ -18,7 +18,7 @@ from tests.conftest import assert_no_orphans
 
 from distlab.data.partition import partition
 from distlab.drawer import Drawer, wants_drawer
-from distlab.rundir import write_partition_json
+from distlab.runs.directory import write_partition_json
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FEDAVG = ["run", "--strategy", "fedavg", "--dataset", "synthetic", "--model", "mlp"]

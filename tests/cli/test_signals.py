@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import assert_no_orphans, cli
 
-from distlab.metrics import read_events
+from distlab.runs.events import read_events
 
 ARGS = ["run", "--dataset", "synthetic", "--model", "mlp", "--epochs", "300", "--quiet"]
 

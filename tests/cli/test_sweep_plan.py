@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from tests.conftest import cli
 
-from distlab.sweep import cell_config, cell_name, expand, parse_grid, plan_sweep
+from distlab.experiments.sweep import cell_config, cell_name, expand, parse_grid, plan_sweep
 
 TINY = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "1"]
 

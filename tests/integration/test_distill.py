@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tests.conftest import cli, final_state, run_small
 
 from distlab.models import build_model, count_parameters, model_layers
-from distlab.rundir import load_run
+from distlab.runs.directory import load_run
 from distlab.strategies.distill import Params, distill_loss
 
 # Measured with these settings (digits, 3 mlp members x 6 epochs, vgg-small target x 2

@@ -15,7 +15,7 @@ import sys
 import pytest
 from tests.conftest import run_small
 
-from distlab.metrics import read_events
+from distlab.runs.events import read_events
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mpirun") is None, reason="needs mpirun: install Debian's openmpi-bin"

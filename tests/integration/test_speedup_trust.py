@@ -13,7 +13,7 @@ import textwrap
 import pytest
 from tests.conftest import cli
 
-from distlab.report import write_report
+from distlab.experiments.report import write_report
 
 pytestmark = pytest.mark.slow
 

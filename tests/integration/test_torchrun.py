@@ -11,7 +11,7 @@ import sys
 import pytest
 from tests.conftest import run_small, step_losses
 
-from distlab.metrics import read_events
+from distlab.runs.events import read_events
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

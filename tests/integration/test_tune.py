@@ -146,8 +146,8 @@ def test_asha_every_file_and_line_says_what_each_trials_run_directory_says(tmp_p
 def test_metric_png_draws_the_best_so_far_as_best_yaml_picks_it(tmp_path, saved_figures):
     from matplotlib.text import Text
 
-    from distlab.hpo.runs import TrialRow, TuneOutcome, best_row, plan_tune, write_outcome
-    from distlab.hpo.space import parse_space
+    from distlab.experiments.tune.runs import TrialRow, TuneOutcome, best_row, plan_tune, write_outcome
+    from distlab.experiments.tune.space import parse_space
 
     plan = plan_tune(BASE, parse_space({"optimizer.lr": {"grid": [0.1, 0.05, 0.02]}}),
                      tmp_path / "out")  # fmt: skip
@@ -174,7 +174,7 @@ def test_metric_png_draws_the_best_so_far_as_best_yaml_picks_it(tmp_path, saved_
 def test_a_run_killed_before_its_summary_gets_one_from_its_events(tmp_path):
     from tests.conftest import run_small
 
-    from distlab.hpo.records import settle
+    from distlab.experiments.tune.records import settle
 
     result = run_small(tmp_path, epochs=2)
     own = dict(result.summary)
@@ -311,8 +311,8 @@ def test_bad_input_is_one_line_and_exit_2_before_ray_starts(tmp_path, space, arg
     ],  # fmt: skip
 )
 def test_the_plan_checks_every_point_and_option(tmp_path, space, options, said):
-    from distlab.hpo.runs import plan_tune
-    from distlab.hpo.space import parse_space
+    from distlab.experiments.tune.runs import plan_tune
+    from distlab.experiments.tune.space import parse_space
 
     with pytest.raises(ValueError) as caught:
         plan_tune(BASE, parse_space(space), tmp_path / "out", **options)
@@ -321,8 +321,8 @@ def test_the_plan_checks_every_point_and_option(tmp_path, space, options, said):
 
 
 def test_a_plan_asks_for_the_processes_of_its_largest_trial(tmp_path):
-    from distlab.hpo.runs import plan_tune, samples
-    from distlab.hpo.space import parse_space
+    from distlab.experiments.tune.runs import plan_tune, samples
+    from distlab.experiments.tune.space import parse_space
 
     space = parse_space({"workers": {"grid": [1, 2]}, "optimizer.lr": {"choice": [0.1, 0.2]}})
 

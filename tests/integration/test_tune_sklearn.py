@@ -140,7 +140,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, says):
 
 
 def test_param_flags_parse_to_grids_and_node_counts_to_speedups():
-    from distlab.hpo.sklearn import parse_nodes, parse_params, scaling_rows
+    from distlab.experiments.tune.sklearn import parse_nodes, parse_params, scaling_rows
 
     space = parse_params(["max_depth=2,none", "criterion=gini,entropy", "ccp_alpha=0,1e-3"])
     rows = scaling_rows({1: 10.0, 2: 8.0, 3: 5.0})
@@ -156,7 +156,7 @@ def test_param_flags_parse_to_grids_and_node_counts_to_speedups():
 def test_scaling_png_names_what_it_plots_nodes_and_the_searchs_wall_time(tmp_path, saved_figures):
     from matplotlib.text import Text
 
-    from distlab.hpo.sklearn import scaling_rows, write_scaling
+    from distlab.experiments.tune.sklearn import scaling_rows, write_scaling
 
     write_scaling(tmp_path, scaling_rows({1: 12.0, 2: 7.5, 3: 6.0}), "knn")
 

@@ -79,12 +79,12 @@ def test_module_imports_sees_lazy_imports_but_not_typing_ones(tmp_path):
     path.write_text(
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    from distlab.api import run\n"
-        "def f():\n    from distlab.report import write_report\n"
+        "def f():\n    from distlab.experiments.report import write_report\n"
     )
 
     found = module_imports(path, "distlab.m")
 
-    assert "distlab.report" in found and "distlab.api" not in found
+    assert "distlab.experiments.report" in found and "distlab.api" not in found
 
 
 def test_find_cycle_finds_a_hand_made_cycle():

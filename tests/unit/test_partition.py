@@ -23,8 +23,8 @@ from distlab.data.partition import (
     partition_metrics,
 )
 from distlab.plots import plot_partition
-from distlab.report import partition_table_rows
-from distlab.rundir import write_partition_record
+from distlab.experiments.report import partition_table_rows
+from distlab.runs.directory import write_partition_record
 
 FAST = settings(max_examples=50, deadline=None)
 
@@ -414,7 +414,7 @@ def test_record_of_a_partition_built_without_a_scheme(tmp_path):
 
 def test_a_data_parallel_split_is_titled_by_its_workers_and_sampler(tmp_path):
     from distlab.config import RunConfig
-    from distlab.rundir import partition_title
+    from distlab.runs.directory import partition_title
     from distlab.strategies.spec import sampler_partition
 
     labels = np.repeat(np.arange(4), 8)

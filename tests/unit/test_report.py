@@ -9,8 +9,8 @@ import struct
 import pytest
 from tests.conftest import run_small
 
-from distlab.page import table_rows
-from distlab.report import (
+from distlab.experiments.page import table_rows
+from distlab.experiments.report import (
     NO_BASELINE,
     comparison_rows,
     load_runs,
@@ -347,7 +347,7 @@ def test_speedup_never_crosses_strategies_unless_asked():
 
 
 def test_repeats_give_the_median_and_spread(tmp_path):
-    from distlab.report import repeat_keys, repeat_rows
+    from distlab.experiments.report import repeat_keys, repeat_rows
 
     runs = [
         fake_run(f"one_r{i}", 1, 1, t, [(1.0, 0.9)]) for i, t in enumerate([8.0, 9.0, 10.0], 1)

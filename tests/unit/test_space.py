@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distlab.hpo.space import Domain, check_trials, grid_size, parse_space, read_space
+from distlab.experiments.tune.space import Domain, check_trials, grid_size, parse_space, read_space
 
 
 def test_a_space_file_reads_each_kind_into_a_domain(tmp_path):

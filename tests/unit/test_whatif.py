@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from tests.conftest import run_small
 
-from distlab.whatif import (
+from distlab.experiments.whatif import (
     MODEL_NOTE,
     fedavg_round_seconds,
     figure_title,

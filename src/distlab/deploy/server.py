@@ -310,7 +310,7 @@ def serve(
     federation, the SuperNodes `start_clients` starts) stopped whatever happens, their
     logs in the run's deploy/logs, summary.json written with the status. Ctrl-C and
     SIGTERM stop it as they stop `distlab run`."""
-    from distlab.rundir import load_run
+    from distlab.runs.directory import load_run
     from distlab.runtime import launch
     from distlab.runtime.failures import RunFailed
 

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 
 from distlab.config import RunConfig
 from distlab.data.datasets import Dataset, load_dataset
-from distlab.metrics import EventTail
+from distlab.runs.events import EventTail
 from distlab.models import build_model
 from distlab.runtime.comm import Communicator
 from distlab.runtime.failures import WORKER_NAME

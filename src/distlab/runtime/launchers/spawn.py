@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from distlab.config import RunConfig
 from distlab.data.datasets import Dataset
-from distlab.metrics import EventTail
+from distlab.runs.events import EventTail
 from distlab.runtime.failures import (
     UNGUARDED_EXIT,
     WORKER_NAME,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distlab.metrics import read_events
+from distlab.runs.events import read_events
 
 if TYPE_CHECKING:
     from distlab.config import RunConfig

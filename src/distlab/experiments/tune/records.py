@@ -69,8 +69,8 @@ def summary_from_events(run_dir: Path, status: str) -> dict[str, Any]:
     give (train seconds without the end of training, comm totals without the ranks' last
     word)."""
     from distlab.config import validate_config
-    from distlab.metrics import merge_events
-    from distlab.rundir import read_json
+    from distlab.runs.events import merge_events
+    from distlab.runs.directory import read_json
     from distlab.strategies import get_spec
     from distlab.summary import summarize
 
@@ -85,7 +85,7 @@ def summary_from_events(run_dir: Path, status: str) -> dict[str, Any]:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    from distlab.rundir import write_json
+    from distlab.runs.directory import write_json
 
     write_json(run_dir / "summary.json", summary)
 
@@ -100,7 +100,7 @@ def restatus(run_dir: Path, word: str) -> None:
 
 def count_evals(run_dir: Path, lead: int | None) -> int:
     """Eval events of the lead rank in the run's merged events."""
-    from distlab.metrics import read_events
+    from distlab.runs.events import read_events
 
     try:
         events = read_events(Path(run_dir) / "events.jsonl")

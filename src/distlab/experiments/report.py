@@ -14,7 +14,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from distlab.data.partition import Partition
 from distlab.plots import check_plot, class_colors, new_figure, save_figure
-from distlab.rundir import load_run
+from distlab.runs.directory import load_run
 
 
 def top_classes(row: np.ndarray, top: int = 3) -> str:
@@ -528,7 +528,7 @@ def write_report(
     summary.json and, where runs repeat one config, repeats.json. Speedups are against the
     same strategy's one-process runs unless `baseline` names the strategy to compare with.
     Every input is checked before anything is written."""
-    from distlab import page, scaling
+    from distlab.experiments import page, scaling
 
     check_target(target)
     check_baseline(baseline)
@@ -653,7 +653,7 @@ def check_network(networks: str | None, latency: str):
     an unknown speed or latency, before anything is written."""
     if networks is None:
         return None
-    from distlab import whatif
+    from distlab.experiments import whatif
 
     return whatif.parse_networks(networks), whatif.parse_latency(latency)
 
@@ -661,7 +661,7 @@ def check_network(networks: str | None, latency: str):
 def write_whatif(runs, rows, plan, path: Path) -> list[str]:
     """whatif.png: the alpha-beta model's speedup on each network beside the measured points;
     returns a note for each run the model does not cover."""
-    from distlab import whatif
+    from distlab.experiments import whatif
 
     networks, alpha = plan
     predicted, notes = [], []

@@ -248,7 +248,7 @@ def resumed_config(run_dir: Path, file: Path | None, flags: dict, overrides: lis
     that fired is left out unless the flags give fault.* again."""
     from distlab.config import build_data, validate_config
     from distlab.resume import without_fired_fault
-    from distlab.rundir import read_json
+    from distlab.runs.directory import read_json
 
     if file is None and not overrides and all(v is None for v in flags.values()):
         return None
@@ -559,7 +559,7 @@ def partition_data(
 
 
 def print_partition(part: Any, metrics: dict[str, Any], title: str) -> None:
-    from distlab.report import partition_table_rows
+    from distlab.experiments.report import partition_table_rows
 
     table = Table("client", "size", "classes", "top classes", title=title)
     for row in partition_table_rows(part):
@@ -631,8 +631,8 @@ def report(
 
       distlab report runs/centralized runs/allreduce --target 0.9 --network 1gbit,10gbit
     """
-    from distlab.report import CONSOLE_COLUMNS, write_report
-    from distlab.whatif import parse_latency
+    from distlab.experiments.report import CONSOLE_COLUMNS, write_report
+    from distlab.experiments.whatif import parse_latency
 
     parse_latency(latency)  # a bad --latency is refused even where no --network uses it
     # write_report checks every input and run directory before writing anything.
@@ -654,7 +654,7 @@ def _print_repeats(console: Console, path: Path) -> None:
     """The report's repeats table, when some config ran more than once."""
     from rich.markup import escape
 
-    from distlab.page import REPEAT_COLUMNS, REPEATS_TITLE, cell
+    from distlab.experiments.page import REPEAT_COLUMNS, REPEATS_TITLE, cell
 
     if not path.is_file():
         return
@@ -708,8 +708,8 @@ def compare(
 
     Example: distlab compare --epochs 1 --workers 4
     """
-    from distlab.report import check_baseline, check_out_dir, check_target
-    from distlab.sweep import canonical_key, raise_for_failures
+    from distlab.experiments.report import check_baseline, check_out_dir, check_target
+    from distlab.experiments.sweep import canonical_key, raise_for_failures
 
     if strategies is not None:
         names = [s.strip() for s in strategies.split(",") if s.strip()]
@@ -723,11 +723,11 @@ def compare(
     check_target(target)
     check_baseline(baseline)
     check_out_dir(out_dir / name / "report")
-    from distlab.whatif import parse_latency
+    from distlab.experiments.whatif import parse_latency
 
     parse_latency(latency)  # refused even where no --network uses it
     if network is not None:
-        from distlab.report import check_network
+        from distlab.experiments.report import check_network
 
         check_network(network, latency)
     spec = {"cells": [{canonical_key(k, "cells"): v for k, v in c.items()} for c in cells]}
@@ -779,7 +779,7 @@ def sweep(
 
     Rerunning the same command skips the finished cells. Then: distlab report sweeps/NAME
     """
-    from distlab.sweep import raise_for_failures, read_sweep_file
+    from distlab.experiments.sweep import raise_for_failures, read_sweep_file
 
     spec = read_sweep_file(file) if file else {}
     if repeats is not None:
@@ -794,7 +794,7 @@ def sweep(
 def _run_sweep(base, grid, spec, name, out_dir, jobs, dry_run, overwrite):
     """Plan (every cell validated), then run with a progress line per cell; returns the plan
     and the results, or None for a dry run."""
-    from distlab.sweep import plan_sweep, run_sweep
+    from distlab.experiments.sweep import plan_sweep, run_sweep
 
     plan = plan_sweep(base, grid, spec, name, out_dir, jobs)
     if dry_run:
@@ -908,7 +908,7 @@ def tune_sklearn(
 
       distlab tune-sklearn --dataset wine -p max_depth=2,4 --scaling 1,2,3
     """
-    from distlab.hpo import sklearn as sk
+    from distlab.experiments.tune import sklearn as sk
 
     plan = sk.Search(estimator, sk.build_space(space, param), search, trials, cv, seed,
                      cpus_per_trial)  # fmt: skip
@@ -922,7 +922,7 @@ def tune_sklearn(
 
 
 def _print_tuned(done) -> None:
-    from distlab.hpo.sklearn import METRIC
+    from distlab.experiments.tune.sklearn import METRIC
 
     table = Table("configuration", "cv accuracy", "cv std", "test accuracy")
     if done.best is not None:
@@ -1020,8 +1020,8 @@ def tune(
       distlab tune --resume --out DIR
     """
     from distlab.config import build_data
-    from distlab.hpo.runs import check_where, plan_from_record, plan_tune, run_tune
-    from distlab.hpo.space import read_space
+    from distlab.experiments.tune.runs import check_where, plan_from_record, plan_tune, run_tune
+    from distlab.experiments.tune.space import read_space
 
     if resume and config is None and space is None and out_dir is not None:
         plan = plan_from_record(out_dir)
@@ -1051,7 +1051,7 @@ def _trial_line(plan):
 
 
 def _print_best(done) -> None:
-    from distlab.hpo.runs import ranked
+    from distlab.experiments.tune.runs import ranked
 
     plan = done.plan
     table = Table("trial", plan.metric, "evals", "seconds", *plan.space, title="best trials")
@@ -1234,7 +1234,7 @@ def deploy_data(config_flags: dict, resume: Path | None) -> dict:
     """A deployed run's config mapping: the flags' (fedavg unless they say otherwise), or,
     with --resume, the run's own with what the flags change."""
     from distlab.config import merge
-    from distlab.rundir import read_json
+    from distlab.runs.directory import read_json
 
     data = base_config(config_flags)
     if resume is None:

@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from distlab.hpo.records import (
+from distlab.experiments.tune.records import (
     METRICS,
     figures,
     is_settled,
@@ -40,7 +40,7 @@ from distlab.hpo.records import (
     restatus,
     settle,
 )
-from distlab.hpo.space import Domain, check_trials, grid_size, parse_space
+from distlab.experiments.tune.space import Domain, check_trials, grid_size, parse_space
 
 SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha")
@@ -194,7 +194,7 @@ def check_key(key: str) -> None:
 def check_points(base: dict[str, Any], space: dict[str, Domain]) -> int:
     """Validate the configurations the space gives as `distlab run` would (config, dataset,
     model fit, process count); the most processes one of them needs."""
-    from distlab.sweep import Cell, check_cell_inputs, count_processes, validate_cell
+    from distlab.experiments.sweep import Cell, check_cell_inputs, count_processes, validate_cell
 
     cells = []
     for values in sample_points(space):
@@ -228,7 +228,7 @@ def trial_data(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     strategy keys the trial's strategy does not take are left out, as in a sweep; otherwise
     the keys are set directly, so a trial's worker need not import the strategies (torch)."""
     from distlab.config import set_dotted
-    from distlab.sweep import cell_config
+    from distlab.experiments.sweep import cell_config
 
     if "strategy.name" in params:
         return cell_config(base, params)[0]
@@ -247,7 +247,7 @@ def trial_resources(base: dict[str, Any], params: dict[str, Any]):
     from ray.tune import PlacementGroupFactory
 
     from distlab.config import validate_config
-    from distlab.sweep import count_processes
+    from distlab.experiments.sweep import count_processes
 
     cfg = validate_config(trial_data(base, plain_params(params)))
     return PlacementGroupFactory([{"CPU": count_processes(cfg)}])
@@ -345,7 +345,7 @@ def trial_trainable():
 
 def start_run(root: Path, name: str, data: dict[str, Any], cwd: str) -> subprocess.Popen:
     """`distlab run` on the trial's config, its stderr kept in ROOT/logs/<trial>.log."""
-    from distlab.sweep import die_with_parent
+    from distlab.experiments.sweep import die_with_parent
 
     for sub in ("configs", "logs"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -364,7 +364,7 @@ def start_run(root: Path, name: str, data: dict[str, Any], cwd: str) -> subproce
 def poll_events(events: Path, tails: dict[Path, Any], evals: list[dict[str, Any]]) -> None:
     """New eval events of the run. Only the lead rank records evals, so every rank's file
     is followed and the evals come from whichever has them."""
-    from distlab.metrics import EventTail
+    from distlab.runs.events import EventTail
 
     def keep(event: dict[str, Any]) -> None:
         if event.get("kind") == "eval":
@@ -504,7 +504,7 @@ def trial_events():
     from ray.tune import Callback
 
     def tell(what: str, trial=None) -> None:
-        from distlab.hpo import runs
+        from distlab.experiments.tune import runs
 
         runs.tell_listeners(what, trial)
 
@@ -635,7 +635,7 @@ def run_tune(
     """Run the search on a local Ray (this machine's cores) or the cluster at `address`,
     then write results.csv, results.md, best.yaml and metric.png into OUT. Ctrl-C stops the
     trials, writes the files for those that finished and raises RunInterrupted."""
-    from distlab.hpo.cluster import ray_session
+    from distlab.experiments.tune.cluster import ray_session
     from distlab.runtime.failures import RunFailed, RunInterrupted
 
     check_where(plan, address, resume)
@@ -677,7 +677,7 @@ def check_where(plan: TunePlan, address: str | None, resume: bool = False) -> No
     """Ray is installed, OUT is empty (or holds this search for --resume), and the cluster
     at `address` answers (within 30 s) or this machine has the CPUs a trial needs;
     ValueError otherwise, before Ray starts."""
-    from distlab.hpo.cluster import check_address, import_ray
+    from distlab.experiments.tune.cluster import check_address, import_ray
 
     import_ray()
     check_out(plan, resume)
@@ -763,7 +763,7 @@ def best_config(plan: TunePlan, params: dict[str, Any]) -> dict[str, Any]:
 
 def best_row(plan: TunePlan, rows: list[TrialRow]) -> TrialRow | None:
     """The trial best.yaml names, picked as metric.png marks it (results.best_index)."""
-    from distlab.hpo.results import best_index
+    from distlab.experiments.tune.results import best_index
 
     at = best_index(table_rows(plan, rows), plan.metric, plan.mode)
     return None if at is None else rows[at]
@@ -790,7 +790,7 @@ def table_rows(plan: TunePlan, rows: list[TrialRow]) -> list[dict[str, Any]]:
 
 
 def write_outcome(outcome: TuneOutcome) -> None:
-    from distlab.hpo.results import write_results
+    from distlab.experiments.tune.results import write_results
 
     plan = outcome.plan
     best = outcome.best.config if outcome.best else None

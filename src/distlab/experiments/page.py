@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distlab.scaling import flatten
+from distlab.experiments.scaling import flatten
 
 # Figures in the order the page shows them, with their captions.
 FIGURES = {

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from distlab.hpo.space import Domain, check_trials, grid_size, read_space, to_ray
+from distlab.experiments.tune.space import Domain, check_trials, grid_size, read_space, to_ray
 
 # name -> (module, class); imported on use so `--help` loads no estimator.
 ESTIMATORS = {
@@ -387,7 +387,7 @@ def tune_sklearn(
 
 def check_run(search: Search, table: Table, address: str | None, nodes: list[int] | None) -> None:
     """Everything a search needs before it starts: the search, the folds, Ray, the address."""
-    from distlab.hpo.cluster import check_address, import_ray
+    from distlab.experiments.tune.cluster import check_address, import_ray
 
     check_search(search)
     check_folds(search, table)
@@ -404,7 +404,7 @@ def quiet_ray() -> None:
 
 
 def search_once(search: Search, table: Table, out: Path, address: str | None) -> list[dict]:
-    from distlab.hpo.cluster import ray_session
+    from distlab.experiments.tune.cluster import ray_session
 
     with ray_session(address):
         return run_trials(search, table, out / "trials", "search")
@@ -415,7 +415,7 @@ def search_scaling(
 ) -> tuple[list[dict], list[dict[str, Any]]]:
     """The same search on a 1-, 2-, ... node cluster; the wall time of the search alone (not
     the cluster's start). The rows kept are the largest cluster's (seeded: the scores agree)."""
-    from distlab.hpo.cluster import local_cluster
+    from distlab.experiments.tune.cluster import local_cluster
 
     times, rows = {}, []
     for count in nodes:
@@ -437,7 +437,7 @@ def scaling_rows(times: dict[int, float]) -> list[dict[str, Any]]:
 
 def finish(search, table, out, rows, scaling, default) -> Outcome:
     """Test scores of the best (and default) configuration, then every file."""
-    from distlab.hpo.results import write_results
+    from distlab.experiments.tune.results import write_results
 
     best = best_row(rows)
     if best is not None:
