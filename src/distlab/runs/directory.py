@@ -25,6 +25,92 @@ if TYPE_CHECKING:
     from distlab.data.partition import Partition
 
 
+# The run directory's layout; nothing outside runs/ spells these names.
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+EVENTS_DIR = "events"
+MERGED_EVENTS = "events.jsonl"
+MODEL = "model.pt"
+PARTITION_JSON = "partition.json"
+PARTITION_PNG = "partition.png"
+CHECKPOINTS_DIR = "checkpoints"
+RESUME = "resume.json"
+FAULT = "fault.json"
+ELASTIC = "elastic.json"
+ERRORS_DIR = "errors"
+# Files of a folder of runs: a sweep's plan, a search's plan, a report's repeats.
+SWEEP = "sweep.json"
+TUNE = "tune.json"
+REPEATS = "repeats.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each record of one run directory lives. The API builds it and hands it down:
+    ranks, launchers and checkpoints write where it says without knowing the layout."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY
+
+    @property
+    def events_dir(self) -> Path:
+        return self.root / EVENTS_DIR
+
+    @property
+    def merged_events(self) -> Path:
+        return self.root / MERGED_EVENTS
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL
+
+    @property
+    def partition_json(self) -> Path:
+        return self.root / PARTITION_JSON
+
+    @property
+    def partition_png(self) -> Path:
+        return self.root / PARTITION_PNG
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    @property
+    def resume(self) -> Path:
+        return self.root / RESUME
+
+    @property
+    def fault(self) -> Path:
+        return self.root / FAULT
+
+    @property
+    def elastic(self) -> Path:
+        return self.root / ELASTIC
+
+    @property
+    def errors_dir(self) -> Path:
+        return self.root / ERRORS_DIR
+
+    def rank_events(self, rank: int) -> Path:
+        """events/rank-R.jsonl: one rank's events while the run is live."""
+        return self.events_dir / f"rank-{rank}.jsonl"
+
+    def rank_event_files(self) -> list[Path]:
+        return sorted(self.events_dir.glob("rank-*.jsonl"))
+
+    def rank_error(self, rank: int) -> Path:
+        """errors/rank-R.json: what a failed rank reported."""
+        return self.errors_dir / f"rank-{rank}.json"
+
+
 @dataclass
 class RunResult:
     """A finished (or failed) run: its directory, summary and events."""
