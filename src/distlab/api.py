@@ -20,7 +20,6 @@ from typing import Any
 import distlab.drawer as drawer
 from distlab.config import RunConfig, config_data, validate_config
 from distlab.data.datasets import load_dataset
-from distlab.runs.events import merge_events
 from distlab.resume import (
     elastic_run,
     mark_elastic,
@@ -36,6 +35,7 @@ from distlab.runs.directory import (
     write_partition_json,
     write_partition_plot,
 )
+from distlab.runs.events import merge_events
 from distlab.runtime import launch
 from distlab.runtime.environ import elastic_restart
 from distlab.runtime.failures import blame_fault, forget_fault
@@ -322,3 +322,31 @@ def finish_run(
     draw_partition(run_dir)
     if board is not None:
         board.finish(events, summary)
+
+
+def strategy_names() -> list[str]:
+    """The names --strategy takes, sorted."""
+    from distlab.strategies import STRATEGIES
+
+    return sorted(STRATEGIES)
+
+
+def network_model(strategy: str | None) -> tuple[str | None, str]:
+    """How the what-if network model prices this strategy's exchanges (a pattern name), or
+    None and the reason it cannot."""
+    from distlab.strategies import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        return None, f"no network model for strategy {strategy!r}"
+    return get_spec(strategy).network_model()
+
+
+def summary_rows(strategy: str | None) -> list[tuple[str, str]]:
+    """(label, summary key) for each row of a run's table: the shared rows and the
+    strategy's own; for an unknown strategy, the shared ones."""
+    from distlab.strategies import STRATEGIES
+    from distlab.summary import LAST_ROWS, SHARED_ROWS, table_rows
+
+    if strategy not in STRATEGIES:
+        return [*SHARED_ROWS, *LAST_ROWS]
+    return table_rows(get_spec(strategy))

@@ -16,6 +16,36 @@ from typing import Any
 from distlab.config import RunConfig
 from distlab.strategies import StrategySpec
 
+# The rows of a run's table that every strategy shares: before the strategy's own rows
+# (StrategySpec.summary_rows), then after them.
+SHARED_ROWS: tuple[tuple[str, str], ...] = (
+    ("status", "status"),
+    ("strategy", "strategy"),
+    ("dataset", "dataset"),
+    ("model", "model"),
+    ("params", "params"),
+    ("workers", "workers"),
+    ("processes", "processes"),
+    ("seed", "seed"),
+    ("final accuracy", "final_accuracy"),
+    ("best accuracy", "best_accuracy"),
+    ("final test loss", "final_loss"),
+    ("steps", "steps"),
+    ("rounds", "rounds"),
+    ("wall seconds", "wall_seconds"),
+    ("startup seconds", "startup_seconds"),
+    ("train seconds", "train_seconds"),
+    ("samples/s", "samples_per_second"),
+    ("bytes/step measured", "bytes_per_step_measured"),
+    ("bytes/step analytic", "bytes_per_step_analytic"),
+)
+LAST_ROWS: tuple[tuple[str, str], ...] = (("peak RSS MB", "peak_rss_mb"),)
+
+
+def table_rows(spec: StrategySpec) -> list[tuple[str, str]]:
+    """(label, summary key) for each row of a run's table, in order."""
+    return [*SHARED_ROWS, *spec.summary_rows, *LAST_ROWS]
+
 
 def summarize(
     cfg: RunConfig,

@@ -164,8 +164,19 @@ def test_client_port_in_use(tmp_path, certs):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = str(busy.getsockname()[1])
-        done = client(tmp_path, "--server", "127.0.0.1:9", "--partition-id", "0", "--ca",
-                      str(certs.ca), "--key", str(certs.client_key(0)), "--port", port)
+        done = client(
+            tmp_path,
+            "--server",
+            "127.0.0.1:9",
+            "--partition-id",
+            "0",
+            "--ca",
+            str(certs.ca),
+            "--key",
+            str(certs.client_key(0)),
+            "--port",
+            port,
+        )
     one_line_error(done, f"port {port}", "in use")
 
 

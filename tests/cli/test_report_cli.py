@@ -20,9 +20,7 @@ def runs(tmp_path_factory):
     """One-epoch runs: centralized, allreduce on 2 workers, and a 2-epoch centralized one."""
     root = tmp_path_factory.mktemp("runs")
     return {
-        "central": run_small(
-            root / "c", strategy="centralized", name="central", threads=1
-        ).run_dir,
+        "central": run_small(root / "c", strategy="centralized", name="central", threads=1).run_dir,
         "allreduce": run_small(
             root / "a", strategy="allreduce", workers=2, name="ar", threads=1
         ).run_dir,

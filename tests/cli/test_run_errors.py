@@ -163,8 +163,17 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
             ["fault.step must be <= 4, the run's last step", "(got 5)"],
         ),
         (  # FedAvg's server counts rounds
-            [*TINY, "--strategy", "fedavg", "--rounds", "3", "--set", "fault.rank=0",
-             "--set", "fault.step=5"],
+            [
+                *TINY,
+                "--strategy",
+                "fedavg",
+                "--rounds",
+                "3",
+                "--set",
+                "fault.rank=0",
+                "--set",
+                "fault.step=5",
+            ],
             ["fault.step must be <= 3", "(got 5)"],
         ),  # fmt: skip
     ],

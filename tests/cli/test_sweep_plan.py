@@ -38,8 +38,15 @@ def test_dry_run_lists_the_cells_and_writes_nothing(tmp_path):
         (["--grid", "workers=1", "--repeats", "1000"], "(got 1000)"),
     ],
     ids=[
-        "unknown-field", "no-values", "bad-value", "bad-strategy", "reserved", "jobs", "unused",
-        "repeats-0", "repeats-1000",
+        "unknown-field",
+        "no-values",
+        "bad-value",
+        "bad-strategy",
+        "reserved",
+        "jobs",
+        "unused",
+        "repeats-0",
+        "repeats-1000",
     ],  # fmt: skip
 )
 def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, args, said):
@@ -87,9 +94,7 @@ def test_repeats_run_every_cell_again_interleaved(tmp_path):
 
     plan = plan_sweep(base, ["workers=1,2"], out_dir=tmp_path, repeats=3, check_inputs=False)
 
-    assert [c.name for c in plan.cells] == [
-        f"workers-{w}_r{r}" for r in (1, 2, 3) for w in (1, 2)
-    ]
+    assert [c.name for c in plan.cells] == [f"workers-{w}_r{r}" for r in (1, 2, 3) for w in (1, 2)]
     assert [c.repeat for c in plan.cells] == [1, 1, 2, 2, 3, 3]
     assert {c.config["name"] for c in plan.cells} == {c.name for c in plan.cells}
     # repeats are the same work: their configs differ only in their names

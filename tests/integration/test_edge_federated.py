@@ -141,8 +141,15 @@ def test_a_board_killed_mid_run_is_named_and_the_rounds_go_on(tmp_path):
         (("--dataset", "mnist-sample"), "two-class dataset"),
         (("--dataset", "breast-cancer", "--set", "edge.boards=2"), "2 boards for 3 clients"),
         (("--set", "edge.baud=250000"), "edge.baud must be one of"),
-        (("--set", "edge.boards=0", "--set", "edge.ports=[/dev/ttyNOPE0,/dev/ttyNOPE1,"
-          "/dev/ttyNOPE2]"), "/dev/ttyNOPE0 does not exist"),  # fmt: skip
+        (
+            (
+                "--set",
+                "edge.boards=0",
+                "--set",
+                "edge.ports=[/dev/ttyNOPE0,/dev/ttyNOPE1,/dev/ttyNOPE2]",
+            ),
+            "/dev/ttyNOPE0 does not exist",
+        ),  # fmt: skip
         (("--set", "optimizer.momentum=0.9"), "plain SGD"),
     ],
 )

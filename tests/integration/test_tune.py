@@ -146,7 +146,13 @@ def test_asha_every_file_and_line_says_what_each_trials_run_directory_says(tmp_p
 def test_metric_png_draws_the_best_so_far_as_best_yaml_picks_it(tmp_path, saved_figures):
     from matplotlib.text import Text
 
-    from distlab.experiments.tune.runs import TrialRow, TuneOutcome, best_row, plan_tune, write_outcome
+    from distlab.experiments.tune.runs import (
+        TrialRow,
+        TuneOutcome,
+        best_row,
+        plan_tune,
+        write_outcome,
+    )
     from distlab.experiments.tune.space import parse_space
 
     plan = plan_tune(BASE, parse_space({"optimizer.lr": {"grid": [0.1, 0.05, 0.02]}}),

@@ -96,8 +96,9 @@ def test_a_site_trains_on_its_own_files(tmp_path):
     message = executor.message(7, "train", settings, "1", arrays)
     previous = torch.get_num_threads()
     try:
-        reply = answer_train(message, context(0, **{"data-dir": str(tmp_path),
-                                                    "local-data": "true"}))
+        reply = answer_train(
+            message, context(0, **{"data-dir": str(tmp_path), "local-data": "true"})
+        )
     finally:
         torch.set_num_threads(previous)
     assert reply.content[RECORD]["samples"] == 20  # every sample of the site, not a third

@@ -33,10 +33,23 @@ UPPER = ("distlab.cli", "distlab.api", "distlab.runs", "distlab.experiments", "d
 # Forbidden targets for each importer prefix.
 RULES: dict[str, tuple[str, ...]] = {
     **{lower: UPPER + ("distlab.dashboard",) for lower in LOWER},
-    "distlab.experiments": ("distlab.strategies", "distlab.runtime", "distlab.federated",
-                            "distlab.cli", "distlab.deploy", "distlab.dashboard"),
-    "distlab.runs": ("distlab.cli", "distlab.api", "distlab.experiments", "distlab.strategies",
-                     "distlab.federated", "distlab.deploy", "distlab.dashboard"),
+    "distlab.experiments": (
+        "distlab.strategies",
+        "distlab.runtime",
+        "distlab.federated",
+        "distlab.cli",
+        "distlab.deploy",
+        "distlab.dashboard",
+    ),
+    "distlab.runs": (
+        "distlab.cli",
+        "distlab.api",
+        "distlab.experiments",
+        "distlab.strategies",
+        "distlab.federated",
+        "distlab.deploy",
+        "distlab.dashboard",
+    ),
     "distlab.api": ("distlab.cli", "distlab.experiments", "distlab.dashboard"),
     "distlab.config": ("distlab.cli", "distlab.api", "distlab.runs", "distlab.experiments"),
     "distlab.dashboard": ("distlab.cli", "distlab.strategies", "distlab.runtime"),
@@ -85,11 +98,18 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
         for prefix, forbidden in RULES.items():
             if not within(importer, prefix):
                 continue
-            found += [f"{importer} -> {t}" for t in sorted(targets)
-                      if any(within(t, f) for f in forbidden)]
-    found += [f"{m} -> distlab.cli" for m, ts in sorted(graph.items())
-              if not within(m, "distlab.cli") and m != "distlab.__main__"
-              and any(within(t, "distlab.cli") for t in ts)]
+            found += [
+                f"{importer} -> {t}"
+                for t in sorted(targets)
+                if any(within(t, f) for f in forbidden)
+            ]
+    found += [
+        f"{m} -> distlab.cli"
+        for m, ts in sorted(graph.items())
+        if not within(m, "distlab.cli")
+        and m != "distlab.__main__"
+        and any(within(t, "distlab.cli") for t in ts)
+    ]
     return found
 
 
@@ -104,8 +124,9 @@ def test_no_upward_imports():
 
 
 def test_runs_and_experiments_load_no_torch_when_imported():
-    names = [n for n in module_names()
-             if within(n, "distlab.runs") or within(n, "distlab.experiments")]
+    names = [
+        n for n in module_names() if within(n, "distlab.runs") or within(n, "distlab.experiments")
+    ]
     code = (
         "import importlib, sys\n"
         "for name in sys.argv[1:]:\n"
@@ -143,8 +164,9 @@ def function_lengths() -> list[tuple[str, int]]:
     for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                found.append((f"{path.relative_to(PACKAGE)}:{node.name}",
-                              node.end_lineno - node.lineno + 1))
+                found.append(
+                    (f"{path.relative_to(PACKAGE)}:{node.name}", node.end_lineno - node.lineno + 1)
+                )
     return found
 
 
@@ -153,8 +175,9 @@ def lines(path: Path) -> int:
 
 
 def test_no_module_over_500_lines():
-    assert {str(p.relative_to(PACKAGE)): lines(p) for p in PACKAGE.rglob("*.py")
-            if lines(p) > 500} == {}
+    assert {
+        str(p.relative_to(PACKAGE)): lines(p) for p in PACKAGE.rglob("*.py") if lines(p) > 500
+    } == {}
 
 
 def test_no_function_over_60_lines():

@@ -22,8 +22,8 @@ from distlab.data.partition import (
     partition,
     partition_metrics,
 )
-from distlab.plots import plot_partition
 from distlab.experiments.report import partition_table_rows
+from distlab.plots import plot_partition
 from distlab.runs.directory import write_partition_record
 
 FAST = settings(max_examples=50, deadline=None)

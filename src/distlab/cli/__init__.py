@@ -374,43 +374,6 @@ def _show_status(progress: Progress, task: dict[str, Any], text: str | None) -> 
         task["status"].start()
 
 
-SUMMARY_ROWS = [
-    ("status", "status"),
-    ("strategy", "strategy"),
-    ("dataset", "dataset"),
-    ("model", "model"),
-    ("params", "params"),
-    ("workers", "workers"),
-    ("processes", "processes"),
-    ("seed", "seed"),
-    ("final accuracy", "final_accuracy"),
-    ("best accuracy", "best_accuracy"),
-    ("final test loss", "final_loss"),
-    ("steps", "steps"),
-    ("rounds", "rounds"),
-    ("wall seconds", "wall_seconds"),
-    ("startup seconds", "startup_seconds"),
-    ("train seconds", "train_seconds"),
-    ("samples/s", "samples_per_second"),
-    ("bytes/step measured", "bytes_per_step_measured"),
-    ("bytes/step analytic", "bytes_per_step_analytic"),
-    ("bytes/round logical", "bytes_per_round_logical"),
-    ("bytes/round measured", "bytes_per_round_measured"),
-    ("bytes/round analytic", "bytes_per_round_analytic"),
-    ("stale gradients dropped", "stale_gradients_dropped"),
-    ("averagings", "averagings"),
-    ("bytes/averaging measured", "bytes_per_averaging_measured"),
-    ("bytes/averaging analytic", "bytes_per_averaging_analytic"),
-    ("pipeline bubble measured", "bubble_measured"),
-    ("pipeline bubble analytic", "bubble_analytic"),
-    ("consensus distance", "consensus_distance"),
-    ("spectral gap", "spectral_gap"),
-    ("mean local accuracy", "local_accuracy_mean"),
-    ("worst local accuracy", "local_accuracy_worst"),
-    ("ensemble accuracy", "ensemble_accuracy"),
-    ("target accuracy", "target_accuracy"),
-    ("peak RSS MB", "peak_rss_mb"),
-]
 # Counts that are 0 only because the strategy does not have them (a fedavg run has no steps).
 HIDDEN_WHEN_ZERO = ("rounds", "steps")
 
@@ -419,7 +382,9 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None = None) -> None:
     table = Table(title="run summary", show_header=False)
     table.add_column("measure", style="bold")
     table.add_column("value", justify="right")
-    for label, key in SUMMARY_ROWS:
+    from distlab.api import summary_rows
+
+    for label, key in summary_rows(summary.get("strategy")):
         value = summary.get(key)
         if value is None or (value == 0 and key in HIDDEN_WHEN_ZERO):
             continue

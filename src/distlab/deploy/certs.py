@@ -61,9 +61,7 @@ def parse_server_names(text: str) -> list[str]:
         raise ValueError("--server-names needs at least one host name or IP address")
     for name in names:
         if not (is_ip(name) or is_dns_name(name)):
-            raise ValueError(
-                f"--server-names: {name!r} is neither a host name nor an IP address"
-            )
+            raise ValueError(f"--server-names: {name!r} is neither a host name nor an IP address")
     return names
 
 
@@ -148,8 +146,7 @@ def build_cert(x509, common_name, public_key, signer, issuer_cert, is_ca=False, 
     )
     if sans:
         alt = [
-            x509.IPAddress(ipaddress.ip_address(n)) if is_ip(n) else x509.DNSName(n)
-            for n in sans
+            x509.IPAddress(ipaddress.ip_address(n)) if is_ip(n) else x509.DNSName(n) for n in sans
         ]
         builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
         builder = builder.add_extension(

@@ -221,8 +221,9 @@ class SuperLink:
         )
         if result.returncode != 0 or '"success": false' in result.stdout:
             said = (result.stdout + result.stderr).strip().splitlines()
-            raise DeployError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed: "
-                              f"{' '.join(said[-3:])}")
+            raise DeployError(
+                f"flwr {args[0]} {args[1] if len(args) > 1 else ''} failed: {' '.join(said[-3:])}"
+            )
         return result.stdout
 
 
@@ -233,17 +234,27 @@ def start_superlink(
     the Control and ServerAppIo APIs on loopback only. Waits until its Control API answers."""
     argv = [
         flower_command("flower-superlink"),
-        "--fleet-api-address", f"{addresses.fleet_host}:{addresses.fleet_port}",
-        "--control-api-address", addresses.control,
-        "--serverappio-api-address", f"{LOOPBACK}:{addresses.serverappio_port}",
+        "--fleet-api-address",
+        f"{addresses.fleet_host}:{addresses.fleet_port}",
+        "--control-api-address",
+        addresses.control,
+        "--serverappio-api-address",
+        f"{LOOPBACK}:{addresses.serverappio_port}",
         "--disable-runtime-dependency-installation",
-        "--database", str(work / "superlink.db"),
+        "--database",
+        str(work / "superlink.db"),
     ]
     if insecure:
         argv.append("--insecure")
     else:
-        argv += ["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.server),
-                 "--ssl-keyfile", str(certs.server_key)]
+        argv += [
+            "--ssl-ca-certfile",
+            str(certs.ca),
+            "--ssl-certfile",
+            str(certs.server),
+            "--ssl-keyfile",
+            str(certs.server_key),
+        ]
     if auth:
         argv.append("--enable-supernode-auth")
     home = work / "flwr-home"
@@ -263,8 +274,13 @@ def start_superlink(
 def write_connection(home: Path, control: str, ca: Path | None) -> None:
     """FLWR_HOME/config.toml naming this SuperLink's Control API for the `flwr` calls."""
     home.mkdir(parents=True, exist_ok=True)
-    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
-             f'address = "{control}"']
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION}"',
+        "",
+        f"[superlink.{CONNECTION}]",
+        f'address = "{control}"',
+    ]
     lines.append(f'root-certificates = "{ca}"' if ca else "insecure = true")
     (home / "config.toml").write_text("\n".join(lines) + "\n")
 
@@ -323,17 +339,23 @@ def start_supernode(
 ) -> Managed:
     """A SuperNode for client `partition_id`: TLS with `ca` (None = insecure), node
     authentication with `key` (None = none); its ClientAppIo API on loopback only."""
-    node_config = [f"partition-id={partition_id}", f"num-partitions={num_partitions}",
-                   f"threads={threads}"]
+    node_config = [
+        f"partition-id={partition_id}",
+        f"num-partitions={num_partitions}",
+        f"threads={threads}",
+    ]
     if data_dir is not None:
         node_config.append(f'data-dir="{Path(data_dir).resolve()}"')
     if local_data:
         node_config.append('local-data="true"')
     argv = [
         flower_command("flower-supernode"),
-        "--superlink", server,
-        "--clientappio-api-address", f"{LOOPBACK}:{clientappio_port}",
-        "--node-config", " ".join(node_config),
+        "--superlink",
+        server,
+        "--clientappio-api-address",
+        f"{LOOPBACK}:{clientappio_port}",
+        "--node-config",
+        " ".join(node_config),
     ]
     argv += ["--insecure"] if ca is None else ["--root-certificates", str(ca)]
     if key is not None:

@@ -47,23 +47,9 @@ BANDWIDTH = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([kmgt])(?:bit|bps)", re.IGNORECAS
 PER_SECOND = {"ns": 1e9, "us": 1e6, "µs": 1e6, "μs": 1e6, "ms": 1e3, "s": 1.0}
 LATENCY = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s)", re.IGNORECASE)
 
+
 # Which communication pattern each strategy's traffic follows. A table here, not a branch
 # per strategy elsewhere: a new strategy with one of these patterns is one line.
-PATTERNS = {
-    "allreduce": "ring",
-    "ddp": "ring",  # DDP's gloo and NCCL backends allreduce in a ring
-    "local-sgd": "local-ring",
-    "param-server": "server",
-    "fedavg": "fedavg",
-    "gossip": "gossip",
-}
-NO_MODEL = {
-    "centralized": "one process exchanges nothing: there is no network to model",
-    "hogwild": "Hogwild shares one model in one machine's memory: no network to model",
-    "pipeline": "pipeline stages pass activations, whose sizes this model does not know",
-}
-
-
 class NoModel(ValueError):
     """A run the model cannot price; its message is the reason shown instead of rows."""
 
@@ -213,14 +199,13 @@ class Workload:
 
 def workload(s: dict[str, Any]) -> Workload:
     """The run's workload, or NoModel with the reason it has none."""
-    strategy = s.get("strategy")
-    if strategy in NO_MODEL:
-        raise NoModel(NO_MODEL[strategy])
-    if strategy not in PATTERNS:
-        raise NoModel(f"no network model for strategy {strategy!r}")
+    from distlab.api import network_model  # the strategy's spec says which pattern
+
+    pattern, reason = network_model(s.get("strategy"))
+    if pattern is None:
+        raise NoModel(reason)
     if s.get("status") != "completed":
         raise NoModel(f"run {s.get('status') or 'status unknown'}: no measured step time")
-    pattern = PATTERNS[strategy]
     return federated(s) if pattern == "fedavg" else data_parallel(s, STEP_COMM[pattern])
 
 

@@ -87,8 +87,9 @@ class FlowerExecutor:
         nodes = sorted(live - self.asked)
         if not nodes:
             return live
-        messages = [self.message(node, QUERY, {"config": self.config_json}, "query")
-                    for node in nodes]
+        messages = [
+            self.message(node, QUERY, {"config": self.config_json}, "query") for node in nodes
+        ]
         replies = self.grid.send_and_receive(messages, timeout=self.settings.round_timeout)
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         for reply in replies:
@@ -97,8 +98,7 @@ class FlowerExecutor:
                 continue
             self.asked.add(node)
             if reply.has_error():
-                self.recorder.emit("client", node=node, status="refused",
-                                   reason=reply.error.reason)
+                self.recorder.emit("client", node=node, status="refused", reason=reply.error.reason)
                 continue
             info = dict(reply.content[RECORD])
             self.join(node, info)
@@ -108,13 +108,22 @@ class FlowerExecutor:
         client = int(info["partition_id"])
         if not 0 <= client < self.settings.clients or client in self.clients:
             why = "already connected" if client in self.clients else "outside the federation"
-            self.recorder.emit("client", client=client, node=node, status="refused",
-                               reason=f"partition id {client} {why}")
+            self.recorder.emit(
+                "client",
+                client=client,
+                node=node,
+                status="refused",
+                reason=f"partition id {client} {why}",
+            )
             return
-        self.clients[client] = ClientNode(node, str(info.get("address", "")),
-                                          last_seen=time.time())
-        self.recorder.emit("client", client=client, node=node, status="connected",
-                           address=self.clients[client].address)
+        self.clients[client] = ClientNode(node, str(info.get("address", "")), last_seen=time.time())
+        self.recorder.emit(
+            "client",
+            client=client,
+            node=node,
+            status="connected",
+            address=self.clients[client].address,
+        )
 
     # --- one round ------------------------------------------------------------------------
 
@@ -196,8 +205,7 @@ class FlowerExecutor:
         content = {RECORD: ConfigRecord(settings)}
         if arrays is not None:
             content["params"] = ArrayRecord(numpy_ndarrays_named(arrays))
-        return Message(RecordDict(content), dst_node_id=node, message_type=kind,
-                       group_id=group)
+        return Message(RecordDict(content), dst_node_id=node, message_type=kind, group_id=group)
 
     def close(self) -> None:
         pass

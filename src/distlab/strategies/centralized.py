@@ -33,4 +33,12 @@ def run(ctx: WorkerContext, params: Params) -> None:
     train_epochs(ctx, model, local_step(model, opt), sampler_schedule(ctx, 0, 1), keep=keep)
 
 
-SPEC = StrategySpec("centralized", Params, run, processes=single_process, check=check)
+SPEC = StrategySpec(
+    "centralized",
+    Params,
+    run,
+    processes=single_process,
+    check=check,
+    network=None,
+    no_network="one process exchanges nothing: there is no network to model",
+)

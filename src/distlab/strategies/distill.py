@@ -467,4 +467,9 @@ SPEC = StrategySpec(
     comm_analysis=no_comm_analysis,
     batch_meaning=batch_meaning,
     extra_summary=distill_summary,
+    network=None,
+    summary_rows=(
+        ("ensemble accuracy", "ensemble_accuracy"),
+        ("target accuracy", "target_accuracy"),
+    ),
 )

@@ -64,9 +64,7 @@ class Params(StrategyBase):
     local_batch: int | Literal["full"] | None = None
     """Local batch B: a size, 'full' (the whole local set; with E=1 this is FedSGD), or
     None = the run's batch_size."""
-    executor: Literal["auto", "processes", "vectorized", "sequential", "flower", "serial"] = (
-        "auto"
-    )
+    executor: Literal["auto", "processes", "vectorized", "sequential", "flower", "serial"] = "auto"
     """Where clients train: processes (server on rank 0, clients on ranks 1..workers),
     vectorized (one process, all sampled clients at once), sequential (one process, one
     client after another, as a host does), flower (SuperNodes of Flower's deployment
@@ -352,7 +350,11 @@ def start_flower(setup: ClientSetup) -> Executor:
     if "grid" not in shared:
         raise ValueError("executor flower runs under distlab deploy server or deploy local")
     executor = FlowerExecutor(
-        shared["grid"], Layout.of(setup.model), ctx.cfg.to_json(), ctx.recorder, ctx.comm,
+        shared["grid"],
+        Layout.of(setup.model),
+        ctx.cfg.to_json(),
+        ctx.recorder,
+        ctx.comm,
         shared["flower"],
     )
     executor.connect()
@@ -427,10 +429,12 @@ EXECUTORS: dict[str, ExecutorKind] = {
     "processes": ExecutorKind(server_and_hosts, check_hosts, start_processes, host_processes),
     "vectorized": ExecutorKind(one_process, check_one_process, start_vectorized),
     "sequential": ExecutorKind(one_process, check_one_process, ClientSetup.sequential),
-    "flower": ExecutorKind(one_process, check_one_process, start_flower, launcher="deployed",
-                           summary=deployed_summary),  # fmt: skip
-    "serial": ExecutorKind(one_process, check_serial, start_serial,
-                           check_data=check_serial_data),  # fmt: skip
+    "flower": ExecutorKind(
+        one_process, check_one_process, start_flower, launcher="deployed", summary=deployed_summary
+    ),  # fmt: skip
+    "serial": ExecutorKind(
+        one_process, check_serial, start_serial, check_data=check_serial_data
+    ),  # fmt: skip
 }
 
 
@@ -584,5 +588,10 @@ SPEC = StrategySpec(
     part_holder="client",
     steps=round_count,
     launcher=launcher,
+    network="fedavg",
+    summary_rows=(
+        ("bytes/round logical", "bytes_per_round_logical"),
+        ("bytes/round measured", "bytes_per_round_measured"),
+    ),
     check_data=check_data,
 )

@@ -643,4 +643,13 @@ SPEC = StrategySpec(
     batch_meaning=batch_meaning,
     extra_summary=gossip_summary,
     uses_partition=True,  # a non-IID --partition gives each worker its own part
+    network="gossip",
+    summary_rows=(
+        ("bytes/round measured", "bytes_per_round_measured"),
+        ("bytes/round analytic", "bytes_per_round_analytic"),
+        ("consensus distance", "consensus_distance"),
+        ("spectral gap", "spectral_gap"),
+        ("mean local accuracy", "local_accuracy_mean"),
+        ("worst local accuracy", "local_accuracy_worst"),
+    ),
 )

@@ -258,4 +258,6 @@ SPEC = StrategySpec(
     batch_meaning=batch_meaning,
     extra_summary=all_workers_summary,
     launcher="shared",
+    network=None,
+    no_network="Hogwild shares one model in one machine's memory: no network to model",
 )

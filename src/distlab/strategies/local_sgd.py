@@ -386,4 +386,10 @@ SPEC = StrategySpec(
     batch_meaning=batch_meaning,
     extra_summary=averaging_summary,
     uses_partition=True,  # a non-IID --partition gives each worker its own part
+    network="local-ring",
+    summary_rows=(
+        ("averagings", "averagings"),
+        ("bytes/averaging measured", "bytes_per_averaging_measured"),
+        ("bytes/averaging analytic", "bytes_per_averaging_analytic"),
+    ),
 )

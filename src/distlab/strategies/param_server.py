@@ -266,4 +266,6 @@ SPEC = StrategySpec(
     check=check,
     comm_analysis=comm_analysis,
     extra_summary=stale_summary,
+    network="server",
+    summary_rows=(("stale gradients dropped", "stale_gradients_dropped"),),
 )

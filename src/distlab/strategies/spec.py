@@ -185,6 +185,11 @@ class StrategySpec:
     - uses_partition: whether the `partition` config divides the data (federated strategies).
     - part_holder: who holds a part of the data, in partition.json and its figure: "worker"
       (data parallel), "client" (federated).
+    - network: how the what-if network model prices its exchanges: "ring" (an allreduce
+      per step), "local-ring" (one every few steps), "server", "fedavg" or "gossip"; None
+      where it has no model, and no_network says why.
+    - summary_rows: (label, summary key) of the strategy's own figures, in the order the
+      run's table shows them after the shared ones.
     - launcher: "auto" (inline for one process, spawn for more, or the external launcher
       that started the processes); a strategy with other needs names its own launcher,
       or gives launcher(cfg) when it depends on the config ("deployed": the run is started
@@ -206,10 +211,19 @@ class StrategySpec:
     uses_partition: bool = False
     part_holder: str = "worker"
     launcher: str | Callable[[RunConfig], str] = "auto"
+    network: str | None = "ring"
+    no_network: str = ""
+    summary_rows: tuple[tuple[str, str], ...] = ()
     steps: Callable[[RunConfig, np.ndarray], int | None] | None = None
 
     def launcher_for(self, cfg: RunConfig) -> str:
         return self.launcher(cfg) if callable(self.launcher) else self.launcher
+
+    def network_model(self) -> tuple[str | None, str]:
+        """The what-if pattern, or None and the reason there is none."""
+        if self.network is not None:
+            return self.network, ""
+        return None, self.no_network or f"no network model for strategy {self.name!r}"
 
     def walks_sampler(self) -> bool:
         """Whether the workers share the data through --sampler (the data-parallel default)."""

@@ -69,8 +69,8 @@ def summary_from_events(run_dir: Path, status: str) -> dict[str, Any]:
     give (train seconds without the end of training, comm totals without the ranks' last
     word)."""
     from distlab.config import validate_config
-    from distlab.runs.events import merge_events
     from distlab.runs.directory import read_json
+    from distlab.runs.events import merge_events
     from distlab.strategies import get_spec
     from distlab.summary import summarize
 

@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 
 from distlab.config import RunConfig
 from distlab.data.datasets import Dataset, load_dataset
-from distlab.runs.events import EventTail
 from distlab.models import build_model
+from distlab.runs.events import EventTail
 from distlab.runtime.comm import Communicator
 from distlab.runtime.failures import WORKER_NAME
 from distlab.runtime.launchers.spawn import (

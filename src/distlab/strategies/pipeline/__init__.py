@@ -200,4 +200,10 @@ SPEC = StrategySpec(
     comm_analysis=no_comm_analysis,
     batch_meaning=batch_meaning,
     extra_summary=pipeline_summary,
+    network=None,
+    no_network="pipeline stages pass activations, whose sizes this model does not know",
+    summary_rows=(
+        ("pipeline bubble measured", "bubble_measured"),
+        ("pipeline bubble analytic", "bubble_analytic"),
+    ),
 )
