@@ -104,7 +104,16 @@ class RunPaths:
         return self.events_dir / f"rank-{rank}.jsonl"
 
     def rank_event_files(self) -> list[Path]:
-        return sorted(self.events_dir.glob("rank-*.jsonl"))
+        """events/rank-R.jsonl of every rank so far, in rank order (rank-2 before rank-10)."""
+        ranks = self.events_dir.glob("rank-*.jsonl")
+        return sorted(ranks, key=lambda p: (len(p.name), p.name))
+
+    def event_files(self) -> list[Path]:
+        """Where the run's events are: the merged file once the run is finished, else every
+        rank's own file."""
+        if self.summary.is_file() and self.merged_events.is_file():
+            return [self.merged_events]
+        return self.rank_event_files()
 
     def rank_error(self, rank: int) -> Path:
         """errors/rank-R.json: what a failed rank reported."""
@@ -141,14 +150,15 @@ def prepare_run_dir(cfg: RunConfig, overwrite: bool = False) -> Path:
         run_dir = unique_dir(out, name)
     elif run_dir.exists() and not overwrite:
         raise ValueError(f"run directory {str(run_dir)!r} exists (use --overwrite to replace it)")
-    elif run_dir.exists() and not (run_dir / "config.json").is_file():
+    elif run_dir.exists() and not is_run_dir(run_dir):
         # --overwrite deletes the directory: never one that is not a run (a typo in --name).
         raise ValueError(f"{str(run_dir)!r} is not a run directory; --overwrite replaces runs only")
     check_writable(out)
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    (run_dir / "events").mkdir(parents=True)
-    (run_dir / "config.json").write_text(cfg.to_json() + "\n")
+    paths = RunPaths(run_dir)
+    paths.events_dir.mkdir(parents=True)
+    paths.config.write_text(cfg.to_json() + "\n")
     return run_dir
 
 
@@ -191,11 +201,84 @@ def read_json(path: Path) -> dict[str, Any]:
 def load_run(path: str | Path) -> RunResult:
     """Read a run directory written by `distlab.run`."""
     run_dir = Path(path)
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        raise ValueError(f"{str(run_dir)!r} is not a finished run directory (no summary.json)")
-    summary, config = read_json(summary_file), read_json(run_dir / "config.json")
-    return RunResult(run_dir, summary, read_events(run_dir / "events.jsonl"), config)
+    paths = RunPaths(run_dir)
+    if not paths.summary.is_file():
+        raise ValueError(f"{str(run_dir)!r} is not a finished run directory (no {SUMMARY})")
+    summary, config = read_json(paths.summary), read_json(paths.config)
+    return RunResult(run_dir, summary, read_events(paths.merged_events), config)
+
+
+# --- finding runs and sweeps ---------------------------------------------------------------
+
+
+def is_run_dir(path: str | Path, finished: bool = False) -> bool:
+    """Whether `path` is a run directory: it has config.json, written before any process
+    starts, so a live run is one too. `finished` asks also for summary.json, which the
+    run writes last (a report inside a sweep has a summary of its own and is no run)."""
+    paths = RunPaths(Path(path))
+    return paths.config.is_file() and (not finished or paths.summary.is_file())
+
+
+def subdirs(path: str | Path) -> list[Path]:
+    """Visible subdirectories, sorted; none when the folder cannot be read."""
+    try:
+        return sorted(p for p in Path(path).iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def runs_in(folder: str | Path, finished: bool = False) -> list[Path]:
+    """The run directories directly inside `folder` (a sweep's cells, a folder of runs),
+    sorted by name."""
+    return [p for p in subdirs(folder) if is_run_dir(p, finished)]
+
+
+def find_runs(root: str | Path, finished: bool = False) -> list[tuple[Path, str | None]]:
+    """Run directories under root, each with the relative path of the folder holding them
+    (a sweep's, or None at the top): root itself when it is a run, else its run directories
+    and those one level further down."""
+    root = Path(root)
+    if is_run_dir(root, finished):
+        return [(root, None)]
+    found: list[tuple[Path, str | None]] = []
+    for child in subdirs(root):
+        if is_run_dir(child, finished):
+            found.append((child, None))
+            continue
+        group = child.relative_to(root).as_posix()
+        found += [(inner, group) for inner in runs_in(child, finished)]
+    return found
+
+
+def read_json_or_none(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object, or None when the file is missing, half written or not an object: for
+    readers that follow directories other processes are still writing."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def sweep_file(root: str | Path) -> Path:
+    """A sweep directory's record of its plan and each cell's outcome."""
+    return Path(root) / SWEEP
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    return sweep_file(path).is_file()
+
+
+def load_sweep(root: str | Path) -> dict[str, Any] | None:
+    """A sweep directory's record (name, base, cells with their status); None when `root`
+    holds no readable one."""
+    return read_json_or_none(sweep_file(root))
+
+
+def find_sweeps(root: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The sweep directories directly inside root, sorted, each with its record."""
+    found = [(child, load_sweep(child)) for child in subdirs(root)]
+    return [(child, record) for child, record in found if record is not None]
 
 
 def partition_record(p: Partition) -> dict[str, Any]:
@@ -227,7 +310,7 @@ def write_partition_json(run_dir: str | Path, partition: Partition) -> Path:
     """Write run_dir/partition.json, the record of who trains on what; returns its path."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "partition.json"
+    path = RunPaths(run_dir).partition_json
     path.write_text(json.dumps(partition_record(partition), indent=2) + "\n")
     return path
 
@@ -236,8 +319,8 @@ def write_partition_plot(run_dir: str | Path) -> Path | None:
     """Draw run_dir/partition.png (stacked bars) from run_dir/partition.json; None when the
     run has no partition record. A run draws it once it has trained: matplotlib and the
     drawing cost about half a second that would otherwise delay the first step."""
-    run_dir = Path(run_dir)
-    source = run_dir / "partition.json"
+    paths = RunPaths(Path(run_dir))
+    source = paths.partition_json
     if not source.is_file():
         return None
     record = read_json(source)
@@ -245,7 +328,7 @@ def write_partition_plot(run_dir: str | Path) -> Path | None:
 
     holder = record.get("holder") or "client"  # records written before holders were named
     counts, title = np.asarray(record["counts"]), partition_title(record)
-    return plot_partition(counts, run_dir / "partition.png", "bar", title, holder)
+    return plot_partition(counts, paths.partition_png, "bar", title, holder)
 
 
 def partition_title(record: dict[str, Any]) -> str:
