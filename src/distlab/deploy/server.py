@@ -22,6 +22,8 @@ from distlab.deploy.app import write_app
 from distlab.deploy.certs import CertPaths, check_node_pub, check_server_certs
 from distlab.deploy.serverapp import DONE_FILE, JOB_FILE
 from distlab.resume import reopen_run_dir, resumable_run
+from distlab.runs.directory import RunPaths, load_run
+from distlab.runs.events import EventTail
 
 # How often the watcher looks at the ServerApp's marker, and asks Flower for the run's state
 # (a ServerApp that died before it could write the marker).
@@ -105,7 +107,7 @@ class Prepared:
     @property
     def work(self) -> Path:
         """Where the Flower processes keep their state and logs: the run's deploy/."""
-        return self.run_dir / "deploy"
+        return RunPaths(self.run_dir).deploy
 
 
 def prepare(
@@ -131,7 +133,7 @@ def prepare(
         run_dir = api.prepare(cfg, overwrite, split, None)
     else:
         checkpoint = resumed.checkpoint_for(1)
-        shutil.rmtree(resumed.run_dir / "deploy", ignore_errors=True)  # the last SuperLink's
+        shutil.rmtree(RunPaths(resumed.run_dir).deploy, ignore_errors=True)  # the last SuperLink's
         run_dir = reopen_run_dir(resumed.run_dir, checkpoint)
         start -= checkpoint.seconds(0)
     job = write_job(cfg, run_dir, start, options)
@@ -147,7 +149,7 @@ def check_certs(root: Path | None) -> CertPaths:
 
 
 def write_job(cfg, run_dir: Path, start: float, options: ServerOptions) -> Path:
-    deploy = run_dir / "deploy"
+    deploy = RunPaths(run_dir).deploy
     deploy.mkdir(exist_ok=True)
     job = {
         "config": json.loads(cfg.to_json()),
@@ -229,14 +231,15 @@ def check_run_state(link: P.SuperLink, run_id: int, done: Path) -> None:
 
 
 def watcher(run_dir: Path, clients: list[P.Managed], say) -> Callable[[], None]:
-    """What the command does while it waits: say the run's progress, and each local
+    """What the command does while it waits: say the run's progress (each round, eval and
+    lost client of the ServerApp's events, which go on in another process), and each local
     SuperNode that exits (once)."""
-    tail = EventTail(run_dir, say) if say is not None else None
+    tail = None if say is None else EventTail(RunPaths(run_dir).rank_events(0), say_event(say))
     gone: set[str] = set()
 
     def watch() -> None:
         if tail is not None:
-            tail()
+            tail.poll()
         for proc in clients:
             if not proc.alive() and proc.name not in gone:
                 gone.add(proc.name)
@@ -246,29 +249,15 @@ def watcher(run_dir: Path, clients: list[P.Managed], say) -> Callable[[], None]:
     return watch
 
 
-class EventTail:
-    """Follows the ServerApp's event file and says each round, eval and lost client as a
-    line (the command's progress while the run goes on in another process)."""
+def say_event(say: Callable[[str], None]) -> Callable[[dict], None]:
+    """An event handler that says the events worth a line."""
 
-    def __init__(self, run_dir: Path, say: Callable[[str], None]) -> None:
-        self.path = run_dir / "events" / "rank-0.jsonl"
-        self.say, self.offset, self.partial = say, 0, ""
+    def on_event(event: dict) -> None:
+        said = event_line(event)
+        if said:
+            say(said)
 
-    def __call__(self) -> None:
-        try:
-            with open(self.path) as f:
-                f.seek(self.offset)
-                text = f.read()
-                self.offset = f.tell()
-        except OSError:
-            return
-        lines = (self.partial + text).split("\n")
-        self.partial = lines.pop()
-        for line in lines:
-            if line.strip():
-                said = event_line(json.loads(line))
-                if said:
-                    self.say(said)
+    return on_event
 
 
 def event_line(event: dict) -> str | None:
@@ -310,7 +299,6 @@ def serve(
     federation, the SuperNodes `start_clients` starts) stopped whatever happens, their
     logs in the run's deploy/logs, summary.json written with the status. Ctrl-C and
     SIGTERM stop it as they stop `distlab run`."""
-    from distlab.runs.directory import load_run
     from distlab.runtime import launch
     from distlab.runtime.failures import RunFailed
 

@@ -1,9 +1,10 @@
 """The run directory: create it, write its records, read it back.
 
 `OUT_DIR/NAME/` holds config.json, events/ (one JSONL file per rank while the run is live),
-events.jsonl (merged), summary.json, model.pt, partition.json and partition.png, and
-errors/ (one report per failed rank). Everything that reads runs (report, show, sweeps)
-goes through `load_run` here, never through the API that launches them.
+events.jsonl (merged), summary.json, model.pt, partition.json and partition.png, errors/
+(one report per failed rank) and, for a deployed run, deploy/. Everything that reads runs
+(report, show, sweeps, the dashboard) finds and loads them here (`is_run_dir`, `find_runs`,
+`load_run`, `load_sweep`), never through the API that launches them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ RESUME = "resume.json"
 FAULT = "fault.json"
 ELASTIC = "elastic.json"
 ERRORS_DIR = "errors"
+DEPLOY_DIR = "deploy"  # a deployed run's job, app bundle and Flower logs
 # Files of a folder of runs: a sweep's plan, a search's plan, a report's repeats.
 SWEEP = "sweep.json"
 TUNE = "tune.json"
@@ -98,6 +100,10 @@ class RunPaths:
     @property
     def errors_dir(self) -> Path:
         return self.root / ERRORS_DIR
+
+    @property
+    def deploy(self) -> Path:
+        return self.root / DEPLOY_DIR
 
     def rank_events(self, rank: int) -> Path:
         """events/rank-R.jsonl: one rank's events while the run is live."""
