@@ -13,10 +13,10 @@ from tests.unit.test_files import mnist_arrays, write_mnist_dir
 from distlab.config import validate_config
 from distlab.data.datasets import load_dataset
 from distlab.deploy.clientapp import answer_query, answer_train
+from distlab.federated.clients import client_data, local_spec
 from distlab.federated.flower import RECORD, FlowerExecutor, FlowerSettings
 from distlab.federated.types import Layout
 from distlab.models import build_model
-from distlab.strategies.fedavg import client_data, local_spec
 from distlab.training import flat_params
 
 

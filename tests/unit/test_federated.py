@@ -16,6 +16,7 @@ from distlab.federated.clients import (
     split_clients,
     train_client,
 )
+from distlab.federated.executors import EXECUTORS
 from distlab.federated.optimizers import SERVER_OPTIMIZERS, ServerOptimizer, ServerOptions
 from distlab.federated.processes import client_hosts
 from distlab.federated.server import (
@@ -32,7 +33,7 @@ from distlab.federated.types import Layout, Updates
 from distlab.federated.vectorized import VectorTrainer, pad_schedules
 from distlab.models import build_model
 from distlab.strategies.aggregate import AGGREGATORS, StreamingMean
-from distlab.strategies.fedavg import EXECUTORS, SERVER_OPTIMIZER, Params, make_server_step
+from distlab.strategies.fedavg import SERVER_OPTIMIZER, Params, make_server_step
 from distlab.training import flat_params
 
 

@@ -89,11 +89,10 @@ def read_config(message):
 
 def train_round(cfg, client: int, round_: int, arrays, context):
     """(named parameters, samples, mean loss, accuracy on the client's validation samples)."""
-    from distlab.federated.clients import client_batches, train_client
+    from distlab.federated.clients import client_batches, local_spec, train_client
     from distlab.federated.evaluation import local_accuracy
     from distlab.federated.types import Layout
     from distlab.models import build_model
-    from distlab.strategies.fedavg import local_spec
 
     data, own = client_samples(cfg, client, context)
     model = build_model(cfg.model, data.input_shape, data.classes, cfg.seed)
@@ -115,8 +114,7 @@ def train_round(cfg, client: int, round_: int, arrays, context):
 def client_samples(cfg, client: int, context):
     """The dataset and this client's (train, held-out) indices as a one-client ClientData."""
     from distlab.data.datasets import load_dataset
-    from distlab.federated.clients import ClientData, split_clients
-    from distlab.strategies.fedavg import data_partition
+    from distlab.federated.clients import ClientData, client_partition, split_clients
 
     data_dir = node_setting(context, "data-dir") or cfg.data_dir
     data = load_dataset(cfg.dataset, data_dir, False)
@@ -125,7 +123,7 @@ def client_samples(cfg, client: int, context):
         everything = np.arange(len(data.y_train))
         own = split_clients([everything], fraction, cfg.seed)
         return data, own
-    parts = data_partition(cfg, data.y_train.numpy())  # as every in-process rank computes it
+    parts = client_partition(cfg, data.y_train.numpy())  # as every in-process rank computes it
     both = split_clients(parts.indices, fraction, cfg.seed)
     return data, ClientData([both.train[client]], [both.test[client]])
 

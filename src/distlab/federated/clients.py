@@ -1,19 +1,28 @@
 """Virtual clients: their data split, their batch schedule and sequential local training.
 
 A client is only its partition indices between rounds; a model exists for it while it trains.
-Both executors draw a client's batches from `client_batches`, so they train on the same data
-in the same order.
+Every executor, and a deployed client (deploy/clientapp.py), draws a client's batches from
+`client_batches` and reads its data and local training from the run's config here
+(`client_partition`, `client_data`, `local_spec`), so they train on the same data in the same
+order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from distlab.data.partition import partition
 from distlab.training import compute_gradients, flat_params, make_optimizer, set_flat_params
+
+if TYPE_CHECKING:
+    from distlab.config import RunConfig
+    from distlab.data.partition import Partition
+    from distlab.runtime.context import WorkerContext
 
 # Stream tags that keep the generators of different purposes apart under one run seed.
 BATCH_STREAM = 1
@@ -47,6 +56,19 @@ def split_clients(parts: list[np.ndarray], test_fraction: float, seed: int) -> C
     return ClientData(train, test)
 
 
+def client_partition(cfg: RunConfig, labels: np.ndarray) -> Partition:
+    """The clients' partition (before local test splits), for partition.json. Every rank and
+    every deployed client computes it from the seed: no messages."""
+    return partition(labels, cfg.strategy.clients, cfg.partition, cfg.seed)
+
+
+def client_data(ctx: WorkerContext, params) -> ClientData:
+    """Every client's train and held-out indices; `params` is the run's federated strategy
+    parameters (its local_test_fraction)."""
+    parts = client_partition(ctx.cfg, ctx.labels())
+    return split_clients(parts.indices, params.local_test_fraction, ctx.cfg.seed)
+
+
 def local_steps(size: int, batch: int | None, epochs: int) -> int:
     """Optimizer steps one client takes in a round; batch None = the whole local set."""
     per_epoch = 1 if batch is None else -(-size // batch)
@@ -76,6 +98,19 @@ class LocalSpec:
     batch: int | None
     epochs: int
     mu: float = 0.0
+
+
+def local_spec(cfg: RunConfig) -> LocalSpec:
+    """How a client of a federated run trains: FedSGD takes one full-batch step, FedProx adds
+    its mu, the others train local_epochs of local_batch (or the run's batch_size)."""
+    p = cfg.strategy
+    if p.algorithm == "fedsgd" or p.local_batch == "full":
+        batch = None
+    else:
+        batch = p.local_batch or cfg.batch_size
+    return LocalSpec(
+        cfg.optimizer, batch, p.local_epochs, p.mu if p.algorithm == "fedprox" else 0.0
+    )
 
 
 def train_client(

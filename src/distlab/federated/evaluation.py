@@ -32,6 +32,12 @@ def local_accuracy(model: nn.Module, data: ClientData, x: torch.Tensor, y: torch
     return np.where(counts > 0, correct / np.maximum(counts, 1), np.nan)
 
 
+def nanmean(values: np.ndarray) -> float | None:
+    """The mean of the finite per-client values, to 6 digits; None when there are none."""
+    finite = values[np.isfinite(values)]
+    return round(float(finite.mean()), 6) if len(finite) else None
+
+
 def finetune_schedule(train: np.ndarray, batch: int | None, steps: int, seed: int, client: int):
     """The first `steps` local batches of a client, drawn from their own stream (round 0)."""
     epochs = -(-steps // max(local_steps(len(train), batch, 1), 1))

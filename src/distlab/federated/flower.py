@@ -18,11 +18,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from distlab.federated.types import Layout, Updates
+
+if TYPE_CHECKING:
+    from distlab.federated.executors import ClientSetup
 
 QUERY = "query"
 TRAIN = "train"
@@ -243,3 +247,23 @@ def deployed_summary(lead: list[dict]) -> dict:
     if not joined:
         return {"workers": None, "processes": None}
     return {"workers": len(joined), "processes": len(joined) + 1}
+
+
+def start_flower(setup: ClientSetup) -> FlowerExecutor:
+    """The executor table's entry (executors.py). The Grid and timeouts come from the
+    ServerApp that runs this rank (deploy/serverapp.py); it waits for every client's
+    SuperNode before round 1."""
+    ctx = setup.ctx
+    shared = ctx.shared or {}
+    if "grid" not in shared:
+        raise ValueError("executor flower runs under distlab deploy server or deploy local")
+    executor = FlowerExecutor(
+        shared["grid"],
+        Layout.of(setup.model),
+        ctx.cfg.to_json(),
+        ctx.recorder,
+        ctx.comm,
+        shared["flower"],
+    )
+    executor.connect()
+    return executor

@@ -10,12 +10,18 @@ through the Communicator, so it is counted.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from distlab.federated.sequential import SequentialExecutor
+from distlab.federated.sequential import SequentialExecutor, start_sequential
 from distlab.federated.types import Layout, Updates
 from distlab.runtime.comm import Communicator
+
+if TYPE_CHECKING:
+    from distlab.config import RunConfig
+    from distlab.federated.executors import ClientSetup
 
 SERVER = 0
 STOP = -1
@@ -97,3 +103,31 @@ def host_clients(comm: Communicator, local: SequentialExecutor, on_checkpoint=No
         out[:, size + 1] = torch.from_numpy(updates.losses)
         comm.send(out, SERVER)
         done += count
+
+
+# --- the executor table's entry (executors.py) -------------------------------------------------
+
+
+def check_hosts(cfg: RunConfig) -> None:
+    """Each host needs a client."""
+    clients = cfg.strategy.clients
+    if cfg.workers > clients:
+        raise ValueError(
+            f"--workers ({cfg.workers}) must be <= clients ({clients}): each host needs a client"
+        )
+
+
+def start_processes(setup: ClientSetup) -> ProcessExecutor:
+    owner = client_hosts(setup.ctx.cfg.strategy.clients, setup.ctx.world - 1)
+    return ProcessExecutor(setup.ctx.comm, owner, Layout.of(setup.model))
+
+
+def host_processes(setup: ClientSetup) -> int:
+    """A client host's life: train what the server sends until it says stop."""
+    ctx = setup.ctx
+    ctx.restore({})  # a host keeps no state between rounds: its counters and recorder
+
+    def on_checkpoint(round_: int) -> None:
+        ctx.save_checkpoint(round_, "round", {}, {"round": round_})
+
+    return host_clients(ctx.comm, start_sequential(setup), on_checkpoint)

@@ -8,12 +8,17 @@ bit in one process: the reference the vectorized executor is checked against.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
 
 from distlab.federated.clients import ClientData, LocalSpec, client_batches, train_client
 from distlab.federated.types import Layout, Updates
+
+if TYPE_CHECKING:
+    from distlab.federated.executors import ClientSetup
 
 
 class SequentialExecutor:
@@ -46,3 +51,9 @@ class SequentialExecutor:
 
     def close(self) -> None:
         pass
+
+
+def start_sequential(setup: ClientSetup) -> SequentialExecutor:
+    """The executor table's entry (executors.py), and what each process host runs."""
+    x, y = setup.ctx.data.x_train, setup.ctx.data.y_train
+    return SequentialExecutor(setup.model, setup.data, setup.spec, x, y, setup.ctx.cfg.seed)

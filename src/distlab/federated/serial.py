@@ -7,19 +7,27 @@ one thread each. The model is binary logistic regression (`logreg` on a two-clas
 one weight per feature and a bias). A board that stops answering is a lost client, named
 with the driver's error, and is not asked again; the round goes on when min_clients allows.
 Every byte on the wire is counted in the Communicator, so traffic is measured as for the
-other executors.
+other executors. The board rules (line speed, firmware toolchain, the model a board holds)
+are checked here before any board is opened.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from distlab.federated.clients import ClientData, LocalSpec
 from distlab.federated.types import Layout, Updates
+
+if TYPE_CHECKING:
+    from distlab.config import RunConfig
+    from distlab.federated.executors import ClientSetup
 
 
 class SerialExecutor:
@@ -142,3 +150,74 @@ def open_boards(cfg) -> tuple[list, object]:
             simulated.stop()
         raise
     return boards, simulated
+
+
+# --- the executor table's entry (executors.py) -------------------------------------------------
+
+
+def check_serial(cfg: RunConfig) -> None:
+    """Board i hosts client i, and a board runs plain SGD on the logistic loss."""
+    edge, p = cfg.edge, cfg.strategy
+    if edge.boards and edge.ports:
+        raise ValueError("give edge.boards (simulated) or edge.ports (real boards), not both")
+    count = edge.boards or len(edge.ports)
+    if not count:
+        raise ValueError(
+            "executor serial needs boards: --set edge.boards=N (simulated) or "
+            "--set edge.ports=[/dev/ttyACM0,...]"
+        )
+    if count != p.clients:
+        raise ValueError(f"each board hosts one client: {count} boards for {p.clients} clients")
+    check_line(cfg)
+    opt = cfg.optimizer
+    if opt.name != "sgd" or opt.momentum or opt.weight_decay:
+        raise ValueError("a board trains with plain SGD: optimizer sgd, no momentum or decay")
+    if p.mu:
+        raise ValueError("a board has no proximal term: strategy.mu must be 0 with executor serial")
+
+
+def check_line(cfg: RunConfig) -> None:
+    """The line speed is one the firmware is built for; simulated boards need the firmware
+    and simavr toolchain, real ones their ports."""
+    from distlab.edge.protocol import BAUD_RATES
+
+    edge = cfg.edge
+    if edge.baud not in BAUD_RATES:
+        allowed = ", ".join(map(str, BAUD_RATES))
+        raise ValueError(f"edge.baud must be one of {allowed} (got {edge.baud})")
+    if edge.boards:
+        from distlab.edge.toolchain import FIRMWARE_NEEDS, RUNNER_NEEDS, missing_message
+
+        problem = missing_message(FIRMWARE_NEEDS + RUNNER_NEEDS)
+        if problem:
+            raise ValueError(f"simulated boards: building the firmware and simavr runner {problem}")
+    missing = [port for port in edge.ports if not os.path.exists(port)]
+    if missing:
+        raise ValueError(f"edge.ports: {missing[0]} does not exist")
+
+
+def check_serial_data(cfg: RunConfig, data) -> None:
+    """The board's model: binary logistic regression on at most MAX_FEATURES features."""
+    from distlab.edge.protocol import MAX_FEATURES
+
+    features = math.prod(data.input_shape)
+    if cfg.model != "logreg" or data.classes != 2:
+        raise ValueError(
+            "a board trains binary logistic regression: --model logreg on a two-class dataset "
+            f"(got model {cfg.model!r} on {cfg.dataset} with {data.classes} classes; try "
+            "--dataset breast-cancer)"
+        )
+    if features > MAX_FEATURES:
+        raise ValueError(
+            f"the firmware holds at most {MAX_FEATURES} features; {cfg.dataset} has {features}"
+        )
+
+
+def start_serial(setup: ClientSetup) -> SerialExecutor:
+    """The boards, greeted; each trains its client's shard."""
+    ctx = setup.ctx
+    boards, simulated = open_boards(ctx.cfg)
+    return SerialExecutor(
+        boards, setup.data, ctx.data.x_train, ctx.data.y_train, Layout.of(setup.model),
+        setup.spec, ctx.cfg.optimizer.lr, ctx.comm, ctx.recorder, simulated,
+    )  # fmt: skip

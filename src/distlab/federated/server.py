@@ -13,7 +13,9 @@ whatever its number of clients; only the clients' ids, sample counts and losses 
 for the round event. A round of one chunk is what a round was before chunking, bit for bit.
 
 A strategy (fedavg.py) maps its parameters to these; a new executor or aggregation rule
-plugs in without touching this module, which imports no strategy.
+plugs in without touching this module, which imports no strategy. A run's checkpoints of the
+loop (`resumed_rounds`, `after_round`) keep the global model and the server optimizer's
+state, all a resumed loop needs.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from distlab.federated.optimizers import ServerOptimizer, ServerStep
 from distlab.federated.types import Aggregation, Executor, Updates
+
+if TYPE_CHECKING:
+    from distlab.runtime.context import WorkerContext
 
 # Stream tags for the server's generators (the clients' streams are in clients.py).
 SAMPLE_STREAM = 11
@@ -315,3 +321,32 @@ def train_rounds(
             on_round_end(RoundState(round_, current, server.state))
     recorder.phase("train_end", rounds=plan.rounds)
     return current
+
+
+# --- a run's checkpoints of the round loop ------------------------------------------------------
+
+
+def resumed_rounds(ctx: WorkerContext) -> RoundState | None:
+    """The round loop's state from the checkpoint a resumed run starts from, else None."""
+    state = ctx.restore({})
+    if state is None:
+        return None
+    extra = state["extra"]
+    return RoundState(state["at"], extra["current"], extra["server_state"])
+
+
+def after_round(ctx: WorkerContext, executor: Executor) -> Callable[[RoundState], None]:
+    """on_round_end: the server's checkpoint when one is due (the global model, the server
+    optimizer's state), after the executor's other ranks have written theirs; then the
+    injected fault, if it is this round's (fault.step counts rounds here)."""
+
+    def on_round_end(state: RoundState) -> None:
+        done = state.rounds_done
+        if ctx.checkpoint_due(done):
+            if hasattr(executor, "checkpoint"):
+                executor.checkpoint(done)
+            extra = {"current": state.current, "server_state": state.server_state}
+            ctx.save_checkpoint(done, "round", {}, {"round": done}, extra)
+        ctx.maybe_fault(done)
+
+    return on_round_end

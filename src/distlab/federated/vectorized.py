@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from torch.func import functional_call, vmap
 
 from distlab.federated.clients import ClientData, LocalSpec, client_batches
 from distlab.federated.types import Layout, Updates
+
+if TYPE_CHECKING:
+    from distlab.federated.executors import ClientSetup
 
 # Clients trained together; bounds the stacked state (chunk x P x a few copies).
 CHUNK = 128
@@ -370,3 +374,9 @@ class VectorExecutor:
 
     def close(self) -> None:
         pass
+
+
+def start_vectorized(setup: ClientSetup) -> VectorExecutor:
+    """The executor table's entry (executors.py): the setup's trainer, which personalization
+    shares."""
+    return VectorExecutor(setup.trainer, setup.data, setup.ctx.cfg.seed)

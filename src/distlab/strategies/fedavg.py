@@ -6,9 +6,9 @@ Data": each round the server sends the global model to a sample of clients, each
 locally on its own partition, and the server averages the returned models weighted by
 sample counts. The round loop lives in distlab.federated.server and knows no strategy: this
 module maps its Params to a RoundPlan, an aggregate function (strategies/aggregate.py), a
-server step (federated/optimizers.py) and an executor from the EXECUTORS table: `processes`
-(server on rank 0, clients hosted on ranks 1..N), `vectorized` (all sampled clients at once
-in one process) or `sequential` (one after another in one process, as a host does).
+server step (federated/optimizers.py) and the executor the run names in the table of
+federated/executors.py (processes, vectorized, sequential, flower, serial), which also
+brings the executor's own rules, launcher and summary figures.
 
     distlab run --strategy fedavg --clients 100 --rounds 50 --set strategy.clients_per_round=10
     distlab run --strategy fedavg --clients 4 --workers 4 --partition dirichlet --alpha 0.1
@@ -16,28 +16,19 @@ in one process) or `sequential` (one after another in one process, as a host doe
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
-from torch import nn
 
-from distlab.data.partition import partition
-from distlab.federated.clients import ClientData, LocalSpec, split_clients
-from distlab.federated.evaluation import local_accuracy, personalized_accuracy
-from distlab.federated.flower import deployed_summary
+from distlab.federated.clients import client_data, client_partition, local_spec
+from distlab.federated.evaluation import local_accuracy, nanmean, personalized_accuracy
+from distlab.federated.executors import ClientSetup, executor_for
 from distlab.federated.optimizers import ServerOptions, ServerStep, server_step
-from distlab.federated.processes import ProcessExecutor, client_hosts, host_clients
-from distlab.federated.sequential import SequentialExecutor
-from distlab.federated.server import CHUNK, RoundPlan, RoundState, train_rounds
-from distlab.federated.types import Aggregation, Executor, Layout, Updates
-from distlab.federated.vectorized import VectorExecutor, VectorTrainer
+from distlab.federated.processes import SERVER
+from distlab.federated.server import CHUNK, RoundPlan, after_round, resumed_rounds, train_rounds
+from distlab.federated.types import Aggregation, Updates
 from distlab.strategies.aggregate import AggregatorOptions, needed_updates, start_aggregation
 from distlab.strategies.spec import StrategyBase, StrategySpec, model_fits_data
 from distlab.training import flat_params, set_flat_params
@@ -45,8 +36,6 @@ from distlab.training import flat_params, set_flat_params
 if TYPE_CHECKING:
     from distlab.config import RunConfig
     from distlab.runtime.context import WorkerContext
-
-SERVER = 0
 
 
 class Params(StrategyBase):
@@ -114,19 +103,12 @@ class Params(StrategyBase):
     """Fraction of each client's partition held out as its local test split (0 = none)."""
 
 
-def executor_kind(cfg: RunConfig) -> str:
-    kind = cfg.strategy.executor
-    if kind == "auto":
-        return "processes" if cfg.workers > 1 else "vectorized"
-    return kind
-
-
 def processes(cfg: RunConfig) -> int:
-    return EXECUTORS[executor_kind(cfg)].processes(cfg)
+    return executor_for(cfg).processes(cfg)
 
 
 def launcher(cfg: RunConfig) -> str:
-    return EXECUTORS[executor_kind(cfg)].launcher
+    return executor_for(cfg).launcher
 
 
 def role(cfg: RunConfig, rank: int) -> str:
@@ -141,7 +123,7 @@ def check(cfg: RunConfig) -> None:
         raise ValueError(
             f"strategy.clients_per_round ({p.clients_per_round}) must be <= clients ({p.clients})"
         )
-    EXECUTORS[executor_kind(cfg)].check(cfg)
+    executor_for(cfg).check(cfg)
     if p.algorithm == "fedsgd" and (p.local_epochs != 1 or p.local_batch not in (None, "full")):
         raise ValueError(
             "algorithm fedsgd takes one full-batch local step: local_epochs must be 1 and "
@@ -166,21 +148,9 @@ def check(cfg: RunConfig) -> None:
         raise ValueError(f"strategy.local_batch must be >= 1 or 'full' (got {p.local_batch})")
 
 
-def local_spec(cfg: RunConfig) -> LocalSpec:
-    p = cfg.strategy
-    if p.algorithm == "fedsgd" or p.local_batch == "full":
-        batch = None
-    else:
-        batch = p.local_batch or cfg.batch_size
-    return LocalSpec(
-        cfg.optimizer, batch, p.local_epochs, p.mu if p.algorithm == "fedprox" else 0.0
-    )
-
-
-def client_data(ctx: WorkerContext, params: Params) -> ClientData:
-    """Every rank computes the same partition and local splits from the seed: no messages."""
-    parts = data_partition(ctx.cfg, ctx.labels())
-    return split_clients(parts.indices, params.local_test_fraction, ctx.cfg.seed)
+def check_data(cfg: RunConfig, data) -> None:
+    model_fits_data(cfg, data)
+    executor_for(cfg).check_data(cfg, data)
 
 
 # --- the server's rules: Params -> plan, aggregate, server step ---------------------------------
@@ -246,203 +216,10 @@ def make_aggregate(params: Params) -> Callable[[Updates], torch.Tensor]:
 
 
 def make_server_step(params: Params) -> ServerStep:
-    options = ServerOptions(
-        lr=params.server_lr,
-        momentum=params.server_momentum,
-        beta1=params.beta1,
-        beta2=params.beta2,
-        tau=params.tau,
-    )
+    """The algorithm's server optimizer with the configured hyperparameters."""
+    p = params
+    options = ServerOptions(p.server_lr, p.server_momentum, p.beta1, p.beta2, p.tau)
     return server_step(SERVER_OPTIMIZER[params.algorithm], options)
-
-
-# --- where clients train: one entry per executor ----------------------------------------------
-
-
-@dataclass
-class ClientSetup:
-    """What an executor is built from on its rank: the run's context, the model, the
-    clients' data and how they train locally."""
-
-    ctx: WorkerContext
-    model: nn.Module
-    data: ClientData
-    spec: LocalSpec
-
-    @cached_property
-    def trainer(self) -> VectorTrainer:
-        """Trains many clients at once: the vectorized executor and personalization."""
-        return VectorTrainer(self.model, self.spec, self.ctx.data.x_train, self.ctx.data.y_train)
-
-    def sequential(self) -> SequentialExecutor:
-        x, y = self.ctx.data.x_train, self.ctx.data.y_train
-        return SequentialExecutor(self.model, self.data, self.spec, x, y, self.ctx.cfg.seed)
-
-
-@dataclass(frozen=True)
-class ExecutorKind:
-    """One executor: the processes a run needs, its config rules, the executor the server
-    rank builds, and what every other rank runs (None for a one-process executor)."""
-
-    processes: Callable[[RunConfig], int]
-    check: Callable[[RunConfig], None]
-    start: Callable[[ClientSetup], Executor]
-    host: Callable[[ClientSetup], object] | None = None
-    launcher: str = "auto"
-    check_data: Callable[[RunConfig, object], None] | None = None
-    """Rules that need the dataset (a board's model size), before any process starts."""
-    """"auto", or "deployed" for an executor whose clients are other programs: such a run
-    is started by `distlab deploy`, never by `distlab run`."""
-    summary: Callable[[list[dict]], dict] | None = None
-    """The executor's own summary figures from the lead's events (what a deployment ran)."""
-
-
-def one_process(cfg: RunConfig) -> int:
-    return 1
-
-
-def server_and_hosts(cfg: RunConfig) -> int:
-    return cfg.workers + 1
-
-
-def check_one_process(cfg: RunConfig) -> None:
-    if cfg.workers != 1:
-        raise ValueError(
-            f"executor {executor_kind(cfg)} runs in one process; --workers must be 1 "
-            f"(got {cfg.workers})"
-        )
-
-
-def check_hosts(cfg: RunConfig) -> None:
-    clients = cfg.strategy.clients
-    if cfg.workers > clients:
-        raise ValueError(
-            f"--workers ({cfg.workers}) must be <= clients ({clients}): each host needs a client"
-        )
-
-
-def start_processes(setup: ClientSetup) -> ProcessExecutor:
-    owner = client_hosts(setup.ctx.cfg.strategy.clients, setup.ctx.world - 1)
-    return ProcessExecutor(setup.ctx.comm, owner, Layout.of(setup.model))
-
-
-def host_processes(setup: ClientSetup) -> int:
-    ctx = setup.ctx
-    ctx.restore({})  # a host keeps no state between rounds: its counters and recorder
-
-    def on_checkpoint(round_: int) -> None:
-        ctx.save_checkpoint(round_, "round", {}, {"round": round_})
-
-    return host_clients(ctx.comm, setup.sequential(), on_checkpoint)
-
-
-def start_vectorized(setup: ClientSetup) -> VectorExecutor:
-    return VectorExecutor(setup.trainer, setup.data, setup.ctx.cfg.seed)
-
-
-def start_flower(setup: ClientSetup) -> Executor:
-    """The deployed executor: the Grid and timeouts come from the ServerApp that runs this
-    rank (deploy/serverapp.py); it waits for every client's SuperNode before round 1."""
-    from distlab.federated.flower import FlowerExecutor
-
-    ctx = setup.ctx
-    shared = ctx.shared or {}
-    if "grid" not in shared:
-        raise ValueError("executor flower runs under distlab deploy server or deploy local")
-    executor = FlowerExecutor(
-        shared["grid"],
-        Layout.of(setup.model),
-        ctx.cfg.to_json(),
-        ctx.recorder,
-        ctx.comm,
-        shared["flower"],
-    )
-    executor.connect()
-    return executor
-
-
-def check_serial(cfg: RunConfig) -> None:
-    """Board i hosts client i, and a board runs plain SGD on the logistic loss."""
-    from distlab.edge.protocol import BAUD_RATES
-
-    check_one_process(cfg)
-    edge, p = cfg.edge, cfg.strategy
-    if edge.boards and edge.ports:
-        raise ValueError("give edge.boards (simulated) or edge.ports (real boards), not both")
-    count = edge.boards or len(edge.ports)
-    if not count:
-        raise ValueError(
-            "executor serial needs boards: --set edge.boards=N (simulated) or "
-            "--set edge.ports=[/dev/ttyACM0,...]"
-        )
-    if count != p.clients:
-        raise ValueError(f"each board hosts one client: {count} boards for {p.clients} clients")
-    if edge.baud not in BAUD_RATES:
-        allowed = ", ".join(map(str, BAUD_RATES))
-        raise ValueError(f"edge.baud must be one of {allowed} (got {edge.baud})")
-    if edge.boards:
-        from distlab.edge.toolchain import FIRMWARE_NEEDS, RUNNER_NEEDS, missing_message
-
-        problem = missing_message(FIRMWARE_NEEDS + RUNNER_NEEDS)
-        if problem:
-            raise ValueError(f"simulated boards: building the firmware and simavr runner {problem}")
-    missing = [port for port in edge.ports if not os.path.exists(port)]
-    if missing:
-        raise ValueError(f"edge.ports: {missing[0]} does not exist")
-    opt = cfg.optimizer
-    if opt.name != "sgd" or opt.momentum or opt.weight_decay:
-        raise ValueError("a board trains with plain SGD: optimizer sgd, no momentum or decay")
-    if p.mu:
-        raise ValueError("a board has no proximal term: strategy.mu must be 0 with executor serial")
-
-
-def check_serial_data(cfg: RunConfig, data) -> None:
-    """The board's model: binary logistic regression on at most MAX_FEATURES features."""
-    from distlab.edge.protocol import MAX_FEATURES
-
-    features = math.prod(data.input_shape)
-    if cfg.model != "logreg" or data.classes != 2:
-        raise ValueError(
-            "a board trains binary logistic regression: --model logreg on a two-class dataset "
-            f"(got model {cfg.model!r} on {cfg.dataset} with {data.classes} classes; try "
-            "--dataset breast-cancer)"
-        )
-    if features > MAX_FEATURES:
-        raise ValueError(
-            f"the firmware holds at most {MAX_FEATURES} features; {cfg.dataset} has {features}"
-        )
-
-
-def start_serial(setup: ClientSetup) -> Executor:
-    """The boards, greeted; each trains its client's shard (see federated/serial.py)."""
-    from distlab.federated.serial import SerialExecutor, open_boards
-
-    ctx = setup.ctx
-    boards, simulated = open_boards(ctx.cfg)
-    return SerialExecutor(
-        boards, setup.data, ctx.data.x_train, ctx.data.y_train, Layout.of(setup.model),
-        setup.spec, ctx.cfg.optimizer.lr, ctx.comm, ctx.recorder, simulated,
-    )  # fmt: skip
-
-
-EXECUTORS: dict[str, ExecutorKind] = {
-    "processes": ExecutorKind(server_and_hosts, check_hosts, start_processes, host_processes),
-    "vectorized": ExecutorKind(one_process, check_one_process, start_vectorized),
-    "sequential": ExecutorKind(one_process, check_one_process, ClientSetup.sequential),
-    "flower": ExecutorKind(
-        one_process, check_one_process, start_flower, launcher="deployed", summary=deployed_summary
-    ),  # fmt: skip
-    "serial": ExecutorKind(
-        one_process, check_serial, start_serial, check_data=check_serial_data
-    ),  # fmt: skip
-}
-
-
-def check_data(cfg: RunConfig, data) -> None:
-    model_fits_data(cfg, data)
-    kind = EXECUTORS[executor_kind(cfg)]
-    if kind.check_data is not None:
-        kind.check_data(cfg, data)
 
 
 def round_count(cfg: RunConfig, labels) -> int:
@@ -453,7 +230,7 @@ def round_count(cfg: RunConfig, labels) -> int:
 def run(ctx: WorkerContext, params: Params) -> None:
     setup = client_setup(ctx, params)
     if ctx.rank != SERVER:
-        EXECUTORS[executor_kind(ctx.cfg)].host(setup)
+        setup.kind.host(setup)
         return
     final = serve(setup, params, make_evaluator(setup, params))
     set_flat_params(setup.model, final.clone())
@@ -461,13 +238,15 @@ def run(ctx: WorkerContext, params: Params) -> None:
 
 
 def client_setup(ctx: WorkerContext, params: Params) -> ClientSetup:
-    return ClientSetup(ctx, ctx.build_model(), client_data(ctx, params), local_spec(ctx.cfg))
+    """This rank's clients, model and executor: the one place a rank resolves its executor."""
+    model, spec, kind = ctx.build_model(), local_spec(ctx.cfg), executor_for(ctx.cfg)
+    return ClientSetup(ctx, model, client_data(ctx, params), spec, kind)
 
 
 def serve(setup: ClientSetup, params: Params, on_eval) -> torch.Tensor:
     """The server's rounds on the configured executor; returns the final global parameters."""
     ctx = setup.ctx
-    executor = EXECUTORS[executor_kind(ctx.cfg)].start(setup)
+    executor = setup.kind.start(setup)
     try:
         return train_rounds(
             round_plan(ctx.cfg, params),
@@ -482,32 +261,6 @@ def serve(setup: ClientSetup, params: Params, on_eval) -> torch.Tensor:
         )
     finally:
         executor.close()
-
-
-def resumed_rounds(ctx: WorkerContext) -> RoundState | None:
-    """The round loop's state from the checkpoint a resumed run starts from, else None."""
-    state = ctx.restore({})
-    if state is None:
-        return None
-    extra = state["extra"]
-    return RoundState(state["at"], extra["current"], extra["server_state"])
-
-
-def after_round(ctx: WorkerContext, executor: Executor):
-    """on_round_end: the server's checkpoint when one is due (the global model, the server
-    optimizer's state), after the executor's other ranks have written theirs; then the
-    injected fault, if it is this round's (fault.step counts rounds here)."""
-
-    def on_round_end(state: RoundState) -> None:
-        done = state.rounds_done
-        if ctx.checkpoint_due(done):
-            if hasattr(executor, "checkpoint"):
-                executor.checkpoint(done)
-            extra = {"current": state.current, "server_state": state.server_state}
-            ctx.save_checkpoint(done, "round", {}, {"round": done}, extra)
-        ctx.maybe_fault(done)
-
-    return on_round_end
 
 
 def make_evaluator(setup: ClientSetup, params: Params):
@@ -532,11 +285,6 @@ def make_evaluator(setup: ClientSetup, params: Params):
     return on_eval
 
 
-def nanmean(values: np.ndarray) -> float | None:
-    finite = values[np.isfinite(values)]
-    return round(float(finite.mean()), 6) if len(finite) else None
-
-
 def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
     """FedAvg's logical traffic, 2 * P * 4 bytes per sampled client per round (model down,
     model up), next to what the process executor's server measured. The server sends the
@@ -551,7 +299,7 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
         "bytes_per_round_scope": "per round, all clients",
     }
     server = per_rank.get(str(SERVER))
-    if executor_kind(cfg) in ("processes", "flower", "serial") and server:
+    if executor_for(cfg).measured and server:
         measured = server["bytes_sent"] + server["bytes_recv"]
         out["bytes_total_measured"] = measured
         out["bytes_per_round_measured"] = round(measured / units, 1)
@@ -560,17 +308,11 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
 
 def extra_summary(cfg, lead: list[dict]) -> dict:
     """The executor's figures: a deployed run's workers and processes are its SuperNodes'."""
-    summary = EXECUTORS[executor_kind(cfg)].summary
-    return summary(lead) if summary is not None else {}
+    return executor_for(cfg).summary_of(lead)
 
 
 def batch_meaning(cfg) -> str:
     return "per client (local batch)"
-
-
-def data_partition(cfg, labels):
-    """The clients' partition (before local test splits), for partition.json."""
-    return partition(labels, cfg.strategy.clients, cfg.partition, cfg.seed)
 
 
 SPEC = StrategySpec(
@@ -580,7 +322,7 @@ SPEC = StrategySpec(
     processes=processes,
     role=role,
     check=check,
-    data_partition=data_partition,
+    data_partition=client_partition,
     comm_analysis=comm_analysis,
     batch_meaning=batch_meaning,
     extra_summary=extra_summary,
