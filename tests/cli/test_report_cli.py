@@ -9,7 +9,7 @@ import os
 import pytest
 from tests.conftest import cli, run_small
 
-from distlab.experiments.report import NO_BASELINE
+from distlab.experiments.baseline import NO_BASELINE
 from distlab.runtime.launch import RunFailed
 
 PNG = b"\x89PNG\r\n\x1a\n"

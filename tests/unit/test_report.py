@@ -9,17 +9,10 @@ import struct
 import pytest
 from tests.conftest import run_small
 
+from distlab.experiments.baseline import NO_BASELINE
+from distlab.experiments.curves import panel_layout, plot_curves, smooth
 from distlab.experiments.page import table_rows
-from distlab.experiments.report import (
-    NO_BASELINE,
-    comparison_rows,
-    load_runs,
-    panel_layout,
-    plot_curves,
-    smooth,
-    time_to_accuracy,
-    write_report,
-)
+from distlab.experiments.report import comparison_rows, load_runs, time_to_accuracy, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -9,7 +9,6 @@ from tests.conftest import run_small
 from distlab.experiments.whatif import (
     MODEL_NOTE,
     fedavg_round_seconds,
-    figure_title,
     gossip_degree,
     gossip_round_seconds,
     local_sgd_seconds,
@@ -17,10 +16,10 @@ from distlab.experiments.whatif import (
     parse_bandwidth,
     parse_latency,
     parse_networks,
-    plot_whatif,
     predict,
     ring_allreduce_seconds,
 )
+from distlab.experiments.whatif_plot import figure_title, plot_whatif
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # The worked example: P = 1,000,000 float32 parameters (4e6 bytes), 1 Gbit/s = 1.25e8 B/s,

@@ -3,7 +3,7 @@ bytes each run moved against its paradigm's formula (matplotlib on the Agg canva
 
 Runs are grouped into series by the settings that differ between them other than the worker
 count and the seed: a sweep over strategy x workers x seed gives one line per strategy, with
-the mean over seeds and error bars of one standard deviation.
+the median over seeds and repeats and error bars from the least to the most.
 """
 
 from __future__ import annotations
