@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from distlab.data.partition import PartitionConfig
-from distlab.strategies import STRATEGIES, StrategyBase, params_for
+from distlab.strategies import STRATEGIES, StrategyBase, check_config, get_spec, params_for
 
 # Longest file name on Linux file systems (ext4, xfs, tmpfs), in bytes.
 NAME_MAX = 255
@@ -380,12 +380,17 @@ def validate_config(data: dict[str, Any]) -> RunConfig:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ValueError(describe_error(exc)) from None
-    check_limits(config)
-    from distlab.strategies import check_config
+    return check_run(config)
 
-    check_config(config)
-    check_fault_rank(config)
-    return config
+
+def check_run(cfg: RunConfig) -> RunConfig:
+    """The checks across fields, which pydantic's own do not make (a RunConfig built
+    directly has had pydantic's alone): bounds, the strategy's checks, the fault's rank.
+    Returns `cfg`; ValueError in one line."""
+    check_limits(cfg)
+    check_config(cfg)
+    check_fault_rank(cfg)
+    return cfg
 
 
 # Strategy keys bounded whatever the strategy that has them (--rounds and --clients).
@@ -404,8 +409,6 @@ def check_fault_rank(cfg: RunConfig) -> None:
     """A fault on a rank the run does not have would never fire."""
     if cfg.fault is None:
         return
-    from distlab.strategies import get_spec
-
     world = get_spec(cfg.strategy.name).processes(cfg)
     if cfg.fault.rank >= world:
         ranks = "rank 0" if world == 1 else f"ranks 0 to {world - 1}"
@@ -487,31 +490,22 @@ NESTED: dict[str, type[BaseModel]] = {
 }
 
 
-# The run command's flags -> the dotted config keys they set; `--grid` takes either form.
+# The run command's flags -> the dotted config keys they set; `--grid` takes either form. A
+# flag named as its key sets that key.
+SAME_NAME_FLAGS = ("dataset", "model", "workers", "epochs", "batch_size", "seed", "device")
+SAME_NAME_FLAGS += ("data_dir", "out_dir", "name", "sampler", "download", "tensorboard")
 FLAG_KEYS = {
+    **{flag: flag for flag in SAME_NAME_FLAGS},
     "strategy": "strategy.name",
-    "dataset": "dataset",
-    "model": "model",
-    "workers": "workers",
-    "epochs": "epochs",
-    "batch_size": "batch_size",
     "lr": "optimizer.lr",
     "optimizer": "optimizer.name",
-    "seed": "seed",
-    "device": "device",
-    "data_dir": "data_dir",
-    "out_dir": "out_dir",
-    "name": "name",
-    "sampler": "sampler",
     "partition": "partition.scheme",
     "alpha": "partition.alpha",
     "min_size": "partition.min_size",
     "shards_per_client": "partition.shards_per_client",
     "classes_per_client": "partition.classes_per_client",
-    "download": "download",
     "clients": "strategy.clients",
     "rounds": "strategy.rounds",
-    "tensorboard": "tensorboard",
 }
 
 
@@ -528,8 +522,6 @@ def config_field(path: str):
     if section == "partition":
         models = list(PARTITION_SCHEMES.values())
     elif section == "strategy":
-        from distlab.strategies import STRATEGIES, params_for
-
         # in registry order, importing strategies only until one has the key
         models = (params_for(name) for name in STRATEGIES)
     else:

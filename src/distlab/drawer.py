@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from distlab.runtime.environ import external_env
@@ -80,6 +81,33 @@ def collect(run_dir: Path) -> str | None:
     """Wait for the drawer's answer for run_dir: "" when partition.png is drawn, a reason when
     it could not be, None when the drawer does not have it (the caller draws it)."""
     return None if _drawer is None else _drawer.collect(run_dir)
+
+
+def record_partition(run_dir: Path, split) -> None:
+    """partition.json, for every run whose data is divided among workers. Its plot is drawn
+    by the drawer meanwhile, or by `draw_partition` once training is over, so that
+    matplotlib never delays the first step."""
+    from distlab.runs.directory import write_partition_json
+
+    if split is not None and len(split.indices) > 1:
+        write_partition_json(run_dir, split)
+        submit(run_dir)
+
+
+def draw_partition(run_dir: Path) -> None:
+    """partition.png from partition.json, whatever the run's outcome: the drawer's, else
+    drawn here. The record is the JSON: a plot that cannot be drawn is a warning, never a
+    lost summary or a hidden failure."""
+    from distlab.runs.directory import write_partition_plot
+
+    try:
+        answer = collect(run_dir)
+        if answer is None:
+            write_partition_plot(run_dir)
+        elif answer:
+            raise ValueError(answer)
+    except (ValueError, OSError) as exc:
+        warnings.warn(f"partition.png not written: {exc}", stacklevel=2)
 
 
 class Drawer:

@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distlab.config import RunConfig, config_data, validate_config
-from distlab.runs.directory import read_json
+from distlab.runs.directory import RunPaths, read_json
 from distlab.runtime.checkpoint import (
-    CHECKPOINTS,
-    RESUME_FILE,
     Checkpoint,
     checkpoints_of,
     code_versions,
@@ -56,8 +54,14 @@ RESUME_FREE_KEYS = frozenset(
 
 @dataclass
 class ResumableRun:
+    """A run that can go on: its directory and the config it goes on with."""
+
     run_dir: Path
     config: RunConfig
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.run_dir)
 
     def checkpoint_for(self, world: int) -> Checkpoint:
         """The newest complete checkpoint (ValueError when there is none)."""
@@ -72,7 +76,7 @@ class ResumableRun:
     def latest_checkpoint(self, world: int) -> Checkpoint | None:
         """The newest complete checkpoint, or None; a newer damaged one is passed over with
         a warning that names it."""
-        checkpoint, skipped = latest_complete(self.run_dir, world)
+        checkpoint, skipped = latest_complete(self.paths.checkpoints, world)
         for line in skipped:
             warnings.warn(f"{line}; resuming from an earlier one", CheckpointWarning, stacklevel=4)
         if checkpoint is not None:
@@ -86,17 +90,20 @@ class CheckpointWarning(UserWarning):
 
 def resumable_run(run_dir: Path, config: RunConfig | dict[str, Any] | None) -> ResumableRun:
     """The run at `run_dir`, if it can be resumed with `config` (None: its own)."""
-    if not (run_dir / "config.json").is_file():
-        raise ValueError(f"--resume: {str(run_dir)!r} is not a run directory (no config.json)")
-    summary = run_dir / "summary.json"
+    paths = RunPaths(run_dir)
+    if not paths.config.is_file():
+        raise ValueError(
+            f"--resume: {str(run_dir)!r} is not a run directory (no {paths.config.name})"
+        )
+    summary = paths.summary
     if summary.is_file() and read_json(summary).get("status") == "completed":
         raise ValueError(f"--resume: run {str(run_dir)!r} already completed; nothing to resume")
-    own = without_fired_fault(run_dir, validate_config(read_json(run_dir / "config.json")))
+    own = without_fired_fault(paths, validate_config(read_json(paths.config)))
     if config is not None:
         given = config if isinstance(config, RunConfig) else validate_config(config_data(config))
         check_same_config(own, given)
         own = given
-    if not checkpoints_of(run_dir):
+    if not checkpoints_of(paths.checkpoints):
         raise ValueError(
             f"--resume: run {str(run_dir)!r} has no checkpoint (a run writes them with "
             "--set checkpoint.every=N)"
@@ -104,11 +111,11 @@ def resumable_run(run_dir: Path, config: RunConfig | dict[str, Any] | None) -> R
     return ResumableRun(run_dir, own)
 
 
-def without_fired_fault(run_dir: Path, cfg: RunConfig) -> RunConfig:
-    """`cfg` less its injected fault when that fault already fired in `run_dir`: the resumed
+def without_fired_fault(paths: RunPaths, cfg: RunConfig) -> RunConfig:
+    """`cfg` less its injected fault when that fault already fired in the run: the resumed
     run goes on past it instead of failing the same way again (a config that gives the fault
     again, `--set fault.*`, fires it anew)."""
-    if cfg.fault is not None and has_fired(run_dir, cfg.fault):
+    if cfg.fault is not None and has_fired(paths.fault, cfg.fault):
         return cfg.model_copy(update={"fault": None})
     return cfg
 
@@ -140,7 +147,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def check_versions(checkpoint: Checkpoint) -> None:
     """A checkpoint from another distlab or torch release may not replay the same steps."""
-    record = read_sidecar(checkpoint.folder / "rank-0.json")
+    record = read_sidecar(checkpoint.record_file(0))
     theirs = record.get("versions", {})
     ours = code_versions()
     differ = [f"{k} {theirs.get(k)} (now {v})" for k, v in ours.items() if theirs.get(k) != v]
@@ -155,28 +162,27 @@ def reopen_run_dir(
     run_dir: Path, checkpoint: Checkpoint, board: TensorBoardLog | None = None
 ) -> Path:
     """Make `run_dir` ready to go on from `checkpoint`: the records of its end are removed
-    (finish_run writes them again), newer checkpoints dropped, resume.json written."""
-    clear_end(run_dir)
-    for newer in checkpoints_of(run_dir):
+    (finish_run writes them again), newer checkpoints dropped, the resume record written."""
+    paths = RunPaths(run_dir)
+    clear_end(paths)
+    for newer in checkpoints_of(paths.checkpoints):
         if newer.at > checkpoint.at:
             shutil.rmtree(newer.folder, ignore_errors=True)
-    write_resume(run_dir, checkpoint)
+    write_resume(paths.resume, checkpoint)
     if board is not None:
         board.open(run_dir)
     return run_dir
 
 
-def clear_end(run_dir: Path) -> None:
+def clear_end(paths: RunPaths) -> None:
     """Remove what finish_run wrote at the run's end: the summary, the merged events and the
     ranks' error reports."""
-    for name in ("summary.json", "events.jsonl"):
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "errors", ignore_errors=True)
+    for path in (paths.summary, paths.merged_events):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(paths.errors_dir, ignore_errors=True)
 
 
 # --- torchrun restarts ---------------------------------------------------------------------
-
-ELASTIC_FILE = "elastic.json"
 
 
 def elastic_identity() -> dict[str, str] | None:
@@ -192,7 +198,7 @@ def mark_elastic(run_dir: Path) -> None:
     the same job finds it again (a default run name holds the time it was made)."""
     identity = elastic_identity()
     if identity is not None:
-        (run_dir / ELASTIC_FILE).write_text(json.dumps(identity) + "\n")
+        RunPaths(run_dir).elastic.write_text(json.dumps(identity) + "\n")
 
 
 def elastic_run(cfg: RunConfig) -> ResumableRun | None:
@@ -202,21 +208,24 @@ def elastic_run(cfg: RunConfig) -> ResumableRun | None:
     out = Path(cfg.out_dir)
     if identity is None or not out.is_dir():
         return None
-    marked = [m for m in out.glob(f"*/{ELASTIC_FILE}") if read_sidecar(m) == identity]
+    candidates = (RunPaths(d).elastic for d in out.iterdir())
+    marked = [m for m in candidates if m.is_file() and read_sidecar(m) == identity]
     if not marked:
         return None
-    run_dir = max(marked, key=lambda m: m.stat().st_mtime).parent
-    check_same_config(validate_config(read_json(run_dir / "config.json")), cfg)
+    paths = RunPaths(max(marked, key=lambda m: m.stat().st_mtime).parent)
+    run_dir = paths.root
+    check_same_config(validate_config(read_json(paths.config)), cfg)
     return ResumableRun(run_dir, cfg)
 
 
 def restart_from_scratch(run_dir: Path, board: TensorBoardLog | None = None) -> Path:
     """A restarted run that had not reached a checkpoint starts over in its directory."""
-    clear_end(run_dir)
-    for path in (run_dir / "events").glob("rank-*.jsonl"):
+    paths = RunPaths(run_dir)
+    clear_end(paths)
+    for path in paths.rank_event_files():
         path.unlink()
-    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-    (run_dir / RESUME_FILE).unlink(missing_ok=True)
+    shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    paths.resume.unlink(missing_ok=True)
     if board is not None:
         board.open(run_dir)
     return run_dir

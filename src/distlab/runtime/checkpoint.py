@@ -1,17 +1,18 @@
 """Checkpoints: a rank's whole training state at a step or round, written atomically and read
 back with torch.load(weights_only=True).
 
-RUN_DIR/checkpoints/<unit>-<NNNNNNNN>/ holds, per rank, rank-R.pt (the state: models,
-optimizers, random generators, the position in the schedule, the recorder's place in its
-event file, the communicator's counters, what the algorithm keeps besides) and rank-R.json
-(its size and SHA-256). Each is written to a temporary file, fsynced and renamed, the JSON
+The run's checkpoints folder (RunPaths.checkpoints) holds one <unit>-<NNNNNNNN>/ folder per
+checkpoint, which holds, per rank, rank-R.pt (the state: models, optimizers, random
+generators, the position in the schedule, the recorder's place in its event file, the
+communicator's counters, what the algorithm keeps besides) and rank-R.json (its size and
+SHA-256). Each is written to a temporary file, fsynced and renamed, the JSON
 last, so a checkpoint is complete once every rank's JSON exists and its .pt matches it; an
 incomplete or damaged one is never loaded. A rank keeps its two newest checkpoints, so the
 previous one stays until the new one is complete.
 
-A resumed run (distlab run --resume, or a torchrun restart) finds RUN_DIR/resume.json naming
-the checkpoint to start from; each rank cuts its event file back to where that checkpoint
-was taken, so the events continue without duplicates.
+A resumed run (distlab run --resume, or a torchrun restart) finds a resume record
+(RunPaths.resume) naming the checkpoint to start from; each rank cuts its event file back to
+where that checkpoint was taken, so the events continue without duplicates.
 
 Only tensors and plain data (dicts, lists, numbers, strings) go in: the files cross process
 and machine boundaries, so they are never pickled objects.
@@ -25,15 +26,16 @@ import random
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from distlab.data.files import sha256_file
 
-CHECKPOINTS = "checkpoints"
-RESUME_FILE = "resume.json"
+if TYPE_CHECKING:
+    from distlab.runs.directory import RunPaths
+
 KEEP = 2
 
 
@@ -105,22 +107,22 @@ def damage(checkpoint: Checkpoint, world: int) -> str | None:
     return None
 
 
-def checkpoints_of(run_dir: Path) -> list[Checkpoint]:
-    """Every checkpoint folder of a run, newest first (complete or not)."""
+def checkpoints_of(checkpoints: Path) -> list[Checkpoint]:
+    """Every checkpoint in a run's checkpoints folder, newest first (complete or not)."""
     found = []
-    for folder in (run_dir / CHECKPOINTS).glob("*-*"):
+    for folder in checkpoints.glob("*-*"):
         unit, _, at = folder.name.rpartition("-")
         if folder.is_dir() and at.isdigit():
             found.append(Checkpoint(folder, int(at), unit))
     return sorted(found, key=lambda c: c.at, reverse=True)
 
 
-def latest_complete(run_dir: Path, world: int) -> tuple[Checkpoint | None, list[str]]:
+def latest_complete(checkpoints: Path, world: int) -> tuple[Checkpoint | None, list[str]]:
     """The newest checkpoint every rank completed, and a line for each newer one passed over
     because it was damaged (an incomplete newest one, cut off by the end of the run, is
     passed over silently)."""
     skipped = []
-    for checkpoint in checkpoints_of(run_dir):
+    for checkpoint in checkpoints_of(checkpoints):
         why = damage(checkpoint, world)
         if why is None:
             return checkpoint, skipped
@@ -176,20 +178,20 @@ class Checkpointer:
     """What a rank knows of checkpoints: when one is due, how to write it, and the state it
     resumes from (None on a fresh start)."""
 
-    run_dir: Path | None
+    paths: RunPaths | None
     rank: int
     every: int = 0
     resumed: dict[str, Any] | None = None
     written: list[Checkpoint] = field(default_factory=list)
 
     def due(self, at: int) -> bool:
-        return self.run_dir is not None and self.every > 0 and at % self.every == 0
+        return self.paths is not None and self.every > 0 and at % self.every == 0
 
     def save(self, at: int, unit: str, state: dict[str, Any], seconds: float) -> None:
         """Write this rank's state for `at` (a step or round count) and drop its checkpoints
         older than the previous one."""
-        assert self.run_dir is not None
-        checkpoint = Checkpoint(self.run_dir / CHECKPOINTS / folder_name(unit, at), at, unit)
+        assert self.paths is not None
+        checkpoint = Checkpoint(self.paths.checkpoints / folder_name(unit, at), at, unit)
         checkpoint.folder.mkdir(parents=True, exist_ok=True)
         data = checkpoint.rank_file(self.rank)
         atomic_write(data, lambda f: torch.save(state, f))
@@ -212,20 +214,21 @@ class Checkpointer:
         self.written = self.written[-KEEP:]
 
     @classmethod
-    def open(cls, run_dir: Path | None, rank: int, every: int) -> Checkpointer:
-        """This rank's checkpointer; with RUN_DIR/resume.json, loaded with the state the run
+    def open(cls, paths: RunPaths | None, rank: int, every: int) -> Checkpointer:
+        """This rank's checkpointer; with a resume record, loaded with the state the run
         resumes from."""
-        if run_dir is None or not (run_dir / RESUME_FILE).is_file():
-            return cls(run_dir, rank, every)
-        resume = json.loads((run_dir / RESUME_FILE).read_text())
-        start = Checkpoint(run_dir / CHECKPOINTS / resume["checkpoint"], resume["at"], "")
+        if paths is None or not paths.resume.is_file():
+            return cls(paths, rank, every)
+        resume = json.loads(paths.resume.read_text())
+        start = Checkpoint(paths.checkpoints / resume["checkpoint"], resume["at"], "")
         state = torch.load(start.rank_file(rank), weights_only=True)
         # what this rank wrote before: pruned as the run goes on
-        written = [c for c in reversed(checkpoints_of(run_dir)) if c.at <= state["at"]]
-        return cls(run_dir, rank, every, state, written)
+        written = [c for c in reversed(checkpoints_of(paths.checkpoints)) if c.at <= state["at"]]
+        return cls(paths, rank, every, state, written)
 
 
-def write_resume(run_dir: Path, checkpoint: Checkpoint) -> None:
-    """Tell the ranks about to start which checkpoint they resume from."""
-    record = {"checkpoint": checkpoint.folder.name, "at": checkpoint.at, "unit": checkpoint.unit}
-    write_json(run_dir / RESUME_FILE, record)
+def write_resume(record: Path, checkpoint: Checkpoint) -> None:
+    """Tell the ranks about to start which checkpoint they resume from (`record`: the run's
+    RunPaths.resume)."""
+    info = {"checkpoint": checkpoint.folder.name, "at": checkpoint.at, "unit": checkpoint.unit}
+    write_json(record, info)

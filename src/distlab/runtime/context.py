@@ -6,7 +6,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,10 +23,14 @@ from distlab.training import EvalResult, evaluate
 
 if TYPE_CHECKING:
     from distlab.config import RunConfig
+    from distlab.data.partition import Partition
+    from distlab.runs.directory import RunPaths
 
 
 @dataclass
 class WorkerContext:
+    """One rank's view of the run: config, place, channel, data, recorder and records."""
+
     cfg: RunConfig
     rank: int
     world: int
@@ -36,7 +39,8 @@ class WorkerContext:
     device: torch.device
     data: Dataset
     recorder: Recorder
-    run_dir: Path | None = None
+    paths: RunPaths | None = None
+    """Where the run's records live (None: a rank that writes no run directory)."""
     lead: int = 0
     """The rank whose events are the run's record and that writes model.pt."""
     shared: dict | None = None
@@ -44,6 +48,9 @@ class WorkerContext:
     launcher's model in shared memory, lock and counters); None under other launchers."""
     checkpoints: Checkpointer | None = None
     """When checkpoints are due, and the state this rank resumes from (None: no run dir)."""
+    partition: Partition | None = None
+    """The run's data partition as the launching process computed it (None: not computed
+    there, or the run divides no data)."""
 
     @property
     def resuming(self) -> bool:
@@ -98,13 +105,13 @@ class WorkerContext:
         data: Dataset,
         role: str = "worker",
         recorder: Recorder | None = None,
-        run_dir: Path | None = None,
+        paths: RunPaths | None = None,
     ) -> WorkerContext:
         """A context with no process group: one rank alone, its traffic counted by a
         SoloCommunicator (a Hogwild thread, a Flower client, a board's host side)."""
         comm = SoloCommunicator()
         recorder = recorder or Recorder(None, "solo", 0, role, comm=comm)
-        return cls(cfg, 0, 1, role, comm, torch.device("cpu"), data, recorder, run_dir)
+        return cls(cfg, 0, 1, role, comm, torch.device("cpu"), data, recorder, paths)
 
     def build_model(self) -> nn.Module:
         """The run's model with the same seeded initial weights on every rank."""
@@ -127,9 +134,9 @@ class WorkerContext:
     def save_model(self, model: nn.Module) -> None:
         """The lead rank writes the final weights (a plain state_dict, read back with
         torch.load(..., weights_only=True))."""
-        if self.is_lead and self.run_dir is not None and self.cfg.save_model:
+        if self.is_lead and self.paths is not None and self.cfg.save_model:
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            torch.save(state, self.run_dir / "model.pt")
+            torch.save(state, self.paths.model)
 
     def maybe_fault(self, step: int) -> None:
         """Fire the configured fault on this rank at this step (robustness checks), once per
@@ -137,11 +144,11 @@ class WorkerContext:
         fault = self.cfg.fault
         if fault is None or fault.rank != self.rank or fault.step != step:
             return
-        if self.run_dir is not None:
-            if has_fired(self.run_dir, fault):
+        if self.paths is not None:
+            if has_fired(self.paths.fault, fault):
                 return
             try:
-                record_fault(self.run_dir, fault, elastic_restart())
+                record_fault(self.paths.fault, fault, elastic_restart())
             except OSError:
                 pass  # a node without the shared run directory: the fault still fires
         self.recorder.flush()

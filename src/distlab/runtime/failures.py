@@ -1,7 +1,8 @@
 """How a run ends when it does not complete: the exceptions, and each rank's error report.
 
-A rank that fails writes errors/rank-R.json (type, first line, traceback); the launcher that
-watches the ranks reads them back and names the rank that caused the failure.
+A rank that fails writes its error report (type, first line, traceback) where the run's
+`RunPaths.rank_error` says; the launcher that watches the ranks reads them back and names the
+rank that caused the failure.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distlab.runs.directory import RunPaths
 
 PEER_ERROR_HINTS = ("connection", "timed out", "timeout", "socket", "peer", "gloo", "closed")
 
@@ -104,26 +109,23 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def error_path(run_dir: Path, rank: int) -> Path:
-    return Path(run_dir) / "errors" / f"rank-{rank}.json"
-
-
-def read_error(run_dir: Path, rank: int) -> str:
+def read_error(paths: RunPaths, rank: int) -> str:
     try:
-        info = json.loads(error_path(run_dir, rank).read_text())
+        info = json.loads(paths.rank_error(rank).read_text())
     except (OSError, ValueError):
         return ""
     return f"{info['type']}: {info['message']}"
 
 
-def read_errors(run_dir: Path, ranks) -> dict[int, str]:
+def read_errors(paths: RunPaths, ranks) -> dict[int, str]:
     """{rank: "Type: message"} of the ranks that reported an error."""
-    found = {rank: read_error(run_dir, rank) for rank in ranks}
+    found = {rank: read_error(paths, rank) for rank in ranks}
     return {rank: message for rank, message in found.items() if message}
 
 
-def write_error(run_dir: Path, rank: int, exc: BaseException) -> None:
-    path = error_path(run_dir, rank)
+def write_error(paths: RunPaths, rank: int, exc: BaseException) -> None:
+    """Write this rank's error report: type, first line and traceback."""
+    path = paths.rank_error(rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
     info = {
@@ -137,46 +139,46 @@ def write_error(run_dir: Path, rank: int, exc: BaseException) -> None:
 
 # --- injected faults ----------------------------------------------------------------------
 
-# Written by the rank whose injected fault fires, just before it fires: the failure message
-# names the fault, and neither a torchrun restart nor --resume fires it a second time.
-FAULT_FILE = "fault.json"
+# The fault record (RunPaths.fault) is written by the rank whose injected fault fires, just
+# before it fires: the failure message names the fault, and neither a torchrun restart nor
+# --resume fires it a second time.
 
 
-def record_fault(run_dir: Path, fault, attempt: int) -> None:
-    """Note that `fault` (a FaultConfig) fires now, in torchrun attempt `attempt` (0 without
-    torchrun)."""
+def record_fault(record: Path, fault, attempt: int) -> None:
+    """Note in `record` that `fault` (a FaultConfig) fires now, in torchrun attempt `attempt`
+    (0 without torchrun)."""
     info = {"rank": fault.rank, "step": fault.step, "kind": fault.kind, "attempt": attempt}
-    (Path(run_dir) / FAULT_FILE).write_text(json.dumps(info) + "\n")
+    record.write_text(json.dumps(info) + "\n")
 
 
-def fired_fault(run_dir: Path) -> dict | None:
-    """The record of the injected fault that fired in this run directory, or None."""
+def fired_fault(record: Path) -> dict | None:
+    """The injected fault that fired in this run, read from its record, or None."""
     try:
-        info = json.loads((Path(run_dir) / FAULT_FILE).read_text())
+        info = json.loads(record.read_text())
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) else None
 
 
-def has_fired(run_dir: Path, fault) -> bool:
-    """Whether this very fault (rank, step, kind) already fired in the run directory."""
-    info = fired_fault(run_dir)
+def has_fired(record: Path, fault) -> bool:
+    """Whether this very fault (rank, step, kind) already fired, by the run's fault record."""
+    info = fired_fault(record)
     same = ("rank", "step", "kind")
     return info is not None and all(info.get(k) == getattr(fault, k) for k in same)
 
 
-def forget_fault(run_dir: Path) -> None:
+def forget_fault(record: Path) -> None:
     """A resume that gives the fault again lets it fire again."""
-    (Path(run_dir) / FAULT_FILE).unlink(missing_ok=True)
+    record.unlink(missing_ok=True)
 
 
-def blame_fault(failure: RunFailed, run_dir: Path, fault, attempt: int) -> RunFailed:
+def blame_fault(failure: RunFailed, record: Path, fault, attempt: int) -> RunFailed:
     """`failure`, its message naming the injected fault when that fault fired in this attempt
     (`rank 1 exited with code 3 (injected fault: fault.kind=exit at step 20)`); a message
     that says so already (kind raise) is kept as it is."""
     message = str(failure)
-    info = fired_fault(run_dir)
-    if fault is None or "injected fault" in message or not has_fired(run_dir, fault):
+    info = fired_fault(record)
+    if fault is None or "injected fault" in message or not has_fired(record, fault):
         return failure
     if info.get("attempt", 0) != attempt:
         return failure  # it fired in an earlier attempt of a restarted torchrun job

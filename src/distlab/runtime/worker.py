@@ -12,9 +12,9 @@ import json
 import os
 import resource
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,10 +29,15 @@ from distlab.runtime.environ import elastic_restart, machine_load
 from distlab.runtime.shm import make_communicator
 from distlab.training import compute_gradients, make_optimizer
 
+if TYPE_CHECKING:
+    from distlab.data.partition import Partition
+    from distlab.runs.directory import RunPaths
+
 
 @dataclass(frozen=True)
 class Job:
-    """What a launcher runs: the entry point on every rank, each rank's role, the lead."""
+    """What a launcher runs: the entry point on every rank, each rank's role, the lead, and
+    what the caller hands every rank (the run directory's layout, the data partition)."""
 
     entry: str
     """"module:attribute" of an object with `params` and `run(ctx, params)`."""
@@ -40,10 +45,43 @@ class Job:
     """The role of each rank; its length is the number of processes."""
     lead: int = 0
     """The rank whose events are the run's record and which writes model.pt."""
+    layout: Callable[[Path], RunPaths] | None = None
+    """RunPaths of a run directory: the caller's, which alone knows the directory's file
+    names. None: the job writes no run directory."""
+    partition: Partition | None = field(default=None, compare=False)
+    """The run's data partition, computed once by the caller and handed to every rank
+    (None: not computed there)."""
 
     @property
     def world(self) -> int:
         return len(self.roles)
+
+    def paths(self, run_dir: Path | None) -> RunPaths | None:
+        """Where this job's records go in `run_dir` (None: no run directory)."""
+        if run_dir is None:
+            return None
+        if self.layout is None:
+            raise ValueError("a job that writes a run directory needs its layout")
+        return self.layout(Path(run_dir))
+
+
+@dataclass
+class RankSetup:
+    """One process's place in a launch: what `run_worker` needs besides the config and the
+    Job. A launcher without a process group passes its own `comm`, `device` and `shared`."""
+
+    rank: int
+    paths: RunPaths | None
+    """Where the run's records go; None: a rank that writes none."""
+    start: float
+    """The run's clock origin (epoch seconds)."""
+    local_rank: int = 0
+    data: Dataset | None = None
+    """The dataset, when the launcher has it in this process (else loaded here)."""
+    on_event: Callable | None = None
+    comm: Communicator | None = None
+    device: torch.device | None = None
+    shared: dict | None = None
 
 
 def load_entry(ref: str) -> Any:
@@ -79,69 +117,77 @@ def thread_count(cfg: RunConfig, world: int) -> int:
     return cfg.threads or max(1, (os.cpu_count() or 1) // world)
 
 
-def run_worker(
-    cfg: RunConfig,
-    job: Job,
-    rank: int,
-    run_dir: Path | None,
-    start: float,
-    local_rank: int = 0,
-    data: Dataset | None = None,
-    on_event: Callable | None = None,
-    *,
-    comm: Communicator | None = None,
-    device: torch.device | None = None,
-    shared: dict | None = None,
-) -> None:
-    """The entry point every process enters once its process group is up. A launcher
-    without a process group passes its own `comm`, `device` and `shared` objects."""
-    entry, world = load_entry(job.entry), job.world
-    device = device or resolve_device(cfg, local_rank)
-    data = move_dataset(data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download), device)
-    comm = comm or make_communicator(cfg, device)
-    events = run_dir / "events" / f"rank-{rank}.jsonl" if run_dir else None
-    role, lead = job.roles[rank], job.lead
-    checkpoints = Checkpointer.open(run_dir, rank, cfg.checkpoint.every)
-    if checkpoints.resumed is not None:
-        start = rewind_events(events, checkpoints.resumed["recorder"], start)
-    recorder = Recorder(
-        events,
-        run_name(run_dir),
-        rank,
-        role,
-        lead=rank == lead,
-        start=start,
-        comm=comm,
-        on_event=on_event,
-    )
-    ctx = WorkerContext(
-        cfg, rank, world, role, comm, device, data, recorder, run_dir, lead, shared, checkpoints
-    )
+def run_worker(cfg: RunConfig, job: Job, setup: RankSetup) -> None:
+    """The entry point every process enters once its process group is up: build the rank's
+    context, warm up, train under the job's entry, record the end."""
+    entry = load_entry(job.entry)
+    ctx = open_context(cfg, job, setup)
+    recorder, rank = ctx.recorder, ctx.rank
     seed_generators(cfg.seed, rank)
     try:
         params = warm_up(ctx)
+        resumed = ctx.checkpoints.resumed if ctx.resuming else None
         # a resumed rank's "start" is in its event file already
         recorder.phase(
-            "resume" if ctx.resuming else "start",
-            at=checkpoints.resumed["at"] if ctx.resuming else None,
-            checkpoint_seconds=checkpoints.resumed["recorder"]["seconds"] if ctx.resuming else None,
+            "resume" if resumed else "start",
+            at=resumed["at"] if resumed else None,
+            checkpoint_seconds=resumed["recorder"]["seconds"] if resumed else None,
             elastic_restart=elastic_restart() or None,
             pid=os.getpid(),
-            device=str(device),
+            device=str(ctx.device),
             threads=torch.get_num_threads(),
             machine=machine_load(),
-            lead_rank=lead,
-            params=params if rank == lead else None,
+            lead_rank=ctx.lead,
+            params=params if ctx.is_lead else None,
         )
         # Start the clock of the "train" phase on every rank at once: spawned interpreters
         # come up seconds apart on a busy machine, and the first step would absorb the wait.
-        comm.barrier()
-        notify(on_event, "training")
+        ctx.comm.barrier()
+        notify(setup.on_event, "training")
         entry.run(ctx, cfg.strategy)
         recorder.comm_totals()
         recorder.phase("end", peak_rss_mb=peak_rss_mb(), machine=machine_load())
     finally:
         recorder.close()
+
+
+def open_context(cfg: RunConfig, job: Job, setup: RankSetup) -> WorkerContext:
+    """The rank's WorkerContext: its device, data, communicator, checkpoints (a resumed
+    rank's event file cut back to its checkpoint) and recorder."""
+    rank, paths, start = setup.rank, setup.paths, setup.start
+    device = setup.device or resolve_device(cfg, setup.local_rank)
+    data = setup.data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    comm = setup.comm or make_communicator(cfg, device)
+    events = paths.rank_events(rank) if paths is not None else None
+    checkpoints = Checkpointer.open(paths, rank, cfg.checkpoint.every)
+    if checkpoints.resumed is not None:
+        start = rewind_events(events, checkpoints.resumed["recorder"], start)
+    name = paths.root.name if paths is not None else "run"
+    recorder = Recorder(
+        events,
+        name,
+        rank,
+        job.roles[rank],
+        lead=rank == job.lead,
+        start=start,
+        comm=comm,
+        on_event=setup.on_event,
+    )
+    return WorkerContext(
+        cfg=cfg,
+        rank=rank,
+        world=job.world,
+        role=job.roles[rank],
+        comm=comm,
+        device=device,
+        data=move_dataset(data, device),
+        recorder=recorder,
+        paths=paths,
+        lead=job.lead,
+        shared=setup.shared,
+        checkpoints=checkpoints,
+        partition=job.partition,
+    )
 
 
 def rewind_events(events: Path | None, position: dict, start: float) -> float:
@@ -170,7 +216,3 @@ def warm_up(ctx: WorkerContext) -> int:
 def peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def run_name(run_dir: Path | None) -> str:
-    return run_dir.name if run_dir else "run"

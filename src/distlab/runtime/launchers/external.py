@@ -9,6 +9,7 @@ does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,12 +17,12 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from distlab.config import RunConfig
-from distlab.data.datasets import Dataset
 from distlab.runtime.environ import elastic_restart, external_env, local_world_size
 from distlab.runtime.failures import (
     RunFailed,
@@ -35,7 +36,13 @@ from distlab.runtime.failures import (
     write_error,
 )
 from distlab.runtime.signals import hold_sigterm
-from distlab.runtime.worker import Job, notify, resolve_device, run_worker, thread_count
+from distlab.runtime.worker import Job, RankSetup, notify, resolve_device, run_worker, thread_count
+
+if TYPE_CHECKING:
+    from distlab.runs.directory import RunPaths
+
+# What rank 0 calls once the run has started, whatever its outcome: (paths, status, failure).
+Finish = Callable[["RunPaths", str, RunFailed | None], None]
 
 # Seconds rank 0 of an externally launched run waits for the other ranks' reports of a failure.
 REPORT_WAIT_SECONDS = 3.0
@@ -65,27 +72,20 @@ def is_follower() -> bool:
 
 
 def join_external(
-    cfg: RunConfig,
-    job: Job,
-    rank: int,
-    local_rank: int,
-    prepare: Callable[[], Path],
-    finish: Callable[[Path, str, RunFailed | None], None],
-    start: float,
-    data: Dataset | None = None,
-    on_event: Callable | None = None,
+    cfg: RunConfig, job: Job, setup: RankSetup, prepare: Callable[[], Path], finish: Finish
 ) -> Path:
-    """Enter the run from a launcher's process and return the run directory.
+    """Enter the run from a launcher's process and return the run directory. `setup` is
+    this rank's place; its `paths` come from the directory rank 0 prepares.
 
     Rank 0 prepares the run directory and tells every rank its path or its error, so bad
     input ends every rank with the same ValueError. Once the run has started, rank 0 calls
-    `finish(run_dir, status, failure)` whatever the outcome; a failed rank reports through
+    `finish(paths, status, failure)` whatever the outcome; a failed rank reports through
     the launcher's store, which outlives it, so RunFailed on rank 0 names the rank that
     caused the failure. SIGTERM (Terminated) ends every rank with RunTerminated."""
-    world = job.world
+    world, rank = job.world, setup.rank
     torch.set_num_threads(thread_count(cfg, local_world_size(world)))
-    device = resolve_device(cfg, local_rank)
-    notify(on_event, f"waiting for {world} processes to join")
+    device = resolve_device(cfg, setup.local_rank)
+    notify(setup.on_event, f"waiting for {world} processes to join")
     try:
         store = rendezvous(cfg, rank, world)
         _init_group(cfg, rank, world, device, store)
@@ -94,7 +94,8 @@ def join_external(
     shared = dist.PrefixStore("distlab", store)
     try:
         run_dir = Path(_agree_or_stop(prepare, rank, device))
-        _run_reporting(cfg, job, rank, local_rank, run_dir, start, data, shared, finish, on_event)
+        setup = dataclasses.replace(setup, paths=job.paths(run_dir))
+        _run_reporting(cfg, job, setup, shared, finish)
     finally:
         dist.destroy_process_group()
     return run_dir
@@ -190,41 +191,30 @@ def _broadcast_text(kind: int, text: str, rank: int, device: torch.device) -> tu
     return kind, bytes(body.cpu().tolist()).decode()
 
 
-def _run_reporting(
-    cfg: RunConfig,
-    job: Job,
-    rank: int,
-    local_rank: int,
-    run_dir: Path,
-    start: float,
-    data: Dataset | None,
-    shared,
-    finish: Callable[[Path, str, RunFailed | None], None],
-    on_event: Callable | None,
-) -> None:
+def _run_reporting(cfg: RunConfig, job: Job, setup: RankSetup, shared, finish: Finish) -> None:
     """Run this rank's worker. A failure is reported through the store, and rank 0 turns the
     reports into the cause; rank 0 records the run whatever happens."""
-    status, failure = "failed", None
+    status, failure, rank, paths = "failed", None, setup.rank, setup.paths
     try:
-        run_worker(cfg, job, rank, run_dir, start, local_rank, data, on_event)
+        run_worker(cfg, job, setup)
         dist.barrier()  # rank 0 merges the events once every rank has written its last
         status = "completed"
     except BaseException as exc:  # noqa: BLE001 - reported, then raised as the run's outcome
         try:
-            failure = _report_failure(exc, cfg, rank, job.world, run_dir, shared)
+            failure = _report_failure(exc, cfg, rank, job.world, paths, shared)
         except Terminated:  # SIGTERM landed while this rank reported: stopped, not failed
-            failure = _report_failure(Terminated(), cfg, rank, job.world, run_dir, shared)
+            failure = _report_failure(Terminated(), cfg, rank, job.world, paths, shared)
         status = failure.status if isinstance(failure, RunInterrupted) else "failed"
     finally:
         hold_sigterm()
         if rank == 0:
-            finish(run_dir, status, failure if isinstance(failure, RunFailed) else None)
+            finish(paths, status, failure if isinstance(failure, RunFailed) else None)
     if failure is not None:
         raise failure
 
 
 def _report_failure(
-    exc: BaseException, cfg: RunConfig, rank: int, world: int, run_dir: Path, shared
+    exc: BaseException, cfg: RunConfig, rank: int, world: int, paths: RunPaths, shared
 ) -> RunFailed | RunInterrupted:
     """Tell the other ranks how this rank ended and return the exception that ends it: on
     rank 0 the run's outcome, named from every rank's report; elsewhere a quiet one."""
@@ -234,18 +224,20 @@ def _report_failure(
     _post(shared, f"report/{rank}", json.dumps({"stopped": stopped, "message": message}))
     if not stopped:
         try:
-            write_error(run_dir, rank, exc)  # with the traceback, as local ranks leave it
+            write_error(paths, rank, exc)  # with the traceback, as local ranks leave it
         except OSError:
             pass  # another machine without the shared directory: the store has it
     if rank != 0:
         return (
-            stopped_error(exc, run_dir) if stopped else RunFailed(f"rank {rank} failed: {message}")
+            stopped_error(exc, paths.root)
+            if stopped
+            else RunFailed(f"rank {rank} failed: {message}")
         )
     got = _collect_reports(shared, world)
     errors = {r: m for r, (was_stopped, m) in got.items() if not was_stopped}
     own = any(not is_peer_error(m) for m in errors.values())
     if stopped and not own and len(got) == world:
-        return stopped_error(exc, run_dir)  # all answered, none failed of itself: stopped
+        return stopped_error(exc, paths.root)  # all answered, none failed of itself: stopped
     # Stopped with a rank silent: torchrun stops the others when one dies, so it is a failure.
     return RunFailed(_describe_reports(got, world, cfg.timeout), errors)
 

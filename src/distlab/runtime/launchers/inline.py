@@ -12,7 +12,7 @@ import torch.distributed as dist
 from distlab.config import RunConfig
 from distlab.data.datasets import Dataset
 from distlab.runtime.failures import RunFailed, read_errors, write_error
-from distlab.runtime.worker import Job, run_worker, thread_count
+from distlab.runtime.worker import Job, RankSetup, run_worker, thread_count
 
 
 def run_inline(
@@ -22,8 +22,11 @@ def run_inline(
     start: float,
     data: Dataset,
     on_event: Callable | None = None,
+    follow: Callable[[], None] | None = None,
 ) -> None:
-    """A one-process run inside the caller's process: a real gloo group of size 1."""
+    """A one-process run inside the caller's process: a real gloo group of size 1. Its
+    events reach `on_event` from its own recorder: `follow` is not needed."""
+    paths = job.paths(run_dir)
     previous = torch.get_num_threads()
     torch.set_num_threads(thread_count(cfg, 1))
     dist.init_process_group(
@@ -32,10 +35,10 @@ def run_inline(
     try:
         # The run seeds torch's global generator; the caller's stream is left as it was.
         with torch.random.fork_rng(devices=[]):
-            run_worker(cfg, job, 0, run_dir, start, data=data, on_event=on_event)
+            run_worker(cfg, job, RankSetup(0, paths, start, data=data, on_event=on_event))
     except Exception as exc:  # the same one-line report as a failed rank of a larger run
-        write_error(run_dir, 0, exc)
-        errors = read_errors(run_dir, [0])
+        write_error(paths, 0, exc)
+        errors = read_errors(paths, [0])
         raise RunFailed(f"rank 0 failed: {errors.get(0, repr(exc))}", errors) from exc
     finally:
         dist.destroy_process_group()

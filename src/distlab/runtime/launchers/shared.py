@@ -15,6 +15,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -23,17 +24,18 @@ import torch.multiprocessing as mp
 from distlab.config import RunConfig
 from distlab.data.datasets import Dataset, load_dataset
 from distlab.models import build_model
-from distlab.runs.events import EventTail
 from distlab.runtime.comm import Communicator
 from distlab.runtime.failures import WORKER_NAME
 from distlab.runtime.launchers.spawn import (
-    _announce_training,
     _die_with_parent,
     _exit_reporting,
     watch_until_done,
 )
 from distlab.runtime.signals import raise_terminated
-from distlab.runtime.worker import Job, load_entry, parse_config, run_worker
+from distlab.runtime.worker import Job, RankSetup, load_entry, parse_config, run_worker
+
+if TYPE_CHECKING:
+    from distlab.runs.directory import RunPaths
 
 # The shared objects live in this machine's memory: the ranks compute where they are.
 SHARED_DEVICE = torch.device("cpu")
@@ -88,10 +90,12 @@ def launch_shared(
     start: float,
     data: Dataset | None = None,
     on_event: Callable | None = None,
+    follow: Callable[[], None] | None = None,
 ) -> None:
     """Spawn `world` processes sharing one model in memory and wait; RunFailed names the
     first rank that failed. KeyboardInterrupt and Terminated (SIGTERM) stop every process
-    and become RunInterrupted and RunTerminated. `data` gives the model's shapes."""
+    and become RunInterrupted and RunTerminated. `data` gives the model's shapes; `follow`
+    is called while they run, as by the spawn launcher."""
     refuse_cuda(cfg)
     context, world = mp.get_context("spawn"), job.world
     data = data or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
@@ -99,7 +103,8 @@ def launch_shared(
     # One torch thread per process unless --threads says otherwise: the processes are the
     # parallelism, and more threads than cores would only make them take turns.
     threads = cfg.threads or 1
-    args = (job, cfg.model_dump_json(), str(run_dir), start, threads, shared)
+    paths = job.paths(run_dir)
+    args = (job, cfg.model_dump_json(), paths, start, threads, shared)
     barrier = context.Barrier(world)
     procs = [
         context.Process(
@@ -107,8 +112,7 @@ def launch_shared(
         )
         for rank in range(world)
     ]
-    tail = EventTail(run_dir / "events" / f"rank-{job.lead}.jsonl", _announce_training(on_event))
-    watch_until_done(procs, cfg, run_dir, tail, on_event)
+    watch_until_done(procs, cfg, paths, follow, on_event)
 
 
 def refuse_cuda(cfg: RunConfig, who: str = "the shared launcher") -> None:
@@ -139,7 +143,7 @@ def _child(
     rank: int,
     job: Job,
     cfg_json: str,
-    run_dir: str,
+    paths: RunPaths,
     start: float,
     threads: int,
     shared: dict,
@@ -152,8 +156,7 @@ def _child(
         cfg = parse_config(cfg_json, load_entry(job.entry))
         torch.set_num_threads(threads)
         comm = SharedMemoryComm(rank, job.world, barrier, cfg.timeout)
-        run_worker(
-            cfg, job, rank, Path(run_dir), start, comm=comm, device=SHARED_DEVICE, shared=shared
-        )
+        setup = RankSetup(rank, paths, start, comm=comm, device=SHARED_DEVICE, shared=shared)
+        run_worker(cfg, job, setup)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
-        _exit_reporting(Path(run_dir), rank, exc)
+        _exit_reporting(paths, rank, exc)

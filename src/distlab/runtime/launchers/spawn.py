@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing import connection, get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from distlab.config import RunConfig
 from distlab.data.datasets import Dataset
-from distlab.runs.events import EventTail
 from distlab.runtime.failures import (
     UNGUARDED_EXIT,
     WORKER_NAME,
@@ -51,6 +51,7 @@ from distlab.runtime.prestart import preload
 from distlab.runtime.signals import die_with, raise_terminated, set_parent_death_signal
 from distlab.runtime.worker import (
     Job,
+    RankSetup,
     load_entry,
     notify,
     parse_config,
@@ -58,6 +59,9 @@ from distlab.runtime.worker import (
     run_worker,
     thread_count,
 )
+
+if TYPE_CHECKING:
+    from distlab.runs.directory import RunPaths
 
 STOP_GRACE_SECONDS = 3.0
 
@@ -69,11 +73,13 @@ def launch_local(
     start: float,
     data: Dataset | None = None,
     on_event: Callable | None = None,
+    follow: Callable[[], None] | None = None,
 ) -> None:
     """Spawn `world` processes and wait; RunFailed names the first rank that failed.
     KeyboardInterrupt and Terminated (SIGTERM) stop every process and become RunInterrupted
-    and RunTerminated. `on_event` gets status events and the lead rank's events; `data` is
-    not used (each process loads its own)."""
+    and RunTerminated. `on_event` gets status events; `follow`, the caller's, is called
+    while they run (to pass the lead rank's new events on); `data` is not used (each
+    process loads its own)."""
     store = dist.TCPStore(
         "127.0.0.1",
         0,
@@ -84,10 +90,11 @@ def launch_local(
     )
     preload()
     ctx, world = get_context("forkserver"), job.world
+    paths = job.paths(Path(run_dir).resolve())
     args = (
         job,
         cfg.model_dump_json(),
-        str(Path(run_dir).resolve()),
+        paths,
         start,
         store.port,
         thread_count(cfg, world),
@@ -97,18 +104,21 @@ def launch_local(
         ctx.Process(target=_child, args=(rank, *args), name=f"{WORKER_NAME}{rank}", daemon=True)
         for rank in range(world)
     ]
-    tail = EventTail(run_dir / "events" / f"rank-{job.lead}.jsonl", _announce_training(on_event))
     try:
-        watch_until_done(procs, cfg, run_dir, tail, on_event)
+        watch_until_done(procs, cfg, paths, follow, on_event)
     finally:
         del store
 
 
 def watch_until_done(
-    procs: list, cfg: RunConfig, run_dir: Path, tail: EventTail, on_event: Callable | None
+    procs: list,
+    cfg: RunConfig,
+    paths: RunPaths,
+    follow: Callable[[], None] | None,
+    on_event: Callable | None,
 ) -> None:
-    """Start the processes and watch them until all end or one fails; Ctrl-C and SIGTERM
-    stop them all. Whatever happens, none outlives this call."""
+    """Start the processes and watch them until all end or one fails, calling `follow` as
+    they run; Ctrl-C and SIGTERM stop them all. Whatever happens, none outlives this call."""
     world = len(procs)
     try:
         notify(on_event, f"starting {world} processes")
@@ -116,8 +126,9 @@ def watch_until_done(
             for proc in procs:
                 proc.start()
         notify(on_event, f"waiting for {world} processes to join")
-        _watch(procs, run_dir, cfg.timeout, tail.poll)
-        tail.poll()
+        _watch(procs, paths, cfg.timeout, follow)
+        if follow is not None:
+            follow()
     except KeyboardInterrupt:
         stop_all(procs)
         raise RunInterrupted("interrupted by the user; all processes stopped") from None
@@ -183,7 +194,7 @@ def check_entry_importable(entry: str) -> None:
     )
 
 
-def _announce_training(on_event: Callable | None) -> Callable | None:
+def announce_training(on_event: Callable | None) -> Callable | None:
     """Pass the lead rank's events on, with a "training" status line when training starts."""
     if on_event is None:
         return None
@@ -196,7 +207,7 @@ def _announce_training(on_event: Callable | None) -> Callable | None:
     return forward
 
 
-def _watch(procs: list, run_dir: Path, timeout: float, on_poll: Callable | None) -> None:
+def _watch(procs: list, paths: RunPaths, timeout: float, on_poll: Callable | None) -> None:
     pending = {p.sentinel: rank for rank, p in enumerate(procs)}
     while pending:
         ready = connection.wait(list(pending), timeout=0.2)
@@ -211,15 +222,15 @@ def _watch(procs: list, run_dir: Path, timeout: float, on_poll: Callable | None)
             time.sleep(0.3)  # let peers that fail because of it report too, then pick the cause
             # What the ranks reported before we stop the rest: a rank that fails because we
             # stopped its peer is no error of the run.
-            errors = read_errors(run_dir, range(len(procs)))
-            raise RunFailed(describe_failure(procs, run_dir, timeout), errors)
+            errors = read_errors(paths, range(len(procs)))
+            raise RunFailed(describe_failure(procs, paths, timeout), errors)
 
 
-def describe_failure(procs: list, run_dir: Path, timeout: float) -> str:
+def describe_failure(procs: list, paths: RunPaths, timeout: float) -> str:
     """Name the rank that caused the failure: a killed rank, else one that exited without a
     report, else one whose own error is not a peer/connection error, else a rank still
     blocked when the others timed out."""
-    errors = {r: read_error(run_dir, r) for r, p in enumerate(procs) if p.exitcode not in (None, 0)}
+    errors = {r: read_error(paths, r) for r, p in enumerate(procs) if p.exitcode not in (None, 0)}
     killed = [r for r, p in enumerate(procs) if p.exitcode is not None and p.exitcode < 0]
     if killed:
         sig = signal.Signals(-procs[killed[0]].exitcode).name
@@ -289,7 +300,7 @@ def _child(
     rank: int,
     job: Job,
     cfg_json: str,
-    run_dir: str,
+    paths: RunPaths,
     start: float,
     port: int,
     threads: int,
@@ -314,10 +325,10 @@ def _child(
             world_size=job.world,
             timeout=timedelta(seconds=cfg.timeout),
         )
-        run_worker(cfg, job, rank, Path(run_dir), start, local_rank=rank)
+        run_worker(cfg, job, RankSetup(rank, paths, start, local_rank=rank))
         dist.barrier()  # every rank is past its last message before any rank leaves
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the parent
-        _exit_reporting(Path(run_dir), rank, exc)
+        _exit_reporting(paths, rank, exc)
     _exit_quietly()
 
 
@@ -330,12 +341,12 @@ def _exit_quietly() -> None:
     os._exit(0)
 
 
-def _exit_reporting(run_dir: Path, rank: int, exc: BaseException) -> None:
+def _exit_reporting(paths: RunPaths, rank: int, exc: BaseException) -> None:
     """Report this rank's error to the parent and exit at once. A rank stopped by SIGTERM
     (by the parent, or from outside) has no error of its own to report."""
     code = 143 if isinstance(exc, Terminated) else 1
     try:
         if code == 1:
-            write_error(run_dir, rank, exc)
+            write_error(paths, rank, exc)
     finally:
         os._exit(code)
