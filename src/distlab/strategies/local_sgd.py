@@ -14,7 +14,8 @@ training (one-shot averaging, PSGD).
 
 Data: with the IID partition, workers walk the run's --sampler (split-batch, random,
 balanced); with a non-IID --partition each worker walks its own part. Every worker takes the
-same number of steps per epoch, otherwise a rank would wait forever at an averaging.
+same number of steps per epoch, otherwise a rank would wait forever at an averaging
+(distlab.strategies.parts).
 
 Averaging is weighted by the samples each worker used since the last averaging, so with
 `period: 1` and plain SGD the run is step for step the gradient allreduce (the average of
@@ -44,28 +45,16 @@ one counted call that a run without checkpoints does not make).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from distlab.data.partition import Partition, partition
+from distlab.strategies import parts
 from distlab.strategies.allreduce import averaged_gradient_step
-from distlab.strategies.common import (
-    Schedule,
-    own_schedule,
-    sampler_schedule,
-    train_epochs,
-)
-from distlab.strategies.spec import (
-    StrategyBase,
-    StrategySpec,
-    check_data_parallel,
-    sampler_batch_meaning,
-    sampler_partition,
-)
+from distlab.strategies.common import train_epochs
+from distlab.strategies.plan import Plan
+from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
 from distlab.training import (
     attach_flat_grads,
     compute_gradients,
@@ -109,37 +98,8 @@ class Params(StrategyBase):
 # --- which steps communicate ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Which steps communicate, from the config and the epoch length alone: every rank and
-    the summary derive the same schedule, so no message says what comes next."""
-
-    steps_per_epoch: int
-    epochs: int
-    period: int | None  # None: average at the end only
-    warmup: int
-    eval_every: int
-
-    @property
-    def total(self) -> int:
-        return self.steps_per_epoch * self.epochs
-
-    def evaluates(self, step: int) -> bool:
-        """Whether train_epochs evaluates after this step (its rule, step by step)."""
-        every = self.eval_every or self.steps_per_epoch
-        return step % every == 0 or step == self.total
-
-    def kind(self, step: int) -> str:
-        """allreduce (warmup), average, eval-average (for the evaluation copy only) or local."""
-        if step <= self.warmup:
-            return "allreduce"
-        local = step - self.warmup
-        if step == self.total or (self.period is not None and local % self.period == 0):
-            return "average"
-        return "eval-average" if self.evaluates(step) else "local"
-
-
 def make_plan(cfg: RunConfig, steps_per_epoch: int) -> Plan:
+    """Local SGD's plan: warmup allreduce steps, then an averaging every `period` steps."""
     period = cfg.strategy.period
     return Plan(
         steps_per_epoch,
@@ -148,51 +108,6 @@ def make_plan(cfg: RunConfig, steps_per_epoch: int) -> Plan:
         cfg.strategy.warmup_steps,
         cfg.eval_every,
     )
-
-
-# --- data: every worker takes the same number of steps --------------------------------------
-
-
-def own_parts(cfg: RunConfig, labels: np.ndarray) -> Partition:
-    """The non-IID --partition over the workers; a worker without data is refused."""
-    parts = partition(labels, cfg.workers, cfg.partition, cfg.seed)
-    empty = [r for r, p in enumerate(parts.indices) if len(p) == 0]
-    if empty:
-        raise ValueError(
-            f"--partition {cfg.partition.scheme} leaves worker {empty[0]} without samples; "
-            "change its parameters or --seed"
-        )
-    return parts
-
-
-def cycled_schedule(ctx: WorkerContext, indices: np.ndarray, rank: int, steps: int) -> Schedule:
-    """A worker's own part cut into exactly `steps` batches per epoch. The largest part sets
-    `steps`; a smaller part starts another reshuffled pass over its own data (a stream of
-    its own per pass) until it has that many, so every worker reaches every averaging."""
-    own = -(-len(indices) // ctx.cfg.batch_size)
-    world = ctx.cfg.workers
-    passes = [own_schedule(ctx, indices, rank + p * world) for p in range(-(-steps // own))]
-    return lambda epoch: [b for one in passes for b in one(epoch)][:steps]
-
-
-def worker_schedules(ctx: WorkerContext) -> list[Schedule]:
-    """Every worker's schedule; each rank builds them all from the seed (no messages) to
-    know the global samples of a step."""
-    cfg, world = ctx.cfg, ctx.cfg.workers
-    if cfg.partition.scheme == "iid":
-        return [sampler_schedule(ctx, r, world) for r in range(world)]
-    parts = own_parts(cfg, ctx.labels()).indices
-    steps = max(-(-len(p) // cfg.batch_size) for p in parts)
-    return [cycled_schedule(ctx, p, r, steps) for r, p in enumerate(parts)]
-
-
-def global_samples(schedules: list[Schedule], epochs: int) -> list[int]:
-    """Per step of the run, the samples of all workers' batches together."""
-    sizes = []
-    for epoch in range(epochs):
-        per_worker = [[len(b) for b in s(epoch)] for s in schedules]
-        sizes.extend(sum(step) for step in zip(*per_worker, strict=True))
-    return sizes
 
 
 # --- one worker -----------------------------------------------------------------------------
@@ -283,10 +198,10 @@ def set_flat_momentum(opt: torch.optim.Optimizer, flat: torch.Tensor) -> None:
 
 
 def run(ctx: WorkerContext, params: Params) -> None:
-    schedules = worker_schedules(ctx)
+    schedules = parts.worker_schedules(ctx)
     own = schedules[ctx.rank]
     plan = make_plan(ctx.cfg, len(own(0)))
-    worker = LocalWorker(ctx, params, plan, global_samples(schedules, ctx.cfg.epochs))
+    worker = LocalWorker(ctx, params, plan, parts.global_samples(schedules, ctx.cfg.epochs))
     train_epochs(ctx, worker.shown, worker.step, own, keep={"worker": worker})
 
 
@@ -310,19 +225,6 @@ def check(cfg: RunConfig) -> None:
             "strategy.average_momentum needs optimizer sgd with momentum > 0 "
             f"(got {opt.name}, momentum {opt.momentum})"
         )
-
-
-def data_partition(cfg: RunConfig, labels: np.ndarray) -> Partition:
-    """The workers' own parts under a non-IID --partition, else the sampler's first epoch."""
-    if cfg.partition.scheme == "iid":
-        return sampler_partition(cfg, labels)
-    return own_parts(cfg, labels)
-
-
-def batch_meaning(cfg: RunConfig) -> str:
-    if cfg.partition.scheme != "iid":
-        return "per worker (its own part)"
-    return sampler_batch_meaning(cfg)
 
 
 def comm_analysis(cfg: RunConfig, per_rank: dict, params: int, units: int) -> dict:
@@ -381,9 +283,9 @@ SPEC = StrategySpec(
     Params,
     run,
     check=check,
-    data_partition=data_partition,
+    data_partition=parts.data_partition,
     comm_analysis=comm_analysis,
-    batch_meaning=batch_meaning,
+    batch_meaning=parts.batch_meaning,
     extra_summary=averaging_summary,
     uses_partition=True,  # a non-IID --partition gives each worker its own part
     network="local-ring",
