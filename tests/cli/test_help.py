@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from tests.conftest import cli, run_small
 
-from distlab.cli import format_number, main
+from distlab.cli import main
+from distlab.cli.display import format_number
 from distlab.runtime.launch import RunFailed
 from distlab.strategies import STRATEGIES
 
@@ -99,7 +100,7 @@ def flag_help(text: str, flag: str) -> str:
      (["deploy", "server"], "fedavg", "10")],
 )  # fmt: skip
 def test_help_shows_the_defaults_each_command_applies(command, strategy, clients, capsys):
-    from distlab.cli import deploy_data
+    from distlab.cli.deploy import deploy_data
 
     with pytest.raises(SystemExit):
         main([*command, "--help"])

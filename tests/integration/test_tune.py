@@ -20,7 +20,7 @@ import pytest
 import yaml
 from tests.conftest import assert_no_orphans, cli
 
-from distlab.cli import format_number
+from distlab.cli.display import format_number
 
 pytest.importorskip("ray", reason="distlab tune needs the ray package: pip install 'distlab[tune]'")
 
@@ -146,13 +146,8 @@ def test_asha_every_file_and_line_says_what_each_trials_run_directory_says(tmp_p
 def test_metric_png_draws_the_best_so_far_as_best_yaml_picks_it(tmp_path, saved_figures):
     from matplotlib.text import Text
 
-    from distlab.experiments.tune.runs import (
-        TrialRow,
-        TuneOutcome,
-        best_row,
-        plan_tune,
-        write_outcome,
-    )
+    from distlab.experiments.tune.outcome import TrialRow, TuneOutcome, best_row, write_outcome
+    from distlab.experiments.tune.plan import plan_tune
     from distlab.experiments.tune.space import parse_space
 
     plan = plan_tune(BASE, parse_space({"optimizer.lr": {"grid": [0.1, 0.05, 0.02]}}),
@@ -317,7 +312,7 @@ def test_bad_input_is_one_line_and_exit_2_before_ray_starts(tmp_path, space, arg
     ],  # fmt: skip
 )
 def test_the_plan_checks_every_point_and_option(tmp_path, space, options, said):
-    from distlab.experiments.tune.runs import plan_tune
+    from distlab.experiments.tune.plan import plan_tune
     from distlab.experiments.tune.space import parse_space
 
     with pytest.raises(ValueError) as caught:
@@ -327,7 +322,8 @@ def test_the_plan_checks_every_point_and_option(tmp_path, space, options, said):
 
 
 def test_a_plan_asks_for_the_processes_of_its_largest_trial(tmp_path):
-    from distlab.experiments.tune.runs import plan_tune, samples
+    from distlab.experiments.tune.plan import plan_tune
+    from distlab.experiments.tune.search import samples
     from distlab.experiments.tune.space import parse_space
 
     space = parse_space({"workers": {"grid": [1, 2]}, "optimizer.lr": {"choice": [0.1, 0.2]}})
