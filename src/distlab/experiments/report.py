@@ -26,7 +26,15 @@ from distlab.experiments.baseline import (
     threads_of,
 )
 from distlab.experiments.curves import plot_curves
-from distlab.runs.directory import REPEATS, SUMMARY, RunPaths, load_run
+from distlab.runs.directory import (
+    CONFIG,
+    REPEATS,
+    SUMMARY,
+    RunPaths,
+    is_run_dir,
+    load_run,
+    runs_in,
+)
 
 if TYPE_CHECKING:
     from distlab.data.partition import Partition
@@ -135,8 +143,8 @@ def check_datasets(runs: list[dict[str, Any]], force: bool) -> None:
 
 
 def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Each path as given when it is a run directory (it has summary.json); the run
-    directories inside it when it is a sweep or a folder of runs; ValueError when a path
+    """Each path as given when it is a run directory (see runs.directory.is_run_dir); the
+    finished runs inside it when it is a sweep or a folder of runs; ValueError when a path
     holds no run."""
     if not paths:
         raise ValueError("give at least one run or sweep directory (got none)")
@@ -144,26 +152,19 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.is_dir():
             raise ValueError(f"run directory {str(path)!r} does not exist")
-        run = RunPaths(path)
-        if run.summary.is_file() or run.config.is_file():
+        if is_run_dir(path):
             found.append(path)
             continue
-        # a run has its config beside its summary; a report inside the sweep (compare's)
-        # has a summary.json of its own and is no run
-        inside = sorted(p for p in path.iterdir() if is_run_dir(p))
+        # only finished runs: a report inside the sweep (compare's) has a summary.json of
+        # its own and is no run, a cell still running has no summary yet
+        inside = runs_in(path, finished=True)
         if not inside:
             raise ValueError(
-                f"{str(path)!r} holds no run: a run directory has summary.json, a sweep "
-                "directory has run directories"
+                f"{str(path)!r} holds no run: a run directory has {CONFIG} and {SUMMARY}, "
+                "a sweep directory has run directories"
             )
         found.extend(inside)
     return found
-
-
-def is_run_dir(path: Path) -> bool:
-    """A finished run: its summary beside its config."""
-    run = RunPaths(path)
-    return run.summary.is_file() and run.config.is_file()
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
