@@ -19,8 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from distlab.data.partition import PartitionConfig
-from distlab.strategies import STRATEGIES, StrategyBase, check_config, get_spec, params_for
+from distlab.data.partition import PARTITION_SCHEMES, IidPartition, PartitionConfig
+from distlab.strategies import STRATEGIES, StrategyBase, check_config, params_for
 
 # Longest file name on Linux file systems (ext4, xfs, tmpfs), in bytes.
 NAME_MAX = 255
@@ -121,7 +121,7 @@ class RunConfig(Frozen):
     """Training paradigm and its parameters (strategy.name selects it)."""
     workers: int = Field(1, ge=1)
     """Number of data-parallel workers, or client hosts for federated strategies; >= 1."""
-    partition: PartitionConfig = Field(default_factory=lambda: _default_partition())
+    partition: PartitionConfig = Field(default_factory=IidPartition)
     """How the training data is divided among workers or clients."""
     sampler: Literal["split-batch", "random", "balanced"] = "split-batch"
     """How a worker walks its data each epoch: split-batch (each global batch split across
@@ -232,19 +232,14 @@ def strategy_params(value: Any) -> Any:
         raise ValueError(describe_error(exc, ("strategy", name))) from None
 
 
-def _default_partition() -> PartitionConfig:
-    from distlab.data.partition import IidPartition
-
-    return IidPartition()
-
-
 def _check_choice(field: str, value: str, allowed: dict) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {field} {value!r} (allowed: {', '.join(sorted(allowed))})")
     return value
 
 
-# --- loading ---------------------------------------------------------------------------------
+# Loading. How a config file is read, by its suffix; any other is YAML.
+PARSERS = {".toml": tomllib.loads, ".json": json.loads}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -256,14 +251,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ValueError(f"config file {str(path)!r} is not UTF-8 text") from None
-    suffix = path.suffix.lower()
     try:
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
+        data = PARSERS.get(path.suffix.lower(), yaml.safe_load)(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ValueError(f"malformed config file {str(path)!r}: {first}") from None
@@ -364,10 +353,9 @@ def merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
 def _normalize_shorthands(data: dict[str, Any]) -> dict[str, Any]:
     """Accept `strategy: fedavg` and `partition: iid` as short forms of the mappings."""
     data = dict(data)
-    if isinstance(data.get("strategy"), str):
-        data["strategy"] = {"name": data["strategy"]}
-    if isinstance(data.get("partition"), str):
-        data["partition"] = {"scheme": data["partition"]}
+    for key, inner in SHORT_FORMS.items():
+        if isinstance(data.get(key), str):
+            data[key] = {inner: data[key]}
     return data
 
 
@@ -385,11 +373,10 @@ def validate_config(data: dict[str, Any]) -> RunConfig:
 
 def check_run(cfg: RunConfig) -> RunConfig:
     """The checks across fields, which pydantic's own do not make (a RunConfig built
-    directly has had pydantic's alone): bounds, the strategy's checks, the fault's rank.
-    Returns `cfg`; ValueError in one line."""
+    directly has had pydantic's alone): bounds, then the strategy's checks and the fault's
+    rank. Returns `cfg`; ValueError in one line."""
     check_limits(cfg)
     check_config(cfg)
-    check_fault_rank(cfg)
     return cfg
 
 
@@ -403,19 +390,6 @@ def check_limits(cfg: RunConfig) -> None:
         value = getattr(cfg.strategy, key, None)
         if isinstance(value, int) and value > limit:
             raise ValueError(f"strategy.{key} must be <= {limit} (got {value})")
-
-
-def check_fault_rank(cfg: RunConfig) -> None:
-    """A fault on a rank the run does not have would never fire."""
-    if cfg.fault is None:
-        return
-    world = get_spec(cfg.strategy.name).processes(cfg)
-    if cfg.fault.rank >= world:
-        ranks = "rank 0" if world == 1 else f"ranks 0 to {world - 1}"
-        raise ValueError(
-            f"fault.rank must be < {world}, the run's process count (got {cfg.fault.rank}; "
-            f"strategy {cfg.strategy.name} with --workers {cfg.workers} runs {ranks})"
-        )
 
 
 def config_data(config: Any) -> dict[str, Any]:
@@ -464,14 +438,10 @@ def describe_error(exc: ValidationError, prefix: tuple = ()) -> str:
 
 
 def _is_union_tag(part: Any) -> bool:
-    from distlab.data.partition import PARTITION_SCHEMES
-
     return isinstance(part, str) and (part in STRATEGIES or part in PARTITION_SCHEMES)
 
 
 def _allowed_keys(loc: tuple) -> str:
-    from distlab.data.partition import PARTITION_SCHEMES
-
     section, choice = loc[0], loc[1] if len(loc) >= 2 else None
     if section == "partition" and choice:
         fields = PARTITION_SCHEMES[choice].model_fields
@@ -512,8 +482,6 @@ FLAG_KEYS = {
 def config_field(path: str):
     """The pydantic field behind a dotted config key (strategy keys: the first strategy
     that has it), or None."""
-    from distlab.data.partition import PARTITION_SCHEMES
-
     section, *rest = path.split(".")
     if not rest:
         return RunConfig.model_fields.get(section)

@@ -67,7 +67,8 @@ def params_for(name: str) -> type[StrategyBase]:
 
 
 def check_config(cfg: RunConfig, spec: StrategySpec | None = None) -> None:
-    """Run the chosen strategy's cross-field checks; they raise ValueError."""
+    """Run the chosen strategy's cross-field checks, then check the fault's rank against
+    the strategy's process count; they raise ValueError."""
     spec = spec or get_spec(cfg.strategy.name)
     if cfg.partition.scheme != "iid" and not spec.uses_partition:
         raise ValueError(
@@ -76,3 +77,17 @@ def check_config(cfg: RunConfig, spec: StrategySpec | None = None) -> None:
             "(split-batch, random or balanced)"
         )
     spec.check(cfg)
+    check_fault_rank(cfg, spec)
+
+
+def check_fault_rank(cfg: RunConfig, spec: StrategySpec) -> None:
+    """A fault on a rank the run does not have would never fire."""
+    if cfg.fault is None:
+        return
+    world = spec.processes(cfg)
+    if cfg.fault.rank >= world:
+        ranks = "rank 0" if world == 1 else f"ranks 0 to {world - 1}"
+        raise ValueError(
+            f"fault.rank must be < {world}, the run's process count (got {cfg.fault.rank}; "
+            f"strategy {cfg.strategy.name} with --workers {cfg.workers} runs {ranks})"
+        )
