@@ -17,7 +17,8 @@ from tests.conftest import cli, final_state, run_small
 
 from distlab.models import build_model, count_parameters, model_layers
 from distlab.runs.directory import load_run
-from distlab.strategies.distill import Params, distill_loss
+from distlab.strategies.distill import Params
+from distlab.strategies.soft_labels import distill_loss
 
 # Measured with these settings (digits, 3 mlp members x 6 epochs, vgg-small target x 2
 # epochs, T 4, alpha 0.5, one thread per process), seeds 0..4:

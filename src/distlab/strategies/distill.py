@@ -35,16 +35,16 @@ with a `members_eval` phase event carrying the same two figures. The ensemble's 
 that of the members' averaged probabilities (temperature 1). model.pt is the target.
 
 Checkpoints (--set checkpoint.every=N): N counts the lead's steps, the step numbers of its
-record (member 0's, then the target's, one count through both phases). Each rank's holds
-its member and the member's optimizer (the lead's also the target and its optimizer), its
-random generators and its position (phase, epoch, batch, its own step count); the
+record (member 0's, then the target's, one count through both phases); the members walk
+apart, so each rank writes them at a consistent cut (distlab.strategies.walker). Each rank's
+holds its member and the member's optimizer (the lead's also the target and its optimizer),
+its random generators and its position (phase, epoch, batch, its own step count); the
 ensemble's soft labels are recomputed by the members at every target step, so none are
 kept. A run resumed from one ends as the uninterrupted run does, bit for bit.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -57,7 +57,10 @@ from distlab.data.partition import IidPartition, Partition, partition
 from distlab.data.samplers import epoch_batches
 from distlab.models import MODELS, build_model, count_parameters
 from distlab.strategies.common import Schedule, own_schedule, sampler_schedule
+from distlab.strategies.logits_traffic import logits_traffic, no_comm_analysis
+from distlab.strategies.soft_labels import distill_loss, ensemble_teacher, evaluate_members
 from distlab.strategies.spec import StrategyBase, StrategySpec
+from distlab.strategies.walker import AFTER_EVAL, Walker
 from distlab.training import make_optimizer
 
 if TYPE_CHECKING:
@@ -119,61 +122,6 @@ def member_schedule(ctx: WorkerContext, params: Params, rank: int) -> Schedule:
     return lambda epoch: epoch_batches(cfg.sampler, labels, cfg.batch_size, epoch, seed, 0, 1)
 
 
-# --- losses and measurements ------------------------------------------------------------------
-
-
-def distill_loss(
-    logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor, params: Params
-) -> torch.Tensor:
-    """Hinton et al. 2015: (1 - alpha) CE + alpha T^2 KL(teacher || softmax(logits / T)),
-    divided by gradient_bound(params). `teacher` holds probabilities at temperature T."""
-    t = params.temperature
-    hard = F.cross_entropy(logits, y)
-    soft = F.kl_div(F.log_softmax(logits / t, 1), teacher, reduction="batchmean")
-    return ((1 - params.alpha) * hard + params.alpha * t * t * soft) / gradient_bound(params)
-
-
-def gradient_bound(params: Params) -> float:
-    """How much larger than the labels' alone a step on Hinton's loss can be: (1 - alpha) +
-    alpha T.
-
-    The paper's T^2 keeps the soft term's gradients on the hard term's scale where the logits
-    are small against T (its section 2.1: there the soft term is logit matching, its gradient
-    (z - v) / N). Elsewhere it overshoots: per sample, the gradient with respect to the
-    logits is (1 - alpha) (softmax(z) - y) + alpha T (softmax(z / T) - p), each difference of
-    probabilities at most 2 in L1 norm, so the soft term pulls up to T times harder than the
-    labels. A target whose logits start large (vgg-small's: cross-entropy 4 to 9 at
-    initialization on mnist-sample) then took SGD steps 2.5 times those of the same target
-    on the labels (T 4, alpha 0.5), which already overshoots at --lr 0.05, and diverged
-    (NaN at its sixth step with --seed 3, three seeds of 0..5 below 0.2 accuracy). Dividing
-    by the bound keeps the steps within the labels' own, whatever T and alpha; the two
-    terms' ratio, the paper's weighting, is unchanged, and at alpha 0 or T 1 it is 1."""
-    return (1 - params.alpha) + params.alpha * params.temperature
-
-
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    probs = torch.cat([F.softmax(model(x[i : i + batch]), 1) for i in range(0, len(x), batch)])
-    model.train(was_training)
-    return probs
-
-
-def accuracy(probs: torch.Tensor, y: torch.Tensor) -> float:
-    return round(float((probs.argmax(1) == y).float().mean()), 6)
-
-
-def evaluate_members(ctx: WorkerContext, member: nn.Module) -> tuple[list[float], float] | None:
-    """Collective: every member's test accuracy and the ensemble's (its averaged
-    probabilities), on the lead; None elsewhere."""
-    probs = ctx.comm.gather(predict_probabilities(member, ctx.data.x_test), dst=ctx.lead)
-    if probs is None:
-        return None
-    y = ctx.data.y_test
-    return [accuracy(p, y) for p in probs], accuracy(torch.stack(probs).mean(0), y)
-
-
 # --- the two phases ----------------------------------------------------------------------------
 
 
@@ -182,8 +130,7 @@ class Distiller:
 
     def __init__(self, ctx: WorkerContext, params: Params) -> None:
         cfg = ctx.cfg
-        self.ctx, self.params, self.done = ctx, params, 0
-        self.points: dict[tuple[int, int], list[int]] = {}  # the phase's save_points
+        self.ctx, self.params = ctx, params
         name = params.member_model or cfg.model
         self.member = self.build(name, cfg.seed + ctx.rank)
         self.member_opt = make_optimizer(self.member.parameters(), cfg.optimizer)
@@ -191,27 +138,11 @@ class Distiller:
         self.target_opt = (
             make_optimizer(self.target.parameters(), cfg.optimizer) if self.target else None
         )
+        self.walker = Walker(ctx, self.kept)
 
     def build(self, name: str, seed: int) -> nn.Module:
         data = self.ctx.data
         return build_model(name, data.input_shape, data.classes, seed).to(self.ctx.device)
-
-    def walk(self, batches: list[np.ndarray], step, epoch: int, stage: str, skip: int) -> None:
-        """One epoch of `step` from batch `skip` on, each step recorded as train_epochs
-        records it, a checkpoint written where one falls."""
-        ctx, x, y = self.ctx, self.ctx.data.x_train, self.ctx.data.y_train
-        for i in range(skip, len(batches)):
-            index = torch.from_numpy(batches[i]).to(x.device)
-            start = time.perf_counter()
-            loss, fields = step(x[index], y[index])
-            self.done += 1
-            ctx.maybe_fault(self.done)
-            ctx.check_loss(loss, self.done)
-            duration = time.perf_counter() - start
-            ctx.recorder.step(
-                self.done, loss, len(index), duration, epoch=epoch, stage=stage, **fields
-            )
-            self.save_due((epoch, i + 1), {"phase": stage, "epoch": epoch, "batch": i + 1})
 
     def kept(self) -> dict:
         """A checkpoint's models and optimizers: the member's, and the target's on the lead."""
@@ -219,23 +150,6 @@ class Distiller:
         if self.target is not None:
             kept |= {"target": self.target, "target_opt": self.target_opt}
         return kept
-
-    def restore(self) -> dict:
-        """Where this rank starts: the resumed checkpoint's position (its models, optimizers
-        and generators loaded), or the first member step."""
-        state = self.ctx.restore(self.kept())
-        if state is None:
-            return {"phase": "members", "epoch": 0, "batch": 0, "done": 0}
-        self.done = state["position"]["done"]
-        return state["position"]
-
-    def save_due(self, key: tuple[int, int], position: dict) -> None:
-        """Write the checkpoints that fall at `key` of this phase. Members walk apart and a
-        gather does not hold a sender back, so the ranks meet first: each has then
-        completed the previous checkpoint, which keeps one complete checkpoint on disk."""
-        for at in self.points.get(key, []):
-            self.ctx.comm.barrier()
-            self.ctx.save_checkpoint(at, "step", self.kept(), position | {"done": self.done})
 
     def member_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict]:
         self.member_opt.zero_grad()
@@ -256,8 +170,8 @@ class Distiller:
         loss = own_loss = F.cross_entropy(logits.detach(), y)
         if self.target is not None:
             target_logits = self.target(x)
-            teacher = torch.stack([F.softmax(z / params.temperature, 1) for z in gathered])
-            loss = distill_loss(target_logits, y, teacher.mean(0), params)
+            teacher = ensemble_teacher(gathered, params.temperature)
+            loss = distill_loss(target_logits, y, teacher, params)
         if params.bidirectional:
             before = comm.bytes_sent
             back = target_logits.detach() if self.target is not None else torch.empty_like(logits)
@@ -290,7 +204,7 @@ class Distiller:
         if phase == "members":
             self.ctx.recorder.phase("members_eval", **where)
         else:
-            self.ctx.evaluate(self.target, step=self.done, **where)
+            self.ctx.evaluate(self.target, step=self.walker.done, **where)
 
 
 def run(ctx: WorkerContext, params: Params) -> None:
@@ -299,10 +213,11 @@ def run(ctx: WorkerContext, params: Params) -> None:
     mine = [len(own(e)) for e in range(params.member_epochs)]
     lead = [len(member_schedule(ctx, params, ctx.lead)(e)) for e in range(params.member_epochs)]
     distiller = Distiller(ctx, params)
-    at = distiller.restore()
+    walker = distiller.walker
+    at = walker.restore("members")
     if not ctx.resuming:  # a resumed run's "train" is in its event file already
         ctx.recorder.phase("train", total=sum(mine) + cfg.epochs * len(shared(0)), unit="step")
-    distiller.points = save_points(ctx, mine, lead, 0)
+    walker.plan_phase(mine, lead, 0)
     start = (at["epoch"], at["batch"]) if at["phase"] == "members" else None
     train_phase(distiller, "members", own, params.member_epochs, start)
     if distiller.target is not None and at["phase"] == "members":
@@ -310,10 +225,10 @@ def run(ctx: WorkerContext, params: Params) -> None:
     # A frozen teacher predicts in eval mode; a member that learns from the target trains.
     distiller.member.train(params.bidirectional)
     target = [len(shared(e)) for e in range(cfg.epochs)]
-    distiller.points = save_points(ctx, target, target, sum(lead))
+    walker.plan_phase(target, target, sum(lead))
     start = (at["epoch"], at["batch"]) if at["phase"] == "target" else (0, 0)
     train_phase(distiller, "target", shared, cfg.epochs, start)
-    ctx.recorder.phase("train_end", steps=distiller.done)
+    ctx.recorder.phase("train_end", steps=walker.done)
     if distiller.target is not None:
         ctx.save_model(distiller.target)
 
@@ -326,36 +241,11 @@ def train_phase(
     if start is None:
         return
     step = distiller.member_step if stage == "members" else distiller.target_step
-    first, skip = start
+    walker, (first, skip) = distiller.walker, start
     for epoch in range(first, epochs):
-        distiller.walk(schedule(epoch), step, epoch, stage, skip if epoch == first else 0)
+        walker.walk(schedule(epoch), step, epoch, stage, skip if epoch == first else 0)
         distiller.evaluate(epoch, stage)
-        distiller.save_due((epoch, AFTER_EVAL), {"phase": stage, "epoch": epoch + 1, "batch": 0})
-
-
-AFTER_EVAL = -1  # save_points' key for a checkpoint written after an epoch's evaluation
-
-
-def save_points(
-    ctx: WorkerContext, mine: list[int], lead: list[int], offset: int
-) -> dict[tuple[int, int], list[int]]:
-    """Where this rank writes each checkpoint due in a phase, keyed (epoch, batches done)
-    or (epoch, AFTER_EVAL). checkpoint.every counts the lead's steps, the step numbers of
-    the run's record: member 0's in phase 1, then the target's (from `offset`). A member
-    with `mine` batches per epoch where the lead has `lead` (shards may differ by one
-    batch) writes a checkpoint due at the lead's batch b after its own batch min(b, mine)
-    and one due at the lead's last batch after the epoch's evaluation, as the lead does:
-    no message passes between members within an epoch, so these states are a consistent
-    cut of the run."""
-    points: dict[tuple[int, int], list[int]] = {}
-    at = offset
-    for epoch, (n_mine, n_lead) in enumerate(zip(mine, lead, strict=True)):
-        for b in range(1, n_lead + 1):
-            at += 1
-            if ctx.checkpoint_due(at):
-                key = (epoch, AFTER_EVAL if b == n_lead else min(b, n_mine))
-                points.setdefault(key, []).append(at)
-    return points
+        walker.save_due((epoch, AFTER_EVAL), {"phase": stage, "epoch": epoch + 1, "batch": 0})
 
 
 def record_target(ctx: WorkerContext, distiller: Distiller) -> None:
@@ -386,8 +276,6 @@ def check(cfg: RunConfig) -> None:
 def models_fit_data(cfg: RunConfig, data) -> None:
     """The members' and the target's models both fit the dataset's shapes (vgg-small needs
     images): refused before any process starts."""
-    from distlab.models import build_model
-
     for name in (cfg.strategy.member_model or cfg.model, cfg.strategy.target_model):
         try:
             build_model(name, data.input_shape, data.classes, cfg.seed)
@@ -397,19 +285,11 @@ def models_fit_data(cfg: RunConfig, data) -> None:
 
 def data_partition(cfg: RunConfig, labels: np.ndarray) -> Partition | None:
     """The members' IID shards under member_data shards; none when every member has all."""
-    if cfg.strategy.member_data == "shards":
-        return member_shards(cfg, labels)
-    return None
+    return member_shards(cfg, labels) if cfg.strategy.member_data == "shards" else None
 
 
 def batch_meaning(cfg: RunConfig) -> str:
     return "per member and for the target (whole batches)"
-
-
-def no_comm_analysis(cfg: RunConfig, per_rank: dict, params: int, units: int) -> dict:
-    """The logits traffic is set beside its formula in distill_summary: the formula needs the
-    class count and the target's steps, which the lead's events hold and the totals do not."""
-    return {}
 
 
 def distill_summary(cfg: RunConfig, lead: list[dict]) -> dict:
@@ -431,30 +311,6 @@ def distill_summary(cfg: RunConfig, lead: list[dict]) -> dict:
         "target_accuracy": last.get("accuracy"),
         **logits_traffic(cfg, lead, target.get("classes")),
     }
-
-
-def logits_traffic(cfg: RunConfig, lead: list[dict], classes: int | None) -> dict:
-    """Per target step, the lead's measured logits bytes beside the formula: in, every
-    member's logits (members x batch x classes x 4, the lead's own block included as the
-    Communicator counts a gather); out (bidirectional), the target's logits broadcast
-    (batch x classes x 4, counted once at the source)."""
-    steps = [e for e in lead if e["kind"] == "step" and e.get("stage") == "target"]
-    if not steps or classes is None:
-        return {}
-    n, samples = len(steps), sum(e["samples"] for e in steps)
-    out = {
-        "logits_bytes_in_per_step_measured": round(
-            sum(e.get("logits_bytes_in", 0) for e in steps) / n, 1
-        ),
-        "logits_bytes_in_per_step_analytic": round(cfg.workers * samples * classes * 4 / n, 1),
-        "logits_bytes_out_per_step_measured": None,
-        "logits_bytes_out_per_step_analytic": None,
-    }
-    if cfg.strategy.bidirectional:
-        measured = sum(e.get("logits_bytes_out", 0) for e in steps) / n
-        out["logits_bytes_out_per_step_measured"] = round(measured, 1)
-        out["logits_bytes_out_per_step_analytic"] = round(samples * classes * 4 / n, 1)
-    return out
 
 
 SPEC = StrategySpec(
