@@ -431,10 +431,10 @@ def preflight(configs: Mapping[str, Any], inputs: bool = True) -> dict[str, Chec
 
 def preflight_config(label: str, config: Any) -> CheckedConfig:
     try:
-        cfg = validate_config(config_data(config))
+        cfg = validated(config)
     except ValueError as exc:
         raise ValueError(f"{label}: {exc}") from None
-    return CheckedConfig(cfg, get_spec(cfg.strategy.name).processes(cfg))
+    return CheckedConfig(cfg, process_count(cfg))
 
 
 def preflight_inputs(item: CheckedConfig, loaded: dict[tuple, Any]) -> None:

@@ -22,9 +22,6 @@ import itertools
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,19 +36,15 @@ from distlab.config import (
     config_field,
     read_config_file,
     set_dotted,
-    validate_config,
 )
-from distlab.runtime.failures import RunFailed, RunInterrupted, RunTerminated, Terminated
-from distlab.runtime.signals import set_parent_death_signal, sigterm_raises
+from distlab.runs.child import RunChild, RunOutcome, read_summary, stopping
+from distlab.runs.directory import sweep_file
 
-PLAN_FILE = "sweep.json"
 # Keys the sweep sets itself: each cell's run directory is SWEEP_DIR/<cell>.
 RESERVED_KEYS = ("name", "out_dir")
 # Short names of dotted keys in cell names: allreduce_workers-2_lr-0.1 (a strategy by its
 # name alone).
 SHORT_KEYS = {v: k for k, v in FLAG_KEYS.items()}
-# Seconds a stopped cell gets to record itself before it is killed.
-STOP_GRACE_SECONDS = 30.0
 SWEEP_FILE_KEYS = ("name", "base", "grid", "cells", "repeats")
 # Far more repeats than any timing needs; a typo such as 1000 would run for days.
 MAX_REPEATS = 100
@@ -187,7 +180,7 @@ def plain(value: Any) -> str:
 def cell_config(base: dict[str, Any], values: dict[str, Any]) -> tuple[dict, set[str]]:
     """The base config with the cell's settings applied; base strategy keys the cell's
     strategy does not take are left out (returned, so the plan can tell a key no cell uses)."""
-    from distlab.strategies import STRATEGIES, params_for
+    from distlab.api import strategy_keys
 
     data = copy.deepcopy(base)
     if isinstance(data.get("strategy"), str):
@@ -196,9 +189,8 @@ def cell_config(base: dict[str, Any], values: dict[str, Any]) -> tuple[dict, set
         set_dotted(data, key, value)
     strategy = data.get("strategy") or {}
     dropped: set[str] = set()
-    name = strategy.get("name", "centralized")
-    if name in STRATEGIES:
-        taken = params_for(name).model_fields
+    taken = strategy_keys(strategy.get("name", "centralized"))
+    if taken is not None:
         own = {k.split(".", 1)[1] for k in values if k.startswith("strategy.")}
         dropped = {k for k in strategy if k not in taken and k not in own}
         data["strategy"] = {k: v for k, v in strategy.items() if k not in dropped}
@@ -239,18 +231,11 @@ def plan_sweep(
     base = copy.deepcopy(base)
     if jobs > 1 and not base.get("threads"):
         base["threads"] = 1
-    points = expand(grids, sweep.get("cells") or [])
-    cells = build_cells(base, points, root)
-    threads = even_threads(base, cells)
+    checked = check_cells(base, expand(grids, sweep.get("cells") or []), root, check_inputs)
+    threads = even_threads(base, checked)
     if threads:
         base["threads"] = threads
-        cells = build_cells(base, points, root)
-    names = [c.name for c in cells]
-    twice = next((n for n in names if names.count(n) > 1), None)
-    if twice:
-        raise ValueError(f"the sweep has cell {twice!r} twice: its cells must differ")
-    if check_inputs:
-        check_cell_inputs(cells)
+    cells = [make_cell(values, cfg, processes, threads) for values, cfg, processes in checked]
     if repeats > 1:
         cells = repeat_cells(cells, repeats, root)
     return SweepPlan(name, root, base, tuple(cells))
@@ -262,30 +247,45 @@ def check_repeats(repeats: Any) -> int:
     return repeats
 
 
-def build_cells(base: dict[str, Any], points: list[dict[str, Any]], root: Path) -> list[Cell]:
-    """A validated Cell for each point of the grid; ValueError naming the cell, or a base
-    strategy key that no cell's strategy takes."""
-    cells, unused = [], None
+def check_cells(
+    base: dict[str, Any], points: list[dict[str, Any]], root: Path, inputs: bool
+) -> list[tuple[dict[str, Any], Any, int]]:
+    """(settings, validated config, processes) for each point of the grid, every config
+    checked once by `api.preflight` (with `inputs`, as `distlab run` checks before its
+    processes start); ValueError naming the cell, a cell named twice, or a base strategy
+    key that no cell's strategy takes."""
+    from distlab.api import preflight
+
+    configs, unused = {}, None
     for values in points:
-        label = cell_name(values)
+        name = cell_name(values)
+        if f"cell {name}" in configs:
+            raise ValueError(f"the sweep has cell {name!r} twice: its cells must differ")
         data, dropped = cell_config(base, values)
         unused = dropped if unused is None else unused & dropped
-        data.update(out_dir=str(root), name=label)
-        cfg = validate_cell(label, data)
-        cells.append(Cell(label, values, json.loads(cfg.model_dump_json()), count_processes(cfg)))
+        configs[f"cell {name}"] = {**data, "out_dir": str(root), "name": name}
     if unused:
         raise ValueError(f"{sorted(unused)[0]} is not a key of any strategy in the sweep")
-    return cells
+    checked = preflight(configs, inputs)
+    return [(v, c.config, c.processes) for v, c in zip(points, checked.values(), strict=True)]
 
 
-def even_threads(base: dict[str, Any], cells: list[Cell]) -> int | None:
+def make_cell(values: dict[str, Any], cfg, processes: int, threads: int | None) -> Cell:
+    """The cell of a checked config, with the sweep's even threads where it has them."""
+    if threads:
+        cfg = cfg.model_copy(update={"threads": threads})
+    return Cell(cfg.name, values, json.loads(cfg.model_dump_json()), processes)
+
+
+def even_threads(base: dict[str, Any], checked: list[tuple[dict, Any, int]]) -> int | None:
     """The torch threads every cell gets when their process counts differ and nothing set
     the threads: cores // the most processes of any cell (at least 1); else None."""
-    if base.get("threads") or len({c.processes for c in cells}) < 2:
+    processes = [p for _, _, p in checked]
+    if base.get("threads") or len(set(processes)) < 2:
         return None
-    if any(c.config.get("threads") for c in cells):
+    if any(cfg.threads for _, cfg, _ in checked):
         return None  # a cell that sets its own threads was set by hand: leave them all
-    return max(1, (os.cpu_count() or 1) // max(c.processes for c in cells))
+    return max(1, (os.cpu_count() or 1) // max(processes))
 
 
 def repeat_cells(cells: list[Cell], repeats: int, root: Path) -> list[Cell]:
@@ -306,61 +306,19 @@ def check_name(name: str) -> None:
         )
 
 
-def validate_cell(label: str, data: dict[str, Any]):
-    try:
-        return validate_config(data)
-    except ValueError as exc:
-        raise ValueError(f"cell {label}: {exc}") from None
-
-
-def count_processes(cfg) -> int:
-    from distlab.strategies import get_spec
-
-    return get_spec(cfg.strategy.name).processes(cfg)
-
-
-def check_cell_inputs(cells: list[Cell]) -> None:
-    """What `distlab run` checks before its processes start, for every cell: the process
-    count, the TensorBoard package when asked for, the dataset's presence and the model's
-    fit to it."""
-    from distlab.api import check_process_count
-    from distlab.data.datasets import load_dataset
-    from distlab.strategies import get_spec
-
-    loaded: dict[tuple, Any] = {}
-    for cell in cells:
-        cfg = validate_config(cell.config)
-        try:
-            if cfg.tensorboard:
-                from distlab.tensorboard import check_available
-
-                check_available()
-            check_process_count(cfg, cell.processes)
-            key = (cfg.dataset, str(cfg.data_dir), cfg.download)
-            if key not in loaded:
-                loaded[key] = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-            get_spec(cfg.strategy.name).check_data(cfg, loaded[key])
-        except ValueError as exc:
-            raise ValueError(f"cell {cell.name}: {exc}") from None
-
-
 # --- running ---------------------------------------------------------------------------------
 
 
 def cell_finished(plan: SweepPlan, cell: Cell) -> dict[str, Any] | None:
     """The summary of a completed cell, else None (missing, failed, stopped, half-written)."""
-    path = plan.root / cell.name / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    summary = read_summary(plan.root / cell.name)
     return summary if summary.get("status") == "completed" else None
 
 
 def prepare_root(plan: SweepPlan, overwrite: bool) -> None:
     """Create the sweep directory, or resume the same plan in it; another plan under the
     same name is refused unless `overwrite` (which starts the sweep again)."""
-    record = plan.root / PLAN_FILE
+    record = sweep_file(plan.root)
     if record.exists() and not overwrite:
         try:
             old = json.loads(record.read_text()).get("cells_planned")
@@ -384,7 +342,8 @@ def prepare_root(plan: SweepPlan, overwrite: bool) -> None:
 
 
 def write_record(plan: SweepPlan, results: dict[str, CellResult]) -> None:
-    """sweep.json: the plan and each cell's outcome, rewritten atomically as cells end."""
+    """The sweep's record: the plan and each cell's outcome, rewritten atomically as cells
+    end."""
     cells = []
     for cell in plan.cells:
         done = results.get(cell.name)
@@ -403,9 +362,10 @@ def write_record(plan: SweepPlan, results: dict[str, CellResult]) -> None:
         "cells": cells,
         "cells_planned": plan.fingerprint(),
     }
-    tmp = plan.root / (PLAN_FILE + ".tmp")
+    path = sweep_file(plan.root)
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, plan.root / PLAN_FILE)
+    os.replace(tmp, path)
 
 
 def run_sweep(
@@ -418,31 +378,23 @@ def run_sweep(
     `on_cell(kind, cell, result)` is told "start", "end" and "skip". Ctrl-C raises
     RunInterrupted and SIGTERM RunTerminated once every cell process has stopped; the
     cells that finished stay finished."""
+    from distlab.api import RunInterrupted, RunTerminated, Terminated
+
     prepare_root(plan, overwrite)
     notify = on_cell or (lambda *_: None)
-    results: dict[str, CellResult] = {}
-    pending = []
-    for cell in plan.cells:
-        summary = cell_finished(plan, cell)
-        if summary is None:
-            pending.append(cell)
-            continue
-        results[cell.name] = CellResult(
-            cell, "completed", summary.get("wall_seconds"), summary=summary, skipped=True
-        )
-        notify("skip", cell, results[cell.name])
+    results = finished_cells(plan, notify)
     write_record(plan, results)
-    running: dict[str, tuple[Cell, subprocess.Popen, float]] = {}
+    pending = [c for c in plan.cells if c.name not in results]
+    running: dict[str, tuple[Cell, RunChild]] = {}
     try:
-        with sigterm_raises():
+        with stopping(lambda: [child for _, child in running.values()]):
             schedule(plan, pending, running, results, jobs, notify)
     except (KeyboardInterrupt, Terminated) as exc:
-        terminated = isinstance(exc, Terminated)
-        stop_cells(running, signal.SIGTERM if terminated else signal.SIGINT)
-        for cell, proc, started in running.values():
-            results[cell.name] = collect(plan, cell, proc, started)
+        for cell, child in running.values():
+            results[cell.name] = cell_result(cell, child.outcome())
         write_record(plan, results)
         finished = sum(r.status == "completed" for r in results.values())
+        terminated = isinstance(exc, Terminated)
         word = "terminated" if terminated else "interrupted"
         message = (
             f"sweep {plan.name} {word}: {finished} of {len(plan.cells)} cells finished; rerun "
@@ -452,6 +404,19 @@ def run_sweep(
     return [results[c.name] for c in plan.cells]
 
 
+def finished_cells(plan: SweepPlan, notify) -> dict[str, CellResult]:
+    """The cells an earlier run of the sweep completed, each told as skipped."""
+    results = {}
+    for cell in plan.cells:
+        summary = cell_finished(plan, cell)
+        if summary is not None:
+            results[cell.name] = CellResult(
+                cell, "completed", summary.get("wall_seconds"), summary=summary, skipped=True
+            )
+            notify("skip", cell, results[cell.name])
+    return results
+
+
 def schedule(plan, pending, running, results, jobs, notify) -> None:
     """Start cells while a job slot and the cores allow (a cell alone always may), collect
     them as they end."""
@@ -459,82 +424,34 @@ def schedule(plan, pending, running, results, jobs, notify) -> None:
     oversubscribe = any(c.config.get("oversubscribe") for c in plan.cells)
     queue = list(pending)
     while queue or running:
-        busy = sum(c.processes for c, _, _ in running.values())
+        busy = sum(c.processes for c, _ in running.values())
         while queue and len(running) < jobs:
             cell = queue[0]
             if running and busy + cell.processes > cores and not oversubscribe:
                 break
             queue.pop(0)
-            running[cell.name] = (cell, start_cell(plan, cell), time.monotonic())
+            running[cell.name] = (cell, start_cell(plan, cell))
             busy += cell.processes
             notify("start", cell, None)
-        for name, (cell, proc, started) in list(running.items()):
-            if proc.poll() is not None:
+        for name, (cell, child) in list(running.items()):
+            if not child.running():
                 del running[name]
-                results[name] = collect(plan, cell, proc, started)
+                results[name] = cell_result(cell, child.outcome())
                 write_record(plan, results)
                 notify("end", cell, results[name])
         time.sleep(0.1)
 
 
-def start_cell(plan: SweepPlan, cell: Cell) -> subprocess.Popen:
-    """`distlab run` on the cell's config, its stderr kept in logs/<cell>.log."""
-    cmd = [sys.executable, "-m", "distlab", "run", "--quiet", "--overwrite"]
-    cmd += ["--config", str(plan.root / "cells" / f"{cell.name}.json")]
-    with open(plan.root / "logs" / f"{cell.name}.log", "w") as log:
-        return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-            # Its own session: Ctrl-C reaches the sweep alone, which stops each cell once.
-            start_new_session=True, preexec_fn=die_with_parent,
-        )  # fmt: skip
+def start_cell(plan: SweepPlan, cell: Cell) -> RunChild:
+    """`distlab run` on the cell's config into SWEEP_DIR/<cell>, its stderr kept in
+    logs/<cell>.log."""
+    config = plan.root / "cells" / f"{cell.name}.json"
+    log = plan.root / "logs" / f"{cell.name}.log"
+    return RunChild.start(config, plan.root / cell.name, log, overwrite=True)
 
 
-def die_with_parent() -> None:
-    """The kernel sends this cell SIGTERM when the sweep dies, so a killed sweep leaves no run
-    behind (the cell records itself as terminated and stops its ranks)."""
-    set_parent_death_signal(signal.SIGTERM)
-
-
-def collect(plan: SweepPlan, cell: Cell, proc: subprocess.Popen, started: float) -> CellResult:
-    """The cell's outcome from its summary.json, or its last error line when it wrote none."""
-    seconds = round(time.monotonic() - started, 3)
-    path = plan.root / cell.name / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        summary = {}
-    status = summary.get("status") or ("completed" if proc.returncode == 0 else "failed")
-    if status == "completed" and proc.returncode != 0:
-        status = "failed"
-    error = summary.get("error") or (last_error(plan, cell) if status != "completed" else None)
-    return CellResult(cell, status, seconds, error, summary)
-
-
-def last_error(plan: SweepPlan, cell: Cell) -> str | None:
-    try:
-        lines = (plan.root / "logs" / f"{cell.name}.log").read_text().splitlines()
-    except OSError:
-        return None
-    said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return said[-1] if said else (lines[-1] if lines else None)
-
-
-def stop_cells(running: dict, signum: int) -> None:
-    """Stop every running cell as a user would (SIGINT or SIGTERM), then kill what is left
-    after the grace period."""
-    for _, proc, _ in running.values():
-        if proc.poll() is None:
-            try:
-                proc.send_signal(signum)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    for _, proc, _ in running.values():
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def cell_result(cell: Cell, outcome: RunOutcome) -> CellResult:
+    return CellResult(cell, outcome.status, outcome.seconds, outcome.error, outcome.summary)
 
 
 def failure_message(plan: SweepPlan, results: list[CellResult]) -> str | None:
@@ -549,6 +466,8 @@ def failure_message(plan: SweepPlan, results: list[CellResult]) -> str | None:
 
 
 def raise_for_failures(plan: SweepPlan, results: list[CellResult]) -> None:
+    from distlab.api import RunFailed
+
     message = failure_message(plan, results)
     if message:
         raise RunFailed(message)

@@ -13,22 +13,17 @@ evals Tune was given (the scheduler may have decided on fewer than the run recor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from distlab.runs.child import read_summary
+from distlab.runs.directory import RunPaths, write_json
+from distlab.runs.events import read_events
 
 # What a run writes of itself when it finishes on its own: never overruled by the trial.
 OWN_ENDINGS = ("completed", "failed")
 # The eval event's figure each trial reports, and the summary figure that is its record.
 METRICS = {"accuracy": "final_accuracy", "loss": "final_loss"}
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def is_settled(run_dir: Path) -> bool:
@@ -49,10 +44,12 @@ def settle(
     given (None when unknown). Returns the summary; nothing is written where there is no
     run directory (its run never started)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not RunPaths(run_dir).config.is_file():
         return {}
     summary = read_summary(run_dir)
     if not summary:
+        from distlab.api import summary_from_events
+
         summary = summary_from_events(run_dir, word)
     if summary.get("status") not in OWN_ENDINGS:
         summary["status"] = word
@@ -63,31 +60,8 @@ def settle(
     return summary
 
 
-def summary_from_events(run_dir: Path, status: str) -> dict[str, Any]:
-    """summary.json as the run would have written it, from the events its ranks wrote before
-    it was killed. Its wall seconds died with it: null, as is every figure the events do not
-    give (train seconds without the end of training, comm totals without the ranks' last
-    word)."""
-    from distlab.config import validate_config
-    from distlab.runs.directory import read_json
-    from distlab.runs.events import merge_events
-    from distlab.strategies import get_spec
-    from distlab.summary import summarize
-
-    cfg = validate_config(read_json(run_dir / "config.json"))
-    spec = get_spec(cfg.strategy.name)
-    files = sorted((run_dir / "events").glob("rank-*.jsonl"))
-    events = merge_events(files, run_dir / "events.jsonl")
-    summary = summarize(cfg, spec, events, spec.processes(cfg), 0.0, status, run_dir)
-    summary["wall_seconds"] = None
-    summary["summary_from"] = "events: the run was killed before it wrote its summary"
-    return summary
-
-
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    from distlab.runs.directory import write_json
-
-    write_json(run_dir / "summary.json", summary)
+    write_json(RunPaths(Path(run_dir)).summary, summary)
 
 
 def restatus(run_dir: Path, word: str) -> None:
@@ -100,10 +74,8 @@ def restatus(run_dir: Path, word: str) -> None:
 
 def count_evals(run_dir: Path, lead: int | None) -> int:
     """Eval events of the lead rank in the run's merged events."""
-    from distlab.runs.events import read_events
-
     try:
-        events = read_events(Path(run_dir) / "events.jsonl")
+        events = read_events(RunPaths(Path(run_dir)).merged_events)
     except (OSError, ValueError):
         return 0
     lead = lead or 0
@@ -122,13 +94,3 @@ def figures(run_dir: Path, metric: str) -> dict[str, Any]:
         "seconds": summary.get("wall_seconds"),
         "error": summary.get("error"),
     }
-
-
-def last_line(log: Path) -> str | None:
-    """The cause a run printed last (its `error: ` line, else its last line)."""
-    try:
-        lines = log.read_text().splitlines()
-    except OSError:
-        return None
-    said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return said[-1] if said else (lines[-1] if lines else None)

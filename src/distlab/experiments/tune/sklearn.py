@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from distlab.experiments.tune.space import Domain, check_trials, grid_size, read_space, to_ray
+from distlab.experiments.tune.tables import Table, read_csv, split_table
 
 # name -> (module, class); imported on use so `--help` loads no estimator.
 ESTIMATORS = {
@@ -39,23 +40,10 @@ BUNDLED = {
 }
 SEARCHES = ("grid", "random")
 METRIC = "cv_accuracy"
-# Share of a bundled or CSV dataset held out for the test score (distlab's sets have their own).
-TEST_FRACTION = 0.2
 # Trials a random search draws when --trials is not given.
 RANDOM_TRIALS = 10
 # Set from --cpus-per-trial so a trial's threads match the CPUs Ray gave it.
 RESERVED = ("n_jobs",)
-
-
-@dataclass(frozen=True)
-class Table:
-    """Features and labels, split once (seeded, stratified) into train and held-out test."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -206,57 +194,6 @@ def distlab_table(name: str) -> Table:
     data = load_dataset(name)
     flat = [t.reshape(len(t), -1).numpy() for t in (data.x_train, data.x_test)]
     return Table(name, flat[0], data.y_train.numpy(), flat[1], data.y_test.numpy())
-
-
-def read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """Numeric feature columns and the target column (any labels) of a CSV with a header."""
-    if not path.is_file():
-        raise ValueError(f"--csv {str(path)!r}: no such file")
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    header, body = (rows[0], rows[1:]) if rows else ([], [])
-    if target not in header:
-        raise ValueError(f"--target {target!r}: no such column in {path.name} (columns: "
-                         f"{', '.join(header) or 'none'})")  # fmt: skip
-    if not body:
-        raise ValueError(f"--csv {str(path)!r} has no rows under its header")
-    at = header.index(target)
-    check_csv_body(path, header, body, at)
-    labels = np.array([row[at] for row in body])
-    features = [[v for i, v in enumerate(row) if i != at] for row in body]
-    return np.array(features, dtype=np.float64), labels
-
-
-def check_csv_body(path: Path, header: list[str], body: list[list[str]], target: int) -> None:
-    """Every row has the header's fields and every feature is a number; the first one that
-    is not is named by its line, column and value."""
-    for line, row in enumerate(body, start=2):  # line 1 is the header
-        if len(row) != len(header):
-            raise ValueError(
-                f"--csv {path.name}: line {line} has {len(row)} fields, the header {len(header)}"
-            )
-        for i, (column, value) in enumerate(zip(header, row, strict=True)):
-            if i != target and not is_float(value):
-                raise ValueError(
-                    f"--csv {path.name}: column {column!r} holds {value!r} on line {line}; "
-                    f"feature columns must be numeric (only --target {header[target]!r} may "
-                    "hold labels)"
-                )
-
-
-def is_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def split_table(name: str, x: np.ndarray, y: np.ndarray, seed: int) -> Table:
-    from sklearn.model_selection import train_test_split
-
-    parts = train_test_split(x, y, test_size=TEST_FRACTION, stratify=y, random_state=seed)
-    return Table(name, parts[0], parts[2], parts[1], parts[3])
 
 
 def check_folds(search: Search, table: Table) -> None:
