@@ -14,6 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from distlab.runs.directory import RunPaths
+
 JOB_FILE = "job.json"
 DONE_FILE = "server-done.json"
 
@@ -22,15 +24,15 @@ def run_server(grid, context) -> None:
     """Flower's entry point: the job named in the run config, run to completion."""
     job_path = Path(str(context.run_config["job"]))
     job = json.loads(job_path.read_text())
-    run_dir = Path(job["run_dir"])
+    paths = RunPaths(Path(job["run_dir"]))
     status, error = "failed", None
     try:
-        run_job(grid, job, run_dir)
+        run_job(grid, job, paths)
         status = "completed"
     except Exception as exc:  # recorded for the command, which reports it in one line
         from distlab.runtime.failures import first_line, write_error
 
-        write_error(run_dir, 0, exc)
+        write_error(paths, 0, exc)
         error = first_line(exc)
         raise
     finally:
@@ -38,21 +40,23 @@ def run_server(grid, context) -> None:
         (job_path.parent / DONE_FILE).write_text(json.dumps(done))
 
 
-def run_job(grid, job: dict, run_dir: Path) -> None:
+def run_job(grid, job: dict, paths: RunPaths) -> None:
+    """The run's single rank, under the Grid Flower handed the ServerApp."""
     import torch
 
     from distlab.config import validate_config
     from distlab.federated.flower import FlowerSettings
     from distlab.runtime.comm import SoloCommunicator
-    from distlab.runtime.worker import Job, run_worker, thread_count
+    from distlab.runtime.worker import Job, RankSetup, run_worker, thread_count
     from distlab.strategies import spec_ref
 
     cfg = validate_config(job["config"])
     torch.set_num_threads(thread_count(cfg, 1))
     settings = FlowerSettings(cfg.strategy.clients, **job["settings"])
     shared = {"grid": grid, "flower": settings}
-    entry = Job(spec_ref(cfg.strategy.name), ("server",), 0)
-    run_worker(cfg, entry, 0, run_dir, job["start"], comm=SoloCommunicator(), shared=shared)
+    entry = Job(spec_ref(cfg.strategy.name), ("server",), 0, RunPaths)
+    setup = RankSetup(0, paths, job["start"], comm=SoloCommunicator(), shared=shared)
+    run_worker(cfg, entry, setup)
 
 
 def make_app():
