@@ -63,10 +63,12 @@ class ExecutorKind:
             self.rules(cfg)
 
     def check_data(self, cfg: RunConfig, data) -> None:
+        """The executor's rules on the dataset; none for most executors."""
         if self.data_rules is not None:
             self.data_rules(cfg, data)
 
     def summary_of(self, lead: list[dict]) -> dict:
+        """The executor's figures for the run's summary; {} for most executors."""
         return self.summary(lead) if self.summary is not None else {}
 
 
