@@ -98,7 +98,7 @@ def resumable_run(run_dir: Path, config: RunConfig | dict[str, Any] | None) -> R
     summary = paths.summary
     if summary.is_file() and read_json(summary).get("status") == "completed":
         raise ValueError(f"--resume: run {str(run_dir)!r} already completed; nothing to resume")
-    own = without_fired_fault(paths, validate_config(read_json(paths.config)))
+    own = without_fired_fault(run_dir, validate_config(read_json(paths.config)))
     if config is not None:
         given = config if isinstance(config, RunConfig) else validate_config(config_data(config))
         check_same_config(own, given)
@@ -111,11 +111,11 @@ def resumable_run(run_dir: Path, config: RunConfig | dict[str, Any] | None) -> R
     return ResumableRun(run_dir, own)
 
 
-def without_fired_fault(paths: RunPaths, cfg: RunConfig) -> RunConfig:
-    """`cfg` less its injected fault when that fault already fired in the run: the resumed
+def without_fired_fault(run_dir: Path, cfg: RunConfig) -> RunConfig:
+    """`cfg` less its injected fault when that fault already fired in `run_dir`: the resumed
     run goes on past it instead of failing the same way again (a config that gives the fault
     again, `--set fault.*`, fires it anew)."""
-    if cfg.fault is not None and has_fired(paths.fault, cfg.fault):
+    if cfg.fault is not None and has_fired(RunPaths(Path(run_dir)).fault, cfg.fault):
         return cfg.model_copy(update={"fault": None})
     return cfg
 
