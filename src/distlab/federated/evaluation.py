@@ -1,5 +1,5 @@
-"""Client-side evaluation: each client's accuracy on its held-out local split, before and
-after personalization (a few local steps from the global model)."""
+"""Client-side evaluation: each client's accuracy on its held-out local split with the global
+model (after personalization: distlab.federated.personalization)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distlab.federated.clients import ClientData, client_batches, local_steps
-from distlab.federated.vectorized import CHUNK, VectorTrainer
+from distlab.federated.clients import ClientData
 from distlab.training import EVAL_BATCH
 
 
@@ -36,26 +35,3 @@ def nanmean(values: np.ndarray) -> float | None:
     """The mean of the finite per-client values, to 6 digits; None when there are none."""
     finite = values[np.isfinite(values)]
     return round(float(finite.mean()), 6) if len(finite) else None
-
-
-def finetune_schedule(train: np.ndarray, batch: int | None, steps: int, seed: int, client: int):
-    """The first `steps` local batches of a client, drawn from their own stream (round 0)."""
-    epochs = -(-steps // max(local_steps(len(train), batch, 1), 1))
-    return client_batches(train, batch, epochs, seed, 0, client)[:steps]
-
-
-def personalized_accuracy(
-    trainer: VectorTrainer, start: torch.Tensor, data: ClientData, steps: int, seed: int
-) -> np.ndarray:
-    """Per client, accuracy on its held-out samples after `steps` local steps from `start`
-    (NaN for a client without held-out samples)."""
-    ids = [c for c, t in enumerate(data.test) if len(t) and len(data.train[c])]
-    acc = np.full(len(data.test), np.nan)
-    batch = trainer.spec.batch
-    for lo in range(0, len(ids), CHUNK):
-        chunk = ids[lo : lo + CHUNK]
-        schedules = [finetune_schedule(data.train[c], batch, steps, seed, c) for c in chunk]
-        params, _ = trainer.train(start, schedules)
-        tests = [data.test[c] for c in chunk]
-        acc[chunk] = trainer.count_correct(params, tests) / np.array([len(t) for t in tests])
-    return acc

@@ -14,8 +14,10 @@ better served by a model of its own. Four ways, each a choice of the strategy's 
 - A personal head (FedPer, Arivazhagan et al. 2019): the last layer is never shared;
   `head_size` says how many trailing parameters stay home.
 - Fine-tuning: a copy of the model after S local steps on the participant's own training
-  split, from its own batch stream (round 0 of `client_batches`, as FedAvg's
-  `finetune_schedule`), trained as a federated client trains (`train_client`).
+  split, from its own batch stream (round 0 of `client_batches`: `finetune_schedule`),
+  trained as a federated client trains (`train_client`). FedAvg's `personalized_accuracy`
+  fine-tunes every client of a chunk at once on the vectorized trainer, from the same
+  batches.
 """
 
 from __future__ import annotations
@@ -26,8 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from distlab.federated.clients import ClientData, LocalSpec, train_client
-from distlab.federated.evaluation import finetune_schedule, local_accuracy
+from distlab.federated.clients import (
+    ClientData,
+    LocalSpec,
+    client_batches,
+    local_steps,
+    train_client,
+)
+from distlab.federated.evaluation import local_accuracy
+from distlab.federated.vectorized import CHUNK, VectorTrainer
 from distlab.training import compute_gradients, flat_params, make_optimizer
 
 if TYPE_CHECKING:
@@ -203,3 +212,26 @@ def check_personal(p, own_labels: dict[str, bool]) -> None:
             f"strategy.label_prior shifts a model trained on every worker's data; drop "
             f"{clash[0]} (a model trained on the worker's own labels already has its prior)"
         )
+
+
+def finetune_schedule(train: np.ndarray, batch: int | None, steps: int, seed: int, client: int):
+    """The first `steps` local batches of a client, drawn from their own stream (round 0)."""
+    epochs = -(-steps // max(local_steps(len(train), batch, 1), 1))
+    return client_batches(train, batch, epochs, seed, 0, client)[:steps]
+
+
+def personalized_accuracy(
+    trainer: VectorTrainer, start: torch.Tensor, data: ClientData, steps: int, seed: int
+) -> np.ndarray:
+    """Per client, accuracy on its held-out samples after `steps` local steps from `start`
+    (NaN for a client without held-out samples)."""
+    ids = [c for c, t in enumerate(data.test) if len(t) and len(data.train[c])]
+    acc = np.full(len(data.test), np.nan)
+    batch = trainer.spec.batch
+    for lo in range(0, len(ids), CHUNK):
+        chunk = ids[lo : lo + CHUNK]
+        schedules = [finetune_schedule(data.train[c], batch, steps, seed, c) for c in chunk]
+        params, _ = trainer.train(start, schedules)
+        tests = [data.test[c] for c in chunk]
+        acc[chunk] = trainer.count_correct(params, tests) / np.array([len(t) for t in tests])
+    return acc

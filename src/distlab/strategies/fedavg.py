@@ -23,9 +23,10 @@ import torch
 from pydantic import Field
 
 from distlab.federated.clients import client_data, client_partition, local_spec
-from distlab.federated.evaluation import local_accuracy, nanmean, personalized_accuracy
+from distlab.federated.evaluation import local_accuracy, nanmean
 from distlab.federated.executors import ClientSetup, executor_for
 from distlab.federated.optimizers import ServerOptions, ServerStep, server_step
+from distlab.federated.personalization import personalized_accuracy
 from distlab.federated.processes import SERVER
 from distlab.federated.server import CHUNK, RoundPlan, after_round, resumed_rounds, train_rounds
 from distlab.federated.types import Aggregation, Updates
