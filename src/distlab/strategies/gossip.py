@@ -55,9 +55,9 @@ from distlab import curvature, topology
 from distlab.data.partition import Partition
 from distlab.federated.clients import ClientData, split_clients
 from distlab.federated.personalization import Personal, check_personal, head_size
-from distlab.strategies import consensus, gossip_traffic, mixing, parts
+from distlab.strategies import consensus, gossip_traffic, lockstep, mixing
 from distlab.strategies.common import Schedule, train_epochs
-from distlab.strategies.plan import Plan
+from distlab.strategies.periodic import Plan
 from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
 from distlab.training import compute_gradients, make_optimizer
 
@@ -129,14 +129,18 @@ class Params(StrategyBase):
 
 def personal_data(cfg: RunConfig, labels: np.ndarray) -> ClientData:
     """Each worker's part, less its held-out local test split (FedAvg's split_clients)."""
-    own = parts.own_parts(cfg, labels).indices
+    own = lockstep.own_parts(cfg, labels).indices
     return split_clients(own, cfg.strategy.local_test_fraction, cfg.seed)
 
 
 def schedules_of(ctx: WorkerContext, data: ClientData | None) -> list[Schedule]:
     """Every worker's batches; personalized runs walk their training split, cycled so that
     every worker reaches every gossip round."""
-    return parts.worker_schedules(ctx) if data is None else parts.cycled_schedules(ctx, data.train)
+    return (
+        lockstep.worker_schedules(ctx)
+        if data is None
+        else lockstep.cycled_schedules(ctx, data.train)
+    )
 
 
 def personal_of(ctx: WorkerContext, data: ClientData | None) -> Personal | None:
@@ -247,7 +251,7 @@ def run(ctx: WorkerContext, params: Params) -> None:
     schedules = schedules_of(ctx, data)
     own = schedules[ctx.rank]
     plan = make_plan(ctx.cfg, len(own(0)))
-    worker = GossipWorker(ctx, plan, parts.global_samples(schedules, ctx.cfg.epochs), data)
+    worker = GossipWorker(ctx, plan, lockstep.global_samples(schedules, ctx.cfg.epochs), data)
     train_epochs(ctx, worker.shown, worker.step, own, False, {"worker": worker}, worker.rounds_at)
 
 
@@ -284,14 +288,14 @@ def check(cfg: RunConfig) -> None:
 
 def data_partition(cfg: RunConfig, labels: np.ndarray) -> Partition:
     if cfg.strategy.personalized:
-        return parts.own_parts(cfg, labels)
-    return parts.data_partition(cfg, labels)
+        return lockstep.own_parts(cfg, labels)
+    return lockstep.data_partition(cfg, labels)
 
 
 def batch_meaning(cfg: RunConfig) -> str:
     if cfg.strategy.personalized:
         return "per worker (its own part)"
-    return parts.batch_meaning(cfg)
+    return lockstep.batch_meaning(cfg)
 
 
 def gossip_summary(cfg: RunConfig, lead: list[dict]) -> dict:

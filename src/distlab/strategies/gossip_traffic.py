@@ -17,7 +17,7 @@ from distlab.strategies.consensus import measurement_bytes
 
 if TYPE_CHECKING:
     from distlab.config import RunConfig
-    from distlab.strategies.plan import Plan
+    from distlab.strategies.periodic import Plan
 
 
 def comm_analysis(cfg: RunConfig, per_rank: dict, params: int, units: int) -> dict:

@@ -15,7 +15,7 @@ training (one-shot averaging, PSGD).
 Data: with the IID partition, workers walk the run's --sampler (split-batch, random,
 balanced); with a non-IID --partition each worker walks its own part. Every worker takes the
 same number of steps per epoch, otherwise a rank would wait forever at an averaging
-(distlab.strategies.parts).
+(distlab.strategies.lockstep).
 
 Averaging is weighted by the samples each worker used since the last averaging, so with
 `period: 1` and plain SGD the run is step for step the gradient allreduce (the average of
@@ -50,10 +50,10 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field, field_validator
 
-from distlab.strategies import parts
+from distlab.strategies import lockstep
 from distlab.strategies.allreduce import averaged_gradient_step
 from distlab.strategies.common import train_epochs
-from distlab.strategies.plan import Plan
+from distlab.strategies.periodic import Plan
 from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
 from distlab.training import (
     attach_flat_grads,
@@ -198,10 +198,10 @@ def set_flat_momentum(opt: torch.optim.Optimizer, flat: torch.Tensor) -> None:
 
 
 def run(ctx: WorkerContext, params: Params) -> None:
-    schedules = parts.worker_schedules(ctx)
+    schedules = lockstep.worker_schedules(ctx)
     own = schedules[ctx.rank]
     plan = make_plan(ctx.cfg, len(own(0)))
-    worker = LocalWorker(ctx, params, plan, parts.global_samples(schedules, ctx.cfg.epochs))
+    worker = LocalWorker(ctx, params, plan, lockstep.global_samples(schedules, ctx.cfg.epochs))
     train_epochs(ctx, worker.shown, worker.step, own, keep={"worker": worker})
 
 
@@ -283,9 +283,9 @@ SPEC = StrategySpec(
     Params,
     run,
     check=check,
-    data_partition=parts.data_partition,
+    data_partition=lockstep.data_partition,
     comm_analysis=comm_analysis,
-    batch_meaning=parts.batch_meaning,
+    batch_meaning=lockstep.batch_meaning,
     extra_summary=averaging_summary,
     uses_partition=True,  # a non-IID --partition gives each worker its own part
     network="local-ring",
