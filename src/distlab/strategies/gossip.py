@@ -30,10 +30,10 @@ and worst. The personal model is the worker's own gossip model (`personal: mixed
 model trained toward it (`personal: ditto`), the gossip model under the worker's label prior
 (`label_prior`), a copy fine-tuned for `finetune` local steps (FedAvg's fine-tuning, the
 same code), and `personal_head: true` never mixes the last layer (FedPer): all in
-distlab.federated.personalization. With `topology: none` this is the local-only baseline.
+distlab.federated.personalization.
 
-Curvature mixing (`mixing: curvature`) projects a worker's move toward its neighbours off
-the top-k Hessian eigenvectors of its own recent loss: distlab.strategies.mixing.
+Curvature mixing (`mixing: curvature`, distlab.strategies.mixing) projects a worker's move
+toward its neighbours off the top-k Hessian eigenvectors of its own recent loss.
 
 Checkpoints (--set checkpoint.every=N) count rounds, the unit of the summary: every worker
 writes its model, optimizer, the average model, its round count, its most recent batches and
@@ -136,11 +136,9 @@ def personal_data(cfg: RunConfig, labels: np.ndarray) -> ClientData:
 def schedules_of(ctx: WorkerContext, data: ClientData | None) -> list[Schedule]:
     """Every worker's batches; personalized runs walk their training split, cycled so that
     every worker reaches every gossip round."""
-    return (
-        lockstep.worker_schedules(ctx)
-        if data is None
-        else lockstep.cycled_schedules(ctx, data.train)
-    )
+    if data is None:
+        return lockstep.worker_schedules(ctx)
+    return lockstep.cycled_schedules(ctx, data.train)
 
 
 def personal_of(ctx: WorkerContext, data: ClientData | None) -> Personal | None:
