@@ -28,9 +28,8 @@ part (the same split FedAvg's `local_test_fraction` makes) and keeps its own mod
 evaluation also reports every worker's personal model on its own held-out split, their mean
 and worst. The personal model is the worker's own gossip model (`personal: mixed`), Ditto's
 model trained toward it (`personal: ditto`), the gossip model under the worker's label prior
-(`label_prior`), a copy fine-tuned for `finetune` local steps (FedAvg's fine-tuning, the
-same code), and `personal_head: true` never mixes the last layer (FedPer): all in
-distlab.federated.personalization.
+(`label_prior`) or a copy fine-tuned for `finetune` steps (FedAvg's code); `personal_head:
+true` never mixes the last layer (FedPer): all in distlab.federated.personalization.
 
 Curvature mixing (`mixing: curvature`, distlab.strategies.mixing) projects a worker's move
 toward its neighbours off the top-k Hessian eigenvectors of its own recent loss.
