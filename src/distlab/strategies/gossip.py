@@ -21,7 +21,7 @@ the average model x_bar and the consensus distance (distlab.strategies.consensus
 events carry `consensus_distance`, `mix_bytes` (this rank's exchange bytes), `measure_bytes`
 (its measuring allreduces since the previous round) and the workers' mean loss of that step.
 Evaluation measures x_bar on the global test set; model.pt is x_bar. The summary sets each
-byte figure beside its formula (distlab.strategies.gossip_traffic).
+byte figure beside its formula (gossip_traffic.py).
 
 Personalized (`personalized: true`): each worker holds out `local_test_fraction` of its own
 part (the same split FedAvg's `local_test_fraction` makes) and keeps its own model; each
@@ -34,11 +34,10 @@ true` never mixes the last layer (FedPer): all in distlab.federated.personalizat
 Curvature mixing (`mixing: curvature`, distlab.strategies.mixing) projects a worker's move
 toward its neighbours off the top-k Hessian eigenvectors of its own recent loss.
 
-Checkpoints (--set checkpoint.every=N) count rounds, the unit of the summary: every worker
-writes its model, optimizer, the average model, its round count, its most recent batches and
-curvature directions and Ditto's model at the step that ends the round, after that step's
-evaluation and events. The graph, W and the curvature generators are functions of the seed
-and the round, so a resumed run ends bit for bit where an uninterrupted one does.
+Checkpoints (--set checkpoint.every=N) count rounds: every worker writes its model and
+optimizer, x_bar, its round, recent batches, curvature directions and Ditto's model where a
+round ends. The graph, W and the curvature generators are functions of the seed and the
+round, so a resumed run ends bit for bit where an uninterrupted one does.
 """
 
 from __future__ import annotations
