@@ -167,8 +167,8 @@ def with_config_flags(
 ) -> Callable[[Callable], Callable]:
     """Give a command the config flags (CONFIG_FLAGS but `skip`) in place of its parameter
     `flags` (keyword-only), which then receives them as one dict, parameter name -> value
-    (None: not given). `defaults` (flag -> value) are the defaults the command applies instead of
-    run's, which its help then shows."""
+    (None: not given). `defaults` (flag -> value) are the defaults the command applies
+    instead of run's, which its help then shows."""
 
     def decorate(fn: Callable) -> Callable:
         shown = defaults or {}
