@@ -11,6 +11,7 @@ import typer
 
 from distlab.cli.display import print_result, say
 from distlab.cli.flags import SET, config_data, with_config_flags
+from distlab.deploy import DEPLOY_LOCAL_CLIENTS, DEPLOY_STRATEGY
 
 commands = typer.Typer(
     no_args_is_help=True,
@@ -20,9 +21,6 @@ commands = typer.Typer(
 )
 
 DEPLOY_EPILOG = "Every flag of `distlab run` (see distlab run --help) sets the config."
-# What a deployed run starts from where the flags say nothing (deploy_data, deploy_local).
-DEPLOY_STRATEGY = "fedavg"
-DEPLOY_LOCAL_CLIENTS = 3
 
 
 @commands.command("certs")

@@ -6,3 +6,8 @@ Flower's SuperLink and SuperNodes, apps/ holds the Flower app (a ServerApp that 
 distlab's federated round loop with the `flower` executor, a ClientApp that trains with
 distlab's client training), and local.py runs a whole federation on this machine.
 """
+
+# What a deployed run starts from where the flags say nothing: FedAvg over three clients
+# when `distlab deploy local` starts the federation itself.
+DEPLOY_STRATEGY = "fedavg"
+DEPLOY_LOCAL_CLIENTS = 3
