@@ -65,7 +65,9 @@ def client_partition(cfg: RunConfig, labels: np.ndarray) -> Partition:
 def client_data(ctx: WorkerContext, params) -> ClientData:
     """Every client's train and held-out indices; `params` is the run's federated strategy
     parameters (its local_test_fraction)."""
-    parts = client_partition(ctx.cfg, ctx.labels())
+    parts = ctx.partition  # computed once by the launching process, where it could
+    if parts is None:
+        parts = client_partition(ctx.cfg, ctx.labels())
     return split_clients(parts.indices, params.local_test_fraction, ctx.cfg.seed)
 
 

@@ -55,7 +55,10 @@ def worker_schedules(ctx: WorkerContext) -> list[Schedule]:
     cfg, world = ctx.cfg, ctx.cfg.workers
     if cfg.partition.scheme == "iid":
         return [sampler_schedule(ctx, r, world) for r in range(world)]
-    return cycled_schedules(ctx, own_parts(cfg, ctx.labels()).indices)
+    parts = ctx.partition  # the workers' own parts, computed once by the launching process
+    if parts is None:
+        parts = own_parts(cfg, ctx.labels())
+    return cycled_schedules(ctx, parts.indices)
 
 
 def global_samples(schedules: list[Schedule], epochs: int) -> list[int]:
