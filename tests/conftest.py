@@ -123,3 +123,16 @@ def headless_chromium(window: str = "1400,1000", console_log: bool = False):
     if console_log:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@pytest.fixture
+def two_hosts():
+    """Two simulated hosts (tests/hosts.py), hosta 10.77.0.1 and hostb 10.77.0.2; skips,
+    naming what is missing, where the bed cannot be built (not root, no iproute2)."""
+    from tests.hosts import host_bed, missing
+
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    with host_bed(2) as hosts:
+        yield hosts
