@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,8 +32,12 @@ from pathlib import Path
 SUBNET = "10.77.0"
 NETNS_ETC = Path("/etc/netns")
 TOOLS = {"ip": "iproute2", "tc": "iproute2", "unshare": "util-linux"}
-# Enters the host's UTS namespace under its name, then becomes the command.
-AS_HOST = 'hostname "$0" && exec "$@"'
+# The path where each host sees a directory of its own (Host.home): hosts share no files there,
+# as machines of a cluster without a shared file system.
+HOST_DIR = Path("/mnt/distlab-host")
+# Takes the host's name (UTS namespace) and mounts its own directory at HOST_DIR (mount
+# namespace), then becomes the command.
+AS_HOST = 'hostname "$0" && mount --bind "$1" "$2" && shift 2 && exec "$@"'
 
 
 def missing() -> str | None:
@@ -60,13 +65,14 @@ class Host:
     ns: str
     addr: str
     veth: str  # the root-namespace end of its link, where egress towards it is shaped
+    home: Path  # what this host sees at HOST_DIR
     iface: str = "eth0"
     env: dict[str, str] = field(default_factory=dict)
 
     def command(self, argv: list[str]) -> list[str]:
         """`argv` as a command that runs on this host."""
-        return ["ip", "netns", "exec", self.ns, "unshare", "--uts", "--",
-                "sh", "-c", AS_HOST, self.name, *argv]  # fmt: skip
+        return ["ip", "netns", "exec", self.ns, "unshare", "--uts", "--mount", "--",
+                "sh", "-c", AS_HOST, self.name, str(self.home), str(HOST_DIR), *argv]  # fmt: skip
 
     def environ(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {**os.environ, "OMP_NUM_THREADS": "1", **self.env, **(extra or {})}
@@ -144,12 +150,14 @@ class HostBed:
     def __init__(self, count: int, loopback_name: bool = False) -> None:
         tag = f"{os.getpid() % 100000}{int(time.monotonic() * 1000) % 100}"
         self.bridge = f"dlbr{tag}"[:15]
+        self.root = Path(tempfile.mkdtemp(prefix="distlab-hosts-"))
         self.hosts = [
             Host(
                 name=f"host{chr(ord('a') + i)}",
                 ns=f"dl{tag}{chr(ord('a') + i)}",
                 addr=f"{SUBNET}.{i + 1}",
                 veth=f"dl{tag}{chr(ord('a') + i)}"[:15],
+                home=self.root / f"host{chr(ord('a') + i)}",
             )
             for i in range(count)
         ]
@@ -167,6 +175,9 @@ class HostBed:
         self.close()
 
     def _build(self) -> None:
+        HOST_DIR.mkdir(parents=True, exist_ok=True)
+        for host in self.hosts:
+            host.home.mkdir()
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         sh("ip", "link", "set", self.bridge, "up")
         for host in self.hosts:
@@ -201,6 +212,7 @@ class HostBed:
             subprocess.run(["ip", "link", "del", host.veth], capture_output=True)
             shutil.rmtree(NETNS_ETC / host.ns, ignore_errors=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @contextlib.contextmanager
