@@ -16,7 +16,7 @@ import sys
 
 import typer
 
-from distlab.cli import dashboard, deploy, edge, experiments
+from distlab.cli import dashboard, deploy, edge, experiments, network
 from distlab.cli import run as run_commands
 from distlab.cli.flags import resolve_help
 
@@ -35,6 +35,7 @@ app = typer.Typer(
 app.add_typer(run_commands.commands)
 app.add_typer(experiments.commands)
 app.add_typer(dashboard.commands)
+app.add_typer(network.commands)
 app.add_typer(deploy.commands, name="deploy")
 app.add_typer(edge.commands, name="edge")
 

@@ -16,6 +16,7 @@ The model loads neither torch nor matplotlib; the figure is in whatif_plot.py.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -75,17 +76,101 @@ def parse_latency(text: str) -> float:
     return float(match.group(1)) / PER_SECOND[match.group(2).lower()]
 
 
-def parse_networks(text: str) -> list[tuple[str, float]]:
-    """Comma-separated link speeds as (label, bytes per second), in the order given, each once.
+def parse_networks(text: str) -> list[tuple]:
+    """Comma-separated links, in the order given, each once: a named speed as (label, bytes
+    per second), priced with --latency; a link file of `distlab probe-network` (a path: it
+    ends in .json or holds a /) as (file name, bytes per second, alpha), its own latency.
 
     >>> parse_networks("1gbit, 10gbit")
     [('1gbit', 125000000.0), ('10gbit', 1250000000.0)]
     """
-    labels = [part.strip().lower() for part in text.split(",")]
-    if not any(labels):
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
         raise ValueError(f"--network needs at least one speed, e.g. 1gbit,10gbit (got {text!r})")
-    unique = list(dict.fromkeys(label for label in labels if label))
-    return [(label, parse_bandwidth(label)) for label in unique]
+    unique = dict.fromkeys(p if is_link_file(p) else p.lower() for p in parts if p)
+    return [read_link(p) if is_link_file(p) else (p, parse_bandwidth(p)) for p in unique]
+
+
+# --- links measured by distlab probe-network ------------------------------------------------------
+
+LINK_FORMAT = "distlab-link/1"
+LINK_KEYS = ("alpha_seconds", "beta_seconds_per_byte", "overhead")
+
+
+def is_link_file(text: str) -> bool:
+    return text.lower().endswith(".json") or "/" in text
+
+
+def read_link(path: str) -> tuple[str, float, float]:
+    """(file name, bytes per second, alpha) of a link file, or ValueError in one line.
+
+    The per-byte time is the point-to-point fit's times the overhead the allreduce showed
+    beyond the ring formula; alpha is the allreduce fit's latency per message, so the ring
+    formula on these two gives back the allreduce that was measured."""
+    where = f"--network: link file {path!r}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist (give a speed or a probe-network file)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not JSON"
+        raise ValueError(f"{where} cannot be read: {reason}") from None
+    if not isinstance(data, dict) or data.get("format") != LINK_FORMAT:
+        raise ValueError(f"{where} is not from distlab probe-network (format {LINK_FORMAT!r})")
+    values = [data.get(k) for k in (*LINK_KEYS, "allreduce_alpha_seconds")]
+    if not all(is_number(v) and v >= 0 for v in values) or not values[1] * values[2] > 0:
+        keys = ", ".join((*LINK_KEYS, "allreduce_alpha_seconds"))
+        raise ValueError(f"{where} needs finite numbers >= 0 (and a per-byte time > 0): {keys}")
+    alpha, beta, overhead, ring_alpha = values
+    return Path(path).name, 1 / (beta * overhead), ring_alpha
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """(intercept, slope) of y = a + b*x by least squares on relative residuals (weights
+    1/y^2): every size counts alike, the latency of 4 B as much as the bandwidth of 16 MB.
+    A negative intercept (noise on a link whose latency is below the clock) is 0.
+
+    >>> fit_line([1, 2, 3], [3, 5, 7])
+    (1.0, 2.0)
+    """
+    if len(xs) < 2 or len(set(xs)) < 2:
+        raise ValueError("a fit needs times at two message sizes at least")
+    points = [(1 / y**2, x, y) for x, y in zip(xs, ys, strict=True)]
+    sw = sum(w for w, _, _ in points)
+    sx, sy = sum(w * x for w, x, _ in points), sum(w * y for w, _, y in points)
+    sxx, sxy = sum(w * x * x for w, x, _ in points), sum(w * x * y for w, x, y in points)
+    slope = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
+    intercept = (sy - slope * sx) / sw
+    if intercept < 0:  # refit through the origin
+        intercept, slope = 0.0, sxy / sxx
+    return round(intercept, 12), round(slope, 15)
+
+
+def fit_link(
+    sizes: Sequence[int], p2p: Sequence[float], allreduce: Sequence[float], world: int
+) -> dict[str, float]:
+    """Alpha and beta of the point-to-point times (one way, time = alpha + bytes*beta), the
+    allreduce times fitted to the ring formula 2(N-1)(alpha + bytes/(N*bandwidth)), and the
+    overhead: the allreduce's time per byte over what the formula makes of the point-to-point
+    beta (headers, protocol, a collective's extra copies). ValueError when the time does
+    not grow with the size (nothing to fit a bandwidth to)."""
+    alpha, beta = fit_line(sizes, p2p)
+    intercept, slope = fit_line(sizes, allreduce)
+    if beta <= 0 or slope <= 0:
+        raise ValueError("the measured time did not grow with the message size: no bandwidth")
+    steps = 2 * (world - 1)
+    ring_beta = slope * world / steps  # seconds per byte the ring formula's bandwidth gives
+    return {
+        "alpha_seconds": alpha,
+        "beta_seconds_per_byte": beta,
+        "bandwidth_bytes_per_second": significant(1 / beta),
+        "allreduce_alpha_seconds": significant(intercept / steps),
+        "overhead": significant(ring_beta / beta),
+    }
 
 
 # --- communication time per step or round -------------------------------------------------------
@@ -337,14 +422,15 @@ def predict(
         return [], str(exc)
     run = name or run_name(summary)
     rows = []
-    for label, beta in networks:
-        base = estimate(load, 1, latency, beta)["samples_per_second"]
+    for link in networks:
+        label, beta, alpha = (*link, latency) if len(link) == 2 else link
+        base = estimate(load, 1, alpha, beta)["samples_per_second"]
         for n in workers:
-            figures = estimate(load, n, latency, beta)
+            figures = estimate(load, n, alpha, beta)
             if figures is None:
                 continue
             row = {"run": run, "strategy": summary["strategy"], "network": label}
-            row |= {"bandwidth_bytes_per_second": beta, "latency_seconds": latency}
+            row |= {"bandwidth_bytes_per_second": beta, "latency_seconds": alpha}
             row |= {"workers": n, "unit": load.unit, **figures}
             row["speedup"] = row["samples_per_second"] / base
             row["efficiency"] = row["speedup"] / n
