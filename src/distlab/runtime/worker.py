@@ -32,6 +32,7 @@ from distlab.training import compute_gradients, make_optimizer
 if TYPE_CHECKING:
     from distlab.data.partition import Partition
     from distlab.runs.directory import RunPaths
+    from distlab.runtime.remote_events import RunView
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ class RankSetup:
     comm: Communicator | None = None
     device: torch.device | None = None
     shared: dict | None = None
+    view: RunView | None = None
+    """Which ranks see the run directory, where the ranks are on machines that may not
+    share it (a launcher-started run); None: every rank sees it."""
 
 
 def load_entry(ref: str) -> Any:
@@ -135,6 +139,7 @@ def run_worker(cfg: RunConfig, job: Job, setup: RankSetup) -> None:
             elastic_restart=elastic_restart() or None,
             pid=os.getpid(),
             device=str(ctx.device),
+            exchange=ctx.comm.transport,
             threads=torch.get_num_threads(),
             machine=machine_load(),
             lead_rank=ctx.lead,
@@ -149,6 +154,8 @@ def run_worker(cfg: RunConfig, job: Job, setup: RankSetup) -> None:
         recorder.phase("end", peak_rss_mb=peak_rss_mb(), machine=machine_load())
     finally:
         recorder.close()
+    if setup.view is not None:
+        setup.view.deliver()  # rank 0 then holds the events of ranks that do not see the run
 
 
 def open_context(cfg: RunConfig, job: Job, setup: RankSetup) -> WorkerContext:

@@ -35,6 +35,7 @@ from distlab.runtime.failures import (
     stopped_error,
     write_error,
 )
+from distlab.runtime.remote_events import agree_view
 from distlab.runtime.signals import hold_sigterm
 from distlab.runtime.worker import Job, RankSetup, notify, resolve_device, run_worker, thread_count
 
@@ -94,8 +95,12 @@ def join_external(
     shared = dist.PrefixStore("distlab", store)
     try:
         run_dir = Path(_agree_or_stop(prepare, rank, device))
-        setup = dataclasses.replace(setup, paths=job.paths(run_dir))
-        _run_reporting(cfg, job, setup, shared, finish)
+        view = agree_view(cfg, job.paths(run_dir), rank, world, job.lead, device)
+        setup = dataclasses.replace(setup, paths=view.paths, view=view)
+        try:
+            _run_reporting(cfg, job, setup, shared, finish)
+        finally:
+            view.close()
     finally:
         dist.destroy_process_group()
     return run_dir
