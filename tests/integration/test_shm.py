@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 from tests.conftest import assert_no_orphans, final_state, make_config, run_small
 
 from distlab.runtime.comm import TorchCommunicator
+from distlab.runtime.hierarchical import make_hierarchical
 from distlab.runtime.shm import ShmCommunicator, attach_host, make_communicator
 
 # --- calls, against gloo in the same group ---------------------------------------------------
@@ -37,9 +38,17 @@ def _both(comms, call):
     return [call(c) for c in comms]
 
 
-def _calls(rank: int, world: int, store_path: str, out: str) -> None:
+def _calls(rank: int, world: int, store_path: str, out: str, keys=None) -> None:
+    """Every call through the chosen exchange and through gloo. `keys`: each rank's host key
+    for the hierarchical exchange (the real grouping, with hosts told apart by these keys
+    instead of host_key()), or None for make_communicator's choice."""
     _join(rank, world, store_path)
-    shm = make_communicator(make_config(Path(out)), torch.device("cpu"))
+    cfg = make_config(Path(out))
+    shm = (
+        make_communicator(cfg, torch.device("cpu"))
+        if keys is None
+        else make_hierarchical(keys, cfg.timeout)
+    )
     comms = (shm, TorchCommunicator())
     gen = torch.Generator().manual_seed(rank)
     grad = torch.randn(1000, generator=gen, dtype=torch.float32)
@@ -106,10 +115,10 @@ def _any_source(c, rank: int, world: int) -> list[tuple[int, float]]:
     return sorted(pairs)
 
 
-def run_calls(tmp_path: Path, world: int) -> list[dict]:
+def run_calls(tmp_path: Path, world: int, keys=None) -> list[dict]:
     mp.start_processes(
         _calls,
-        args=(world, str(tmp_path / "store"), str(tmp_path)),
+        args=(world, str(tmp_path / "store"), str(tmp_path), keys),
         nprocs=world,
         start_method="spawn",
     )
@@ -139,6 +148,35 @@ def test_every_call_equals_gloo_bitwise(tmp_path, world):
     assert results[0]["any"][0] == [(r, float(r)) for r in range(1, world)]
     assert results[0]["any"][0] == results[0]["any"][1]
     assert len(results[world - 1]["gather"][0]) == world
+
+
+def test_two_hosts_of_two_ranks_equal_gloo_bitwise(tmp_path):
+    """Ranks 0, 1 and 2, 3 as two hosts: shared memory on each, gloo between the leaders;
+    contiguous powers of two, so every call equals flat gloo bitwise, counted alike."""
+    results = run_calls(tmp_path, 4, keys=[11, 11, 22, 22])
+    for rank, res in enumerate(results):
+        assert res["kind"] == "HierarchicalCommunicator"
+        for name in ("sum", "sum64", "int", "max", "broadcast", "gather", "exchange", "p2p"):
+            hier, gloo = res[name]
+            assert bitwise(hier, gloo), f"{name} differs on rank {rank}"
+        assert bitwise(res["sum"][0], results[0]["sum"][0])
+        assert res["stats"][0] == {**res["stats"][1], "comm_seconds": res["stats"][0][
+            "comm_seconds"
+        ]}  # fmt: skip
+    assert results[0]["any"][0] == [(r, float(r)) for r in range(1, 4)]
+
+
+def test_a_host_of_three_and_a_rank_alone_agree_bitwise(tmp_path):
+    """Three ranks on one host and one on another (or one that cannot map the segments,
+    key 0): not the flat summation order, but every rank agrees and the rest is exact."""
+    results = run_calls(tmp_path, 4, keys=[5, 5, 5, 0])
+    for res in results:
+        assert res["kind"] == "HierarchicalCommunicator"
+        assert bitwise(res["sum"][0], results[0]["sum"][0])
+        assert torch.allclose(res["sum"][0], res["sum"][1], atol=1e-5)
+        for name in ("int", "max", "broadcast", "gather", "exchange", "p2p"):
+            assert bitwise(*res[name]), name
+    assert results[0]["any"][0] == [(r, float(r)) for r in range(1, 4)]
 
 
 def test_three_ranks_agree_bitwise(tmp_path):

@@ -3,13 +3,16 @@
 `Communicator` is the interface and the counting; a transport implements the calls.
 `TorchCommunicator` moves tensors through a torch.distributed process group (gloo, NCCL);
 `ShmCommunicator` (runtime/shm.py) is TorchCommunicator with the calls between CPU ranks of
-one host going through shared memory; shm.make_communicator picks it. `SoloCommunicator` is a
+one host going through shared memory; `HierarchicalCommunicator` (runtime/hierarchical.py)
+joins the hosts of a multi-host group (shared memory on each host, gloo between one rank per
+host); shm.make_communicator picks one. `SoloCommunicator` is a
 rank alone, for a context without a process group (one Hogwild thread, a Flower client, a
 board on a serial line). Every transport reports through the same
 `stats()`, so bytes are comparable across paradigms.
 
 Counting rule (payload, not wire bytes): for send/recv the tensor's bytes; for a collective,
-the bytes this rank hands in plus the bytes it gets back.
+the bytes this rank hands in plus the bytes it gets back. A transport that relays (the
+hierarchical exchange) counts what the call hands in and gives back, as the flat one does.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import torch.distributed as dist
 
 class Communicator(ABC):
     """The counted transport every strategy talks through."""
+
+    transport = "none"
+    """How this communicator moves tensors (recorded in each rank's start event)."""
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
@@ -101,6 +107,8 @@ class SoloCommunicator(Communicator):
     """A rank alone: collectives over one rank return the input unchanged and move nothing;
     point-to-point calls have no peer and raise."""
 
+    transport = "solo"
+
     def __init__(self) -> None:
         super().__init__(0, 1)
 
@@ -129,6 +137,7 @@ class TorchCommunicator(Communicator):
     def __init__(self, group: dist.ProcessGroup | None = None) -> None:
         super().__init__(dist.get_rank(group), dist.get_world_size(group))
         self.group = group
+        self.transport = str(dist.get_backend(group))
 
     def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp = dist.ReduceOp.SUM) -> None:
         n = _nbytes(tensor)
@@ -167,20 +176,26 @@ class TorchCommunicator(Communicator):
             return group_rank
         return dist.get_global_rank(self.group, group_rank)
 
+    def _local(self, global_rank: int) -> int:
+        if self.group is None:
+            return global_rank
+        return dist.get_group_rank(self.group, global_rank)
+
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
         n = _nbytes(tensor)
         sent, recv = (n, 0) if self.rank == src else (0, n)
         with self._counted(sent, recv):
-            dist.broadcast(tensor, src=src, group=self.group)
+            dist.broadcast(tensor, src=self._global(src), group=self.group)
 
     def send(self, tensor: torch.Tensor, dst: int) -> None:
         with self._counted(_nbytes(tensor), 0):
-            dist.send(tensor, dst=dst, group=self.group)
+            dist.send(tensor, dst=self._global(dst), group=self.group)
 
     def recv(self, tensor: torch.Tensor, src: int | None = None) -> int:
         """Receive into `tensor`; src=None takes the first sender. Returns the sender's rank."""
         with self._counted(0, _nbytes(tensor)):
-            return dist.recv(tensor, src=src, group=self.group)
+            peer = None if src is None else self._global(src)
+            return self._local(dist.recv(tensor, src=peer, group=self.group))
 
     def exchange(self, tensor: torch.Tensor, peers: list[int]) -> list[torch.Tensor]:
         """All sends and receives are posted at once (isend/irecv), so no order of blocking
@@ -202,25 +217,29 @@ class TorchCommunicator(Communicator):
         if self.rank == dst:
             out = [torch.empty_like(tensor) for _ in range(self.world)]
             with self._counted(n, n * self.world):
-                dist.gather(tensor, out, dst=dst, group=self.group)
+                dist.gather(tensor, out, dst=self._global(dst), group=self.group)
             return out
         with self._counted(n, 0):
-            dist.gather(tensor, None, dst=dst, group=self.group)
+            dist.gather(tensor, None, dst=self._global(dst), group=self.group)
         return None
 
     def ddp_hook(self, compress: bool = False):
-        """A DistributedDataParallel comm hook: the default allreduce (or its fp16
-        compression), with the bucket's payload counted here."""
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-        inner = default_hooks.fp16_compress_hook if compress else default_hooks.allreduce_hook
-        group = self.group or dist.group.WORLD
-        scale = 2 if compress else 1
+        """A DistributedDataParallel comm hook that averages each bucket through this
+        communicator's own all_reduce (shared memory or the hierarchy where it has them),
+        counted there. The steps of DDP's default hooks, in their order: (cast to fp16,)
+        divide by the world, sum, (cast back). The reduce is done in the hook, so the
+        Future it returns is already complete."""
 
         def hook(state, bucket):
-            n = _nbytes(bucket.buffer()) // scale
-            self.count(n, n)
-            return inner(group, bucket)
+            buffer = bucket.buffer()
+            tensor = buffer.to(torch.float16) if compress else buffer
+            tensor.div_(self.world)
+            self.all_reduce(tensor)
+            if compress:
+                buffer.copy_(tensor)
+            done = torch.futures.Future()
+            done.set_result(buffer)
+            return done
 
         return hook
 

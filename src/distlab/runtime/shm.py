@@ -207,10 +207,17 @@ def open_files(pids, fds) -> list[mmap.mmap] | None:
 class ShmCommunicator(TorchCommunicator):
     """TorchCommunicator whose calls between the CPU ranks of one host go through shared
     memory; what does not fit (another reduce op, a CUDA tensor, a tensor larger than a
-    buffer) goes through the process group as before. Counted the same way."""
+    buffer) goes through the process group as before. Counted the same way. `group` is the
+    process group of the host's ranks (the default group when all ranks are here); errors
+    name ranks of the default group."""
 
-    def __init__(self, host: HostSegments, timeout: float) -> None:
-        super().__init__()
+    transport = "shm"
+
+    def __init__(
+        self, host: HostSegments, timeout: float, group: dist.ProcessGroup | None = None
+    ) -> None:
+        super().__init__(group)
+        self.transport = "shm"
         self.host, self.timeout = host, timeout
         self.mine = host.flags[self.rank]
         self.seq = 0
@@ -293,7 +300,9 @@ class ShmCommunicator(TorchCommunicator):
             return super().send(tensor, dst)
         with self._counted(_nbytes(tensor), 0):
             self._wait_for(
-                [dst], lambda: self._try_send(tensor, dst), f"its recv from rank {self.rank}"
+                [dst],
+                lambda: self._try_send(tensor, dst),
+                f"its recv from rank {self._global(self.rank)}",
             )
 
     def recv(self, tensor: torch.Tensor, src: int | None = None) -> int:
@@ -302,12 +311,16 @@ class ShmCommunicator(TorchCommunicator):
         with self._counted(0, _nbytes(tensor)):
             if src is not None:
                 self._wait_for(
-                    [src], lambda: self._try_recv(tensor, src), f"its send to rank {self.rank}"
+                    [src],
+                    lambda: self._try_recv(tensor, src),
+                    f"its send to rank {self._global(self.rank)}",
                 )
                 return src
             got: list[int] = []
             self._wait_for(
-                self._peers(), lambda: self._try_any(tensor, got), f"a send to rank {self.rank}"
+                self._peers(),
+                lambda: self._try_any(tensor, got),
+                f"a send to rank {self._global(self.rank)}",
             )
             return got[0]
 
@@ -351,7 +364,8 @@ class ShmCommunicator(TorchCommunicator):
         size = int(flags[size_of(self.rank, slot, world)])
         if size != n:
             raise RuntimeError(
-                f"rank {src} sent {size} bytes to rank {self.rank}, which expected {n}"
+                f"rank {self._global(src)} sent {size} bytes to rank {self._global(self.rank)}, "
+                f"which expected {n}"
             )
         as_bytes(tensor).copy_(self.host.outbox(src, self.rank, slot, n))
         self.mine[taken_from(src, world)] = self.taken[src] = count + 1
@@ -394,9 +408,9 @@ class ShmCommunicator(TorchCommunicator):
         late = [r for r in waited if seq is None or not self._arrived(r, seq)] or waited
         dead = [r for r in late if not self.host.alive(r)]
         if dead:
-            raise PeerDied(f"peer rank {dead[0]} died before it reached {op}")
+            raise PeerDied(f"peer rank {self._global(dead[0])} died before it reached {op}")
         if waiting > self.timeout:
-            names = ", ".join(str(r) for r in late)
+            names = ", ".join(str(self._global(r)) for r in late)
             raise PeerTimeout(
                 f"timed out: rank {names} did not reach {op} within {self.timeout:g} s"
             )
@@ -448,10 +462,17 @@ def sum_in_doubling_order(parts: list[torch.Tensor], out: torch.Tensor) -> None:
 
 
 def make_communicator(cfg: RunConfig, device: torch.device) -> TorchCommunicator:
-    """The communicator of a rank in the default process group: shared memory when
-    cfg.intra_node is "auto", the device is the CPU and every rank runs on this host (one
-    collective decides, on every rank alike); the process group alone otherwise."""
+    """The communicator of a rank in the default process group, when cfg.intra_node is
+    "auto" and the device is the CPU: shared memory when every rank runs on this host, the
+    hierarchy (runtime/hierarchical.py) when some host holds several ranks, the process
+    group alone otherwise. One collective decides, on every rank alike. intra_node="gloo"
+    keeps the flat process group."""
     if cfg.intra_node == "gloo" or device.type != "cpu" or dist.get_world_size() == 1:
         return TorchCommunicator()
-    host = attach_host()
-    return ShmCommunicator(host, cfg.timeout) if host is not None else TorchCommunicator()
+    from distlab.runtime.hierarchical import host_keys, make_hierarchical
+
+    keys = host_keys()
+    if len(set(keys)) == 1 and keys[0]:
+        host = attach_host()
+        return ShmCommunicator(host, cfg.timeout) if host is not None else TorchCommunicator()
+    return make_hierarchical(keys, cfg.timeout) or TorchCommunicator()
