@@ -238,3 +238,16 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int | 
             stdout, stderr = proc.communicate()
             out.append((None, stdout, stderr))
     return out
+
+
+def distlab_torchrun(
+    nnodes: int, node_rank: int, nproc: int, master: str, *args: str, port: int = 29500
+) -> list[str]:
+    """The argv of `torchrun ... -m distlab ARGS` for any distlab command (probe-network,
+    run), each process with one thread."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", str(nnodes), "--node-rank", str(node_rank),
+        "--nproc-per-node", str(nproc), "--master-addr", master, "--master-port", str(port),
+        "-m", "distlab", *args, "--set", "threads=1",
+    ]  # fmt: skip

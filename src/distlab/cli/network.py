@@ -26,7 +26,7 @@ def probe_network(
     max_bytes: int = typer.Option(16 * 2**20, help="Largest message, in bytes (sizes 4, 16, ...)."),
     repeats: int = typer.Option(5, help="Timed calls per size; the median counts."),
     max_seconds: float = typer.Option(
-        0.25, help="Stop after the first size whose median takes longer than this."
+        0.25, help="Measure no size that would take longer than this (seconds per call)."
     ),
     link_rate: str = typer.Option(
         None, help="The link's nominal rate (e.g. 100mbit), for the wire-over-payload factor."

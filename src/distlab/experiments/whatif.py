@@ -130,23 +130,23 @@ def is_number(value: Any) -> bool:
 
 
 def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """(intercept, slope) of y = a + b*x by least squares on relative residuals (weights
-    1/y^2): every size counts alike, the latency of 4 B as much as the bandwidth of 16 MB.
-    A negative intercept (noise on a link whose latency is below the clock) is 0.
+    """(intercept, slope) of y = a + b*x by least squares. The largest messages weigh most,
+    as they should: below a shaper's burst a small message passes at line rate, and a model
+    of a few hundred kB is priced by the sustained rate. A negative intercept (a burst, or
+    noise on a link whose latency is below the clock) is 0, the slope refitted through 0.
 
     >>> fit_line([1, 2, 3], [3, 5, 7])
     (1.0, 2.0)
     """
     if len(xs) < 2 or len(set(xs)) < 2:
         raise ValueError("a fit needs times at two message sizes at least")
-    points = [(1 / y**2, x, y) for x, y in zip(xs, ys, strict=True)]
-    sw = sum(w for w, _, _ in points)
-    sx, sy = sum(w * x for w, x, _ in points), sum(w * y for w, _, y in points)
-    sxx, sxy = sum(w * x * x for w, x, _ in points), sum(w * x * y for w, x, y in points)
-    slope = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
-    intercept = (sy - slope * sx) / sw
-    if intercept < 0:  # refit through the origin
-        intercept, slope = 0.0, sxy / sxx
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    intercept = my - slope * mx
+    if intercept < 0:
+        intercept = 0.0
+        slope = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
     return round(intercept, 12), round(slope, 15)
 
 

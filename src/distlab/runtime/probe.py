@@ -4,8 +4,10 @@ ranks, over the Communicator the strategies use, fitted to the alpha-beta model.
 Every rank enters `probe`; rank 0 times a ping-pong with the last rank (under torchrun the
 last rank is on the last node, so the pair crosses the link where there is one) and the
 allreduce of every rank, at sizes 4 B, 16 B, ... up to `max_bytes`, taking the median of
-`repeats` after one untimed call. A size whose median passed `max_seconds` is the last:
-on a slow link 16 MB would take seconds per message and adds nothing a line does not know.
+`repeats` after one untimed call. The sizes stop before one that would take longer than
+`max_seconds` (4 times the last): on a slow link 16 MB would take seconds per message, and a
+shaper's queue that long slows a message by more than its bandwidth (the acknowledgements
+wait behind the data), which no model of a training step's messages should learn from.
 The fit (experiments/whatif.py fit_link) and the file format are the what-if's.
 
     torchrun --nnodes 2 --nproc-per-node 1 ... -m distlab probe-network --out link.json
@@ -34,7 +36,7 @@ SIZES = tuple(4**k for k in range(1, 13))  # 4 B .. 16 MiB
 @dataclass(frozen=True)
 class ProbeOptions:
     """What to measure: message sizes up to `max_bytes`, `repeats` timed calls a size (their
-    median counts), sizes after the first whose median passed `max_seconds` left out, and the
+    median counts), no size that would take longer than `max_seconds`, and the
     link's nominal rate in bytes per second if known (for the wire-over-payload factor)."""
 
     max_bytes: int = SIZES[-1]
@@ -110,7 +112,8 @@ def measure(comm: Communicator, options: ProbeOptions) -> dict[str, list]:
         sizes.append(size)
         p2p.append(statistics.median(one_way))
         allreduce.append(statistics.median(summed))
-        if not go_on(comm, max(p2p[-1], allreduce[-1]) <= options.max_seconds):
+        # the next size takes about 4 times as long: stop before it passes max_seconds
+        if not go_on(comm, 4 * max(p2p[-1], allreduce[-1]) <= options.max_seconds):
             break
     return {"sizes_bytes": sizes, "p2p_seconds": p2p, "allreduce_seconds": allreduce}
 
