@@ -40,7 +40,8 @@ def report(
     network: str = typer.Option(
         None,
         help="Also predict speedup on these networks with the alpha-beta model, e.g. "
-        "1gbit,10gbit,100mbit (whatif.png).",
+        "1gbit,10gbit,100mbit, or a link file of distlab probe-network (its own alpha and "
+        "beta): 1gbit,link.json (whatif.png).",
     ),
     latency: str = typer.Option("50us", help="Per-message latency for --network (us, ms)."),
     force: bool = typer.Option(False, help="Put runs of different datasets in one report."),
