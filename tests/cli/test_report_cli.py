@@ -175,3 +175,72 @@ def test_force_reports_runs_of_different_datasets(runs, tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads((out / "summary.json").read_text())
     assert [r["baseline"] for r in rows] == ["central", "digits"]  # each its own dataset's
+
+
+# --- a link measured by distlab probe-network ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def link(tmp_path_factory):
+    """A link file of two local processes (shared memory), measured by the command itself."""
+    path = tmp_path_factory.mktemp("link") / "local.json"
+    done = cli("probe-network", "--workers", "2", "--out", str(path), "--max-bytes", "65536",
+               "--repeats", "2", "--set", "threads=1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "allreduce overhead" in done.stdout and str(path) in done.stdout
+    return path
+
+
+def test_probe_network_writes_a_link_the_report_prices(runs, link, tmp_path):
+    fit = json.loads(link.read_text())
+    assert fit["world"] == 2 and fit["sizes_bytes"][0] == 4 and fit["sizes_bytes"][-1] <= 65536
+    assert fit["beta_seconds_per_byte"] > 0 and fit["overhead"] > 0
+    out = tmp_path / "rep"
+
+    done = cli("report", str(runs["allreduce"]), "--out", str(out), "--network", f"1gbit,{link}")
+
+    assert done.returncode == 0, done.stderr
+    assert (out / "whatif.png").read_bytes().startswith(PNG)
+
+
+def bad_link_missing(tmp_path):
+    return ["--network", f"1gbit,{tmp_path / 'none.json'}"], ["none.json", "does not exist"]
+
+
+def bad_link_not_json(tmp_path):
+    (tmp_path / "broken.json").write_text("{")
+    return ["--network", str(tmp_path / "broken.json")], ["broken.json", "not JSON"]
+
+
+def bad_link_other_json(tmp_path):
+    (tmp_path / "other.json").write_text('{"alpha": 1}')
+    return ["--network", str(tmp_path / "other.json")], ["other.json", "probe-network"]
+
+
+@pytest.mark.parametrize("case", [bad_link_missing, bad_link_not_json, bad_link_other_json])
+def test_a_bad_link_file_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, case):
+    test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, case)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--out", "DIR"], ["--out", "is a directory"]),
+        (["--repeats", "0"], ["--repeats", ">= 1"]),
+        (["--link-rate", "1gb"], ["--link-rate", "'1gb'"]),
+        (["--workers", "1"], ["--workers", ">= 2"]),
+        (["--max-bytes", "8"], ["--max-bytes", ">= 16"]),
+        ([], ["needs 2 processes", "torchrun", "--workers 2"]),
+    ],
+)
+def test_probe_network_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, words):
+    args = [str(tmp_path) if a == "DIR" else a for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "link.json")]
+
+    done = cli("probe-network", *args)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert all(w in done.stderr for w in words), done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -47,8 +47,11 @@ def plot_whatif(
 
 def figure_title(rows: list[dict[str, Any]]) -> str:
     """Says it is a model, at which latency, and why a line may stop short."""
+    latencies = {r["latency_seconds"] for r in rows}
     latency = format_seconds(rows[0]["latency_seconds"])
-    title = f"Predicted speedup: {MODEL_NOTE}\nlatency {latency} per message"
+    # a link file brings its own fitted latency: then each panel names its own
+    said = f"latency {latency}" if len(latencies) == 1 else "latency in each panel's title,"
+    title = f"Predicted speedup: {MODEL_NOTE}\n{said} per message"
     if max(r["workers"] for r in rows) > min(run_reach(rows).values()):
         title += "\na global batch B splits into at most B chunks: its line stops at N = B"
     return title
@@ -93,7 +96,8 @@ def draw_network(ax: Axes, rows: list[dict[str, Any]], colors: dict[str, Any]) -
         x, y = [r["workers"] for r in mine], [r["speedup"] for r in mine]
         ax.plot(x, y, color=colors[strategy], ls=style, lw=1.6, label=f"{run} ({strategy})")
     beta = rows[0]["bandwidth_bytes_per_second"]
-    ax.set_title(f"{rows[0]['network']} ({format_rate(beta)})")
+    latency = format_seconds(rows[0]["latency_seconds"])
+    ax.set_title(f"{rows[0]['network']} ({format_rate(beta)}, {latency})")
     finish_axes(ax, top, any(r["unit"] == "round" for r in rows))
 
 

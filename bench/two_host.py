@@ -1,0 +1,176 @@
+"""Two simulated hosts (tests/hosts.py): the what-if calibrated on a measured link against
+the measured 2-host step, and what crossing a link costs. Needs root and iproute2.
+
+MLP on mnist-sample, allreduce, batch 64 (global), one epoch, one torch thread per process.
+`distlab probe-network` measures each link once (unshaped, then shaped with tc tbf to
+1 Gbit/s, 100 Mbit/s and 20 Mbit/s); each repeat then runs, next to each other:
+
+    1 host x 2 ranks     shared memory: the what-if's compute, and the one-host throughput
+    2 hosts x 1 rank     on each link: the measured step time (train seconds / steps)
+    2 hosts x 2 ranks    unshaped, intra_node=auto (hierarchical) and intra_node=gloo (flat)
+
+Predicted step = the what-if at N = 2 from the one-host run of the same repeat, on the link
+file (calibrated) and on the link's nominal rate with 50 us (uncalibrated); its error is
+(predicted - measured) / measured. Ratios and errors are taken within a repeat and their
+median over the repeats is printed (paired medians), then appended to bench/RESULTS.md.
+
+    python bench/two_host.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.hosts
+
+from tests.hosts import distlab_torchrun, host_bed, missing, wait_all  # noqa: E402
+
+from distlab.experiments.whatif import parse_networks, predict  # noqa: E402
+
+LINKS = (None, "1gbit", "100mbit", "20mbit")
+RUN = ("run", "--strategy", "allreduce", "--model", "mlp", "--dataset", "mnist-sample",
+       "--epochs", "1", "--batch-size", "64", "--set", "timeout=60")  # fmt: skip
+PORTS = itertools.count(29700)
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def on_hosts(hosts, nproc: int, args: tuple[str, ...]) -> None:
+    """`distlab ARGS` under torchrun with `nproc` ranks on each host; raises on a failure."""
+    port = next(PORTS)
+    procs = [
+        host.popen(distlab_torchrun(len(hosts), rank, nproc, hosts[0].addr, *args, port=port))
+        for rank, host in enumerate(hosts)
+    ]
+    for code, _, err in wait_all(procs, 180):
+        if code != 0:
+            raise SystemExit(f"{' '.join(args[:2])} failed ({code}): {err.strip()[-600:]}")
+
+
+def shape(hosts, rate: str | None) -> None:
+    for host in hosts:
+        host.shape(rate)
+
+
+def run_hosts(hosts, work: Path, name: str, nproc: int, *extra: str) -> dict:
+    workers = str(len(hosts) * nproc)
+    args = (*RUN, "--workers", workers, *extra, "--out-dir", str(work), "--name", name)
+    on_hosts(hosts, nproc, args)
+    return json.loads((work / name / "summary.json").read_text())
+
+
+def run_local(host, work: Path, name: str) -> dict:
+    argv = [sys.executable, "-m", "distlab", *RUN, "--workers", "2", "--set", "threads=1"]
+    done = host.run([*argv, "--out-dir", str(work), "--name", name, "-q"], timeout=180)
+    if done.returncode:
+        raise SystemExit(f"one-host run failed: {done.stderr.strip()[-600:]}")
+    return json.loads((work / name / "summary.json").read_text())
+
+
+def probe_links(hosts, work: Path) -> dict[str, Path]:
+    """A link file for each link, measured once."""
+    files = {}
+    for rate in LINKS:
+        shape(hosts, rate)
+        path = work / f"{rate or 'unshaped'}.json"
+        extra = ("--link-rate", rate) if rate else ()
+        on_hosts(hosts, 1, ("probe-network", "--out", str(path), *extra))
+        files[rate or "unshaped"] = path
+    shape(hosts, None)
+    return files
+
+
+def one_repeat(hosts, work: Path, files: dict[str, Path], r: int) -> dict[str, float]:
+    """The figures of one repeat: steps, errors and ratios."""
+    got: dict[str, float] = {}
+    local = run_local(hosts[0], work, f"local-{r}")
+    for rate in LINKS:
+        shape(hosts, rate)
+        label = rate or "unshaped"
+        s = run_hosts(hosts, work, f"{label}-{r}", 1)
+        measured = s["train_seconds"] / s["steps"]
+        got[f"{label} measured"] = measured
+        if rate:
+            for kind, net in (("calibrated", str(files[label])), ("uncalibrated", rate)):
+                rows, _ = predict(local, parse_networks(net), 50e-6, workers=[2])
+                got[f"{label} {kind}"] = rows[0]["unit_seconds"]
+        else:
+            got["2x1 / 1x2"] = s["samples_per_second"] / local["samples_per_second"]
+    shape(hosts, None)
+    flat = run_hosts(hosts, work, f"flat-{r}", 2, "--set", "intra_node=gloo")
+    tiered = run_hosts(hosts, work, f"tiered-{r}", 2, "--set", "intra_node=auto")
+    got["2x2 auto / gloo"] = tiered["samples_per_second"] / flat["samples_per_second"]
+    return got
+
+
+def table(repeats: list[dict], files: dict[str, Path]) -> list[str]:
+    med = {k: statistics.median(r[k] for r in repeats) for k in repeats[0]}
+    lines = [
+        "| link | fit: alpha, payload rate, allreduce overhead, wire/payload | measured step "
+        "| calibrated | error | uncalibrated (50 us) | error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label in (rate or "unshaped" for rate in LINKS):
+        fit = json.loads(files[label].read_text())
+        rate = fit["bandwidth_bytes_per_second"] * 8e-6
+        desc = f"{fit['alpha_seconds'] * 1e6:.0f} us, {rate:.1f} Mbit/s, x{fit['overhead']:.3f}"
+        desc += f", {fit.get('wire_per_payload', '-')}"
+        cells = [label, desc, f"{med[f'{label} measured'] * 1e3:.2f} ms"]
+        for kind in ("calibrated", "uncalibrated"):
+            if f"{label} {kind}" in med:
+                errors = [(r[f"{label} {kind}"] - r[f"{label} measured"]) / r[f"{label} measured"]
+                          for r in repeats]  # fmt: skip
+                cells += [
+                    f"{med[f'{label} {kind}'] * 1e3:.2f} ms",
+                    f"{statistics.median(errors):+.1%}",
+                ]
+            else:
+                cells += ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"2 hosts x 1 rank (unshaped) / 1 host x 2 ranks, samples/s: "
+              f"{med['2x1 / 1x2']:.3f} (goal >= 0.8)",
+              f"2 hosts x 2 ranks, intra_node=auto / intra_node=gloo, samples/s: "
+              f"{med['2x2 auto / gloo']:.3f} (goal >= 1.3)"]  # fmt: skip
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if missing():
+        raise SystemExit(f"bench/two_host.py: {missing()}")
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="two-host-") as tmp, host_bed(2) as hosts:
+        work = Path(tmp)
+        files = probe_links(hosts, work)
+        print({k: json.loads(f.read_text())["allreduce_seconds"] for k, f in files.items()})
+        repeats = []
+        for r in range(args.repeats):
+            repeats.append(one_repeat(hosts, work, files, r))
+            print(f"repeat {r}: {json.dumps(repeats[-1])}", flush=True)
+        lines = table(repeats, files)
+        print("\n".join(lines))
+        append(lines, args.repeats, load)
+
+
+def append(lines: list[str], repeats: int, load: float) -> None:
+    day = datetime.date.today().isoformat()
+    head = [f"### {day}, {os.cpu_count()} cores", "",
+            f"`python bench/two_host.py --repeats {repeats}`: medians of {repeats} repeats; "
+            f"load average {load:.2f} when it began.", ""]  # fmt: skip
+    if "\n## two_host\n" not in RESULTS.read_text():
+        head = ["## two_host", "", (__doc__ or "").split("\n\n")[0], "", *head]
+    with RESULTS.open("a") as f:
+        f.write("\n" + "\n".join(head + lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
