@@ -170,6 +170,7 @@ def sweep(
     jobs: int = typer.Option(1, help="Cells run at once, never more processes than cores."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells; run nothing."),
     overwrite: bool = typer.Option(False, help="Start the sweep again, removing its cells."),
+    address: str = typer.Option(None, help="HOST:PORT of a Ray head: cells run as Ray tasks."),
     repeats: int = typer.Option(
         None,
         help="Run each cell this many times, interleaved (CELL_r1, CELL_r2, ...); the report "
@@ -198,12 +199,12 @@ def sweep(
         spec["repeats"] = repeats
     base = config_data(flags, set_, spec.get("base"))
     name = name or spec.get("name") or (file.stem if file else None)
-    done = run_sweep(base, grid, spec, name, out_dir, jobs, dry_run, overwrite)
+    done = run_sweep(base, grid, spec, name, out_dir, jobs, dry_run, overwrite, address)
     if done is not None:
         raise_for_failures(*done)
 
 
-def run_sweep(base, grid, spec, name, out_dir, jobs, dry_run, overwrite):
+def run_sweep(base, grid, spec, name, out_dir, jobs, dry_run, overwrite, address=None):
     """Plan (every cell validated), then run with a progress line per cell; returns the plan
     and the results, or None for a dry run."""
     from distlab.experiments.sweep import plan_sweep
@@ -215,7 +216,7 @@ def run_sweep(base, grid, spec, name, out_dir, jobs, dry_run, overwrite):
         return None
     progress = sweep_progress()
     with progress:
-        results = run_cells(plan, jobs, overwrite, cell_display(progress, plan))
+        results = run_cells(plan, jobs, overwrite, cell_display(progress, plan), address)
     print_cells(plan, results)
     return plan, results
 

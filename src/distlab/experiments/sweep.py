@@ -84,6 +84,7 @@ class CellResult:
     error: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
+    node: str | None = None  # the Ray node that ran it (sweeps on a cluster)
 
 
 # --- planning --------------------------------------------------------------------------------
@@ -355,6 +356,7 @@ def write_record(plan: SweepPlan, results: dict[str, CellResult]) -> None:
                 "seconds": done.seconds if done else None,
                 "error": done.error if done else None,
             }
+            | ({"node": done.node} if done and done.node else {})
         )
     record = {
         "name": plan.name,
@@ -373,12 +375,22 @@ def run_sweep(
     jobs: int = 1,
     overwrite: bool = False,
     on_cell: Callable[[str, Cell, CellResult | None], None] | None = None,
+    address: str | None = None,
 ) -> list[CellResult]:
-    """Run the cells not yet finished; returns every cell's result in plan order.
+    """Run the cells not yet finished (as Ray tasks on the cluster at `address`, where
+    given: tune/remote.py); returns every cell's result in plan order.
     `on_cell(kind, cell, result)` is told "start", "end" and "skip". Ctrl-C raises
     RunInterrupted and SIGTERM RunTerminated once every cell process has stopped; the
     cells that finished stay finished."""
+    from distlab.experiments.tune.remote import joined
+
+    with joined(plan, address):
+        return sweep_cells(plan, jobs, overwrite, on_cell, address)
+
+
+def sweep_cells(plan, jobs, overwrite, on_cell, address) -> list[CellResult]:
     from distlab.api import RunInterrupted, RunTerminated, Terminated
+    from distlab.experiments.tune.remote import run_pending
 
     prepare_root(plan, overwrite)
     notify = on_cell or (lambda *_: None)
@@ -388,7 +400,10 @@ def run_sweep(
     running: dict[str, tuple[Cell, RunChild]] = {}
     try:
         with stopping(lambda: [child for _, child in running.values()]):
-            schedule(plan, pending, running, results, jobs, notify)
+            if address is None:
+                schedule(plan, pending, running, results, jobs, notify)
+            else:
+                run_pending(plan, pending, results, notify)
     except (KeyboardInterrupt, Terminated) as exc:
         for cell, child in running.values():
             results[cell.name] = cell_result(cell, child.outcome())

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 MISSING = "hyperparameter search needs Ray: pip install 'distlab[tune]'"
 # Seconds to wait for a cluster address to answer before saying it is unreachable.
@@ -113,3 +115,70 @@ def local_cluster(nodes: int, cpus_per_node: int = 1) -> Iterator[object]:
             ray.shutdown()
     finally:
         cluster.shutdown()
+
+
+# --- runs on a cluster's nodes -----------------------------------------------------------------
+
+
+def node_label(ip: str, host: str | None) -> str:
+    """How a line names a node: `10.77.0.2 (hostb)`."""
+    return f"{ip} ({host})" if host and host != ip else ip
+
+
+def this_node() -> dict[str, str]:
+    """The node this process runs on: its Ray address and its host name."""
+    import ray
+
+    return {"node": ray.util.get_node_ip_address(), "host": socket.gethostname()}
+
+
+def alive_nodes(ray) -> dict[str, dict[str, str]]:
+    """Node id -> {node, host} of each live node of the cluster."""
+    return {
+        n["NodeID"]: {"node": n["NodeManagerAddress"], "host": n.get("NodeManagerHostname", "")}
+        for n in ray.nodes()
+        if n.get("Alive")
+    }
+
+
+def lost_nodes(before: dict[str, dict[str, str]], ray) -> list[dict[str, str]]:
+    """The nodes alive in `before` that the cluster no longer has."""
+    now = alive_nodes(ray)
+    return [node for nid, node in before.items() if nid not in now]
+
+
+def sees_file(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def check_shared(ray, out: Path) -> None:
+    """Every live node sees `out` (a file the driver writes there): the runs of a search or
+    sweep on a cluster write their run directories into it, and the driver reads them back.
+    ValueError naming a node that does not see it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / f".distlab-shared-{uuid.uuid4().hex}"
+    marker.write_text("")
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(sees_file)
+        nodes = alive_nodes(ray)
+        refs = [
+            probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)
+            ).remote(str(marker.resolve()))
+            for nid in nodes
+        ]
+        seen = ray.get(refs, timeout=CONNECT_SECONDS)
+    finally:
+        marker.unlink(missing_ok=True)
+    for node, ok in zip(nodes.values(), seen, strict=True):
+        if not ok:
+            if made:
+                out.rmdir()
+            raise ValueError(
+                f"{out} is not shared with node {node_label(node['node'], node['host'])}: on a "
+                "Ray cluster every node writes its runs there; give a directory that every node "
+                "mounts at the same path (NFS)"
+            )

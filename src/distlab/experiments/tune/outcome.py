@@ -10,7 +10,7 @@ from typing import Any
 
 from distlab.experiments.tune.plan import RESERVED_KEYS, TunePlan, plain_params, trial_data
 from distlab.experiments.tune.records import figures
-from distlab.experiments.tune.trial import NO_CAUSE
+from distlab.experiments.tune.trial import NO_CAUSE, read_node
 from distlab.runs.child import last_line
 
 # Statuses of a trial that ended; pending (never started) and interrupted trials run again on
@@ -33,6 +33,7 @@ class TrialRow:
     params: dict[str, Any]
     config: dict[str, Any] | None
     error: str | None = None
+    node: dict[str, str] | None = None  # the Ray node its run ran on: {node, host}
 
     @property
     def iterations(self) -> int:
@@ -58,7 +59,7 @@ def trial_row(plan: TunePlan, trial) -> TrialRow:
         error = record["error"] or last_line(plan.log(trial.trial_id)) or NO_CAUSE
     return TrialRow(
         trial.trial_id, status, record["evals"], record["value"], record["seconds"], params,
-        best_config(plan, params), error,
+        best_config(plan, params), error, read_node(plan.out, trial.trial_id),
     )  # fmt: skip
 
 
@@ -92,6 +93,7 @@ def table_rows(plan: TunePlan, rows: list[TrialRow]) -> list[dict[str, Any]]:
     for r in rows:
         row = {"trial": r.trial, "status": r.status, "evals": r.evals}
         row |= {plan.metric: r.value, "seconds": r.seconds, **r.params}
+        row |= {"node": (r.node or {}).get("node"), "host": (r.node or {}).get("host")}
         table.append(row | ({"error": r.error} if r.error else {}))
     return table
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from distlab.experiments.tune.cluster import alive_nodes, check_shared, lost_nodes, node_label
 from distlab.experiments.tune.outcome import (
     FINISHED,
     TuneOutcome,
@@ -25,9 +27,9 @@ from distlab.experiments.tune.outcome import (
     write_outcome,
 )
 from distlab.experiments.tune.plan import RAY_DIR, TunePlan, check_out, prepare_out
-from distlab.experiments.tune.records import is_settled, restatus, settle
+from distlab.experiments.tune.records import is_settled, restatus, settle, write_summary
 from distlab.experiments.tune.space import grid_size
-from distlab.experiments.tune.trial import trial_resources, trial_trainable
+from distlab.experiments.tune.trial import read_node, trial_resources, trial_trainable
 from distlab.experiments.tune.watch import LISTENERS, TrialWatch, trial_events
 from distlab.runs.child import last_line, read_summary
 
@@ -46,6 +48,7 @@ def run_tune(
     watch = search(plan, address, resume, on_trial)
     trials = tune_trials(plan)
     settle_trials(plan, watch, trials)
+    say_lost(plan, watch, trials)
     rows = [trial_row(plan, t) for t in trials]
     outcome = TuneOutcome(plan, rows, best_row(plan, rows))
     write_outcome(outcome)
@@ -67,7 +70,6 @@ def search(plan: TunePlan, address: str | None, resume: bool, on_trial) -> Trial
     from distlab.experiments.tune.cluster import ray_session
 
     check_where(plan, address, resume)
-    prepare_out(plan, resume)
     # Tune's progress tables off (verbose=0 silences only its older output engine): the
     # command prints a line per trial itself.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -76,14 +78,24 @@ def search(plan: TunePlan, address: str | None, resume: bool, on_trial) -> Trial
     watch = TrialWatch(plan, on_trial or (lambda *_: None))
     with ray_session(address) as ray:
         if address is not None:
-            check_cpus(plan, largest_node(ray), f"the largest node of the cluster at {address} has")
+            check_cluster(ray, plan, address)
+        before = alive_nodes(ray)
+        prepare_out(plan, resume)
         tuner = make_tuner(plan, resume)
         LISTENERS.append(watch.hear)
         try:
             tuner.fit()
         finally:
             LISTENERS.pop()
+            watch.lost = lost_nodes(before, ray)
     return watch
+
+
+def check_cluster(ray, plan: TunePlan, address: str) -> None:
+    """A trial fits on a node of the cluster, and every node writes its trials' runs where
+    the driver reads them (OUT shared by every node)."""
+    check_cpus(plan, largest_node(ray), f"the largest node of the cluster at {address} has")
+    check_shared(ray, plan.out)
 
 
 def check_where(plan: TunePlan, address: str | None, resume: bool = False) -> None:
@@ -207,7 +219,27 @@ def make_tuner(plan: TunePlan, resume: bool):
     )
 
 
-# --- after Tune --------------------------------------------------------------------------------
+# --- after Tune -----------------------------------------------------------------------------
+
+LOST = "node {} lost during the search"
+
+
+def blame_node(run_dir, node: dict[str, str]) -> None:
+    """A failed trial whose node was lost: the loss is its cause, said first."""
+    summary = read_summary(run_dir)
+    if summary and summary.get("status") != "completed":
+        cause = LOST.format(node_label(node["node"], node["host"]))
+        old = summary.get("error")
+        summary["error"] = f"{cause} ({old})" if old else cause
+        write_summary(run_dir, summary)
+
+
+def say_lost(plan: TunePlan, watch: TrialWatch, trials: list) -> None:
+    """One line per node the cluster lost during the search, naming its trials."""
+    for node in watch.lost:
+        mine = [t.trial_id for t in trials if read_node(plan.out, t.trial_id) == node]
+        said = f"its trials {', '.join(mine)} failed" if mine else "no trial ran there"
+        print(f"{LOST.format(node_label(node['node'], node['host']))}: {said}", file=sys.stderr)
 
 
 def tune_trials(plan: TunePlan) -> list:
@@ -224,6 +256,7 @@ def settle_trials(plan: TunePlan, watch: TrialWatch, trials: list) -> None:
     (killed before its cleanup ran) is settled here, from its events if its run wrote no
     summary; a trial that was still running when the search stopped is `interrupted` (its
     actor, which cannot tell, said stopped). Then the line of each trial not yet said."""
+    lost = {n["node"]: n for n in watch.lost}
     for trial in trials:
         run_dir = plan.run_dir(trial.trial_id)
         word = watch.word(trial)
@@ -231,6 +264,9 @@ def settle_trials(plan: TunePlan, watch: TrialWatch, trials: list) -> None:
             reported = (trial.last_result or {}).get("training_iteration")
             error = last_line(plan.log(trial.trial_id)) if word == "failed" else None
             settle(run_dir, trial.trial_id, word, reported, error)
+            node = lost.get(read_node(plan.out, trial.trial_id).get("node"))
+            if node and word == "failed":
+                blame_node(run_dir, node)
         elif word == "interrupted" and trial.trial_id in watch.started:
             restatus(run_dir, word)
         ran = trial.trial_id in watch.started | watch.ended | watch.failed

@@ -268,6 +268,8 @@ def trial_row(index: int, result, search: Search) -> dict[str, Any]:
         "cv_std": metrics.get("cv_std"),
         "seconds": metrics.get("seconds"),
         "status": "error" if result.error else "completed",
+        "node": metrics.get("node_ip"),  # Tune's own: where the trial ran
+        "host": metrics.get("hostname"),
     }
 
 

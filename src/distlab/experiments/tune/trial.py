@@ -46,6 +46,7 @@ class TrialRun:
         self.name, self.run_dir = name, root / "trials" / name
         shutil.rmtree(self.run_dir, ignore_errors=True)  # a restarted trial starts afresh
         self.child = start_run(root, name, data, cwd)
+        write_node(root, name)
         self.evals: list[dict[str, Any]] = []
         self.reported = 0
         self.extra = {"run_dir": str(self.run_dir), "ray_address": ray_address()}
@@ -90,6 +91,26 @@ class TrialRun:
         else:  # it ended by itself: completed or failed as it says, or killed without a word
             word, error = "failed", self.child.last_line() or NO_CAUSE
         settle(self.run_dir, self.name, word, self.reported, error)
+
+
+def node_file(root: Path, name: str) -> Path:
+    """Where a trial records the node its run runs on."""
+    return root / "logs" / f"{name}.node.json"
+
+
+def write_node(root: Path, name: str) -> None:
+    """Record the node this trial's run runs on (results.csv's node and host)."""
+    from distlab.experiments.tune.cluster import this_node
+
+    node_file(root, name).write_text(json.dumps(this_node()))
+
+
+def read_node(root: Path, name: str) -> dict[str, str]:
+    """The node a trial's run ran on ({} where it never started)."""
+    try:
+        return json.loads(node_file(root, name).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def start_run(root: Path, name: str, data: dict[str, Any], cwd: str) -> RunChild:

@@ -64,6 +64,7 @@ class TrialWatch:
     ended: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     told: set[str] = field(default_factory=set)
+    lost: list[dict[str, str]] = field(default_factory=list)  # nodes lost during the search
 
     def hear(self, what: str, trial: str | None) -> None:
         if what == "started":
