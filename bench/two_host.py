@@ -26,12 +26,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.hosts
 
-from tests.hosts import distlab_torchrun, host_bed, missing, wait_all  # noqa: E402
+from tests.hosts import HOST_DIR, distlab_torchrun, host_bed, missing, wait_all  # noqa: E402
 
 from distlab.experiments.whatif import parse_networks, predict  # noqa: E402
 
@@ -59,42 +58,43 @@ def shape(hosts, rate: str | None) -> None:
         host.shape(rate)
 
 
-def run_hosts(hosts, work: Path, name: str, nproc: int, *extra: str) -> dict:
+def run_hosts(hosts, name: str, nproc: int, *extra: str) -> dict:
+    """A run across the hosts; the lead writes it on the first host (its own HOST_DIR)."""
     workers = str(len(hosts) * nproc)
-    args = (*RUN, "--workers", workers, *extra, "--out-dir", str(work), "--name", name)
+    args = (*RUN, "--workers", workers, *extra, "--out-dir", f"{HOST_DIR}/runs", "--name", name)
     on_hosts(hosts, nproc, args)
-    return json.loads((work / name / "summary.json").read_text())
+    return json.loads((hosts[0].home / "runs" / name / "summary.json").read_text())
 
 
-def run_local(host, work: Path, name: str) -> dict:
+def run_local(host, name: str) -> dict:
     argv = [sys.executable, "-m", "distlab", *RUN, "--workers", "2", "--set", "threads=1"]
-    done = host.run([*argv, "--out-dir", str(work), "--name", name, "-q"], timeout=180)
+    done = host.run([*argv, "--out-dir", f"{HOST_DIR}/runs", "--name", name, "-q"], timeout=180)
     if done.returncode:
         raise SystemExit(f"one-host run failed: {done.stderr.strip()[-600:]}")
-    return json.loads((work / name / "summary.json").read_text())
+    return json.loads((host.home / "runs" / name / "summary.json").read_text())
 
 
-def probe_links(hosts, work: Path) -> dict[str, Path]:
-    """A link file for each link, measured once."""
+def probe_links(hosts) -> dict[str, Path]:
+    """A link file for each link, measured once (written by rank 0, on the first host)."""
     files = {}
     for rate in LINKS:
         shape(hosts, rate)
-        path = work / f"{rate or 'unshaped'}.json"
+        name = f"{rate or 'unshaped'}.json"
         extra = ("--link-rate", rate) if rate else ()
-        on_hosts(hosts, 1, ("probe-network", "--out", str(path), *extra))
-        files[rate or "unshaped"] = path
+        on_hosts(hosts, 1, ("probe-network", "--out", f"{HOST_DIR}/{name}", *extra))
+        files[rate or "unshaped"] = hosts[0].home / name
     shape(hosts, None)
     return files
 
 
-def one_repeat(hosts, work: Path, files: dict[str, Path], r: int) -> dict[str, float]:
+def one_repeat(hosts, files: dict[str, Path], r: int) -> dict[str, float]:
     """The figures of one repeat: steps, errors and ratios."""
     got: dict[str, float] = {}
-    local = run_local(hosts[0], work, f"local-{r}")
+    local = run_local(hosts[0], f"local-{r}")
     for rate in LINKS:
         shape(hosts, rate)
         label = rate or "unshaped"
-        s = run_hosts(hosts, work, f"{label}-{r}", 1)
+        s = run_hosts(hosts, f"{label}-{r}", 1)
         measured = s["train_seconds"] / s["steps"]
         got[f"{label} measured"] = measured
         if rate:
@@ -104,8 +104,8 @@ def one_repeat(hosts, work: Path, files: dict[str, Path], r: int) -> dict[str, f
         else:
             got["2x1 / 1x2"] = s["samples_per_second"] / local["samples_per_second"]
     shape(hosts, None)
-    flat = run_hosts(hosts, work, f"flat-{r}", 2, "--set", "intra_node=gloo")
-    tiered = run_hosts(hosts, work, f"tiered-{r}", 2, "--set", "intra_node=auto")
+    flat = run_hosts(hosts, f"flat-{r}", 2, "--set", "intra_node=gloo")
+    tiered = run_hosts(hosts, f"tiered-{r}", 2, "--set", "intra_node=auto")
     got["2x2 auto / gloo"] = tiered["samples_per_second"] / flat["samples_per_second"]
     return got
 
@@ -148,13 +148,12 @@ def main() -> None:
     if missing():
         raise SystemExit(f"bench/two_host.py: {missing()}")
     load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="two-host-") as tmp, host_bed(2) as hosts:
-        work = Path(tmp)
-        files = probe_links(hosts, work)
+    with host_bed(2) as hosts:
+        files = probe_links(hosts)
         print({k: json.loads(f.read_text())["allreduce_seconds"] for k, f in files.items()})
         repeats = []
         for r in range(args.repeats):
-            repeats.append(one_repeat(hosts, work, files, r))
+            repeats.append(one_repeat(hosts, files, r))
             print(f"repeat {r}: {json.dumps(repeats[-1])}", flush=True)
         lines = table(repeats, files)
         print("\n".join(lines))

@@ -8,7 +8,7 @@ import json
 import sys
 
 import pytest
-from tests.hosts import distlab_torchrun, wait_all
+from tests.hosts import HOST_DIR, distlab_torchrun, wait_all
 
 from distlab.experiments.whatif import parse_networks, predict
 
@@ -35,24 +35,26 @@ def step_seconds(summary: dict) -> float:
     return summary["train_seconds"] / summary["steps"]
 
 
-def test_the_calibrated_what_if_predicts_a_shaped_link_within_10_percent(two_hosts, tmp_path):
+def test_the_calibrated_what_if_predicts_a_shaped_link_within_10_percent(two_hosts):
     a, b = two_hosts
     for host in two_hosts:
         host.shape(RATE)
-    link = tmp_path / "link.json"
-    on_both(two_hosts, ("probe-network", "--out", str(link), "--link-rate", RATE), 29611)
+    # each host sees its own HOST_DIR: the lead writes the link file and the runs on hosta
+    on_both(two_hosts, ("probe-network", "--out", f"{HOST_DIR}/link.json", "--link-rate", RATE),
+            29611)  # fmt: skip
+    link = a.home / "link.json"
     fit = json.loads(link.read_text())
     assert fit["communicator"] == "TorchCommunicator" and fit["world"] == 2
     # the payload rate is about the link's nominal one, less headers and protocol
     assert 0.9 < fit["wire_per_payload"] < 1.3
 
-    runs = tmp_path / "runs"
-    on_both(two_hosts, (*RUN, "--out-dir", str(runs), "--name", "hosts"), 29612)
+    on_both(two_hosts, (*RUN, "--out-dir", f"{HOST_DIR}/runs", "--name", "hosts"), 29612)
     # the compute the what-if starts from: the same job on one host (shared memory)
-    local = a.run([sys.executable, "-m", "distlab", *RUN, "--set", "threads=1",
-                   "--out-dir", str(runs), "--name", "local", "-q"], timeout=90)  # fmt: skip
+    argv = [sys.executable, "-m", "distlab", *RUN, "--set", "threads=1", "--name", "local"]
+    local = a.run([*argv, "--out-dir", f"{HOST_DIR}/runs", "-q"], timeout=90)
     assert local.returncode == 0, local.stderr[-800:]
 
+    runs = a.home / "runs"
     measured = step_seconds(json.loads((runs / "hosts" / "summary.json").read_text()))
     summary = json.loads((runs / "local" / "summary.json").read_text())
     rows, reason = predict(summary, parse_networks(str(link)), 50e-6, workers=[2])

@@ -49,6 +49,7 @@ def probe_network(
     from distlab.config import build_config
     from distlab.experiments.whatif import parse_bandwidth
     from distlab.runtime.environ import external_env
+    from distlab.runtime.launch import is_follower
     from distlab.runtime.probe import ProbeOptions, check_options, check_out
 
     try:
@@ -57,7 +58,8 @@ def probe_network(
         raise ValueError(str(exc).replace("--network", "--link-rate")) from None
     options = ProbeOptions(max_bytes, repeats, max_seconds, rate)
     check_options(options)
-    out = check_out(out)
+    # only rank 0 writes: the other hosts need not have its directory
+    out = out if is_follower() else check_out(out)
     cfg = build_config(None, {}, set_ or [])
     if workers and external_env() is not None:
         raise ValueError("--workers starts local processes: leave it out under a launcher")
