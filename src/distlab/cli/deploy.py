@@ -30,7 +30,8 @@ def deploy_certs(
         "localhost,127.0.0.1",
         "--server-names",
         help="The server's host names and IP addresses, comma-separated (its certificate's "
-        "subject alternative names): every name clients will use in --server.",
+        "subject alternative names): every name clients will use in --server "
+        "(127.0.0.1 is always added: the server reaches its own Control API there).",
     ),
     clients: int = typer.Option(3, help="Node key pairs to make (client-0 ... client-N-1)."),
     force: bool = typer.Option(False, help="Replace existing material in --out."),

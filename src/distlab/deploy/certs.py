@@ -2,7 +2,9 @@
 
     DIR/ca.pem, ca.key          a certificate authority (self-signed)
     DIR/server.pem, server.key  the SuperLink's certificate, signed by the CA, with the
-                                server's names and addresses as subject alternative names
+                                server's names and addresses (and 127.0.0.1, where the
+                                server command reaches its own Control API) as subject
+                                alternative names
     DIR/client-<i>.key, .pub    one EC key pair per SuperNode (OpenSSH format, as Flower's
                                 node authentication reads them); the server registers the .pub
 
@@ -17,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+LOOPBACK = "127.0.0.1"
 # Flower accepts NIST curves for node keys; SECP384R1 is what its own examples use.
 VALID_DAYS = 365
 
@@ -100,7 +103,7 @@ def make_certs(out: Path, server_names: list[str], clients: int, force: bool = F
     ca = build_cert(x509, "distlab deployment CA", ca_key.public_key(), ca_key, None, is_ca=True)
     server_key = ec.generate_private_key(ec.SECP384R1())
     server = build_cert(
-        x509, server_names[0], server_key.public_key(), ca_key, ca, sans=server_names
+        x509, server_names[0], server_key.public_key(), ca_key, ca, sans=with_loopback(server_names)
     )
     write_private(paths.ca_key, pem_key(ca_key))
     write_private(paths.server_key, pem_key(server_key))
@@ -109,6 +112,12 @@ def make_certs(out: Path, server_names: list[str], clients: int, force: bool = F
     for i in range(clients):
         write_node_keys(paths, i)
     return paths
+
+
+def with_loopback(names: list[str]) -> list[str]:
+    """The server's names and LOOPBACK: the server command reaches its own Control API
+    (which listens on loopback only) over TLS with this certificate."""
+    return names if LOOPBACK in names else [*names, LOOPBACK]
 
 
 def write_node_keys(paths: CertPaths, i: int) -> None:
@@ -202,7 +211,8 @@ def check_server_certs(root: Path) -> CertPaths:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    paths = CertPaths(Path(root))
+    # Absolute: Flower's processes and its connection file are not read from this directory.
+    paths = CertPaths(Path(root).absolute())
     if not paths.root.is_dir():
         raise ValueError(f"--certs {root}: no such directory (make one with distlab deploy certs)")
     for path in (paths.ca, paths.server, paths.server_key):
@@ -217,7 +227,23 @@ def check_server_certs(root: Path) -> CertPaths:
     if key.public_key().public_numbers() != server.public_key().public_numbers():
         raise ValueError(f"{paths.server_key} does not belong to {paths.server}")
     check_signed_by(server, ca, paths)
+    check_names_loopback(x509, server, paths)
     return paths
+
+
+def check_names_loopback(x509, server, paths: CertPaths) -> None:
+    """The server certificate must name LOOPBACK: the server command's own calls to its
+    Control API dial it there, over TLS."""
+    try:
+        names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = None
+    ips = [] if names is None else [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
+    if LOOPBACK not in ips:
+        raise ValueError(
+            f"{paths.server} does not name {LOOPBACK}, where the server reaches its own "
+            "Control API: remake it with distlab deploy certs (which adds it)"
+        )
 
 
 def check_signed_by(cert, ca, paths: CertPaths) -> None:

@@ -9,6 +9,8 @@ that does not match) ends it with one line naming the cause.
 
 from __future__ import annotations
 
+import socket
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +75,38 @@ def check(options: ClientOptions) -> tuple[str, int]:
         raise ValueError("--local-data trains on the files of --data-dir: give --data-dir")
     P.check_port_free(P.LOOPBACK, options.port, "ClientAppIo API (--port)")
     P.wait_reachable(host, port, min(REACH_SECONDS, options.join_timeout), "the server")
+    if not options.insecure:
+        check_tls(host, port, Path(options.ca))
     return host, port
+
+
+def check_tls(host: str, port: int, ca: Path) -> None:
+    """A TLS handshake with the server as the SuperNode will make it (the server's
+    certificate signed by `ca` and naming `host`); ValueError in one line when it fails.
+    The SuperNode itself only retries a failed handshake until --join-timeout."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])  # gRPC's protocol
+    try:
+        with (
+            socket.create_connection((host, port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return
+    except ssl.SSLCertVerificationError as exc:
+        if "match" in str(exc.verify_message):
+            raise ValueError(
+                f"the server's TLS certificate does not name {host}: make it with distlab "
+                f"deploy certs --server-names {host},... and connect with a name it lists"
+            ) from None
+        raise ValueError(
+            f"the server at {host}:{port} has a TLS certificate not signed by --ca {ca} "
+            f"({exc.verify_message}): give the server's ca.pem"
+        ) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            f"no TLS handshake with the server at {host}:{port} ({exc}): is it a distlab "
+            "deploy server started without --insecure?"
+        ) from None
 
 
 def run_client(options: ClientOptions, say=print) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,8 @@ CONTROL_PORT = 9093
 CLIENTAPPIO_PORT = 9094
 CONNECTION = "distlab"  # the SuperLink connection's name in FLWR_HOME/config.toml
 STOP_GRACE = 5.0
+# Flower colours its log lines; a line quoted in an error message is plain text.
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class DeployError(RuntimeError):
@@ -104,7 +107,7 @@ class Managed:
             text = self.log.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return " | ".join(line.strip() for line in text[-lines:])
+        return " | ".join(ANSI.sub("", line).strip() for line in text[-lines:])
 
     def stop(self) -> None:
         """SIGTERM to the whole group (Flower's own helpers included), SIGKILL to what is
@@ -281,7 +284,8 @@ def write_connection(home: Path, control: str, ca: Path | None) -> None:
         f"[superlink.{CONNECTION}]",
         f'address = "{control}"',
     ]
-    lines.append(f'root-certificates = "{ca}"' if ca else "insecure = true")
+    # Flower reads the certificate's path only as an absolute one.
+    lines.append(f'root-certificates = "{Path(ca).absolute()}"' if ca else "insecure = true")
     (home / "config.toml").write_text("\n".join(lines) + "\n")
 
 
