@@ -4,24 +4,30 @@ nothing is written; the certificates `deploy certs` makes are what Flower needs.
 from __future__ import annotations
 
 import socket
+import ssl
+import threading
 import time
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
+    load_pem_private_key,
     load_ssh_public_key,
 )
 from tests.conftest import cli
 
 from distlab.deploy.certs import (
+    build_cert,
     check_node_key,
     check_server_certs,
     make_certs,
     parse_server_names,
+    pem_cert,
+    pem_key,
 )
 
 
@@ -185,3 +191,76 @@ def test_flower_executor_is_refused_by_run(tmp_path):
                "--out-dir", str(tmp_path / "runs"))  # fmt: skip
     one_line_error(done, "distlab deploy local")
     assert not (tmp_path / "runs").exists()
+
+
+def test_certs_name_loopback_for_the_servers_own_control_calls(tmp_path, certs):
+    """The server reaches its own Control API on 127.0.0.1 over TLS: `deploy certs` adds that
+    address to any names, and a server certificate made without it is refused before start."""
+    done = cli("deploy", "certs", "--out", str(tmp_path / "c"), "--server-names",
+               "hosta,10.77.0.1", "--clients", "1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    server_pem = x509.load_pem_x509_certificate((tmp_path / "c" / "server.pem").read_bytes())
+    names = server_pem.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["hosta"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == [
+        "10.77.0.1",
+        "127.0.0.1",
+    ]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("ca.pem", "client-0.pub", "client-1.pub"):
+        (elsewhere / name).write_bytes((certs.root / name).read_bytes())
+    key = ec.generate_private_key(ec.SECP384R1())
+    ca_key = load_pem_private_key(certs.ca_key.read_bytes(), None)
+    ca = x509.load_pem_x509_certificate(certs.ca.read_bytes())
+    cert = build_cert(x509, "hosta", key.public_key(), ca_key, ca, sans=["hosta"])
+    (elsewhere / "server.pem").write_bytes(pem_cert(cert))
+    (elsewhere / "server.key").write_bytes(pem_key(key))
+    one_line_error(server(tmp_path, "--certs", str(elsewhere)), "does not name 127.0.0.1")
+    assert not (tmp_path / "runs").exists()
+
+
+class TlsServer:
+    """A TLS listener with the deployment's server certificate that completes handshakes
+    (ALPN h2, as gRPC's), standing in for a SuperLink's Fleet API in the client's check."""
+
+    def __init__(self, certs, host: str) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certs.server, certs.server_key)
+        self.context.set_alpn_protocols(["h2"])
+        self.sock = socket.create_server((host, 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self.context.wrap_socket(conn, server_side=True).close()
+                except (ssl.SSLError, OSError):
+                    pass
+
+
+def test_client_checks_the_servers_certificate_before_it_starts(tmp_path, certs):
+    """A client whose --ca did not sign the server's certificate, or that dials an address
+    the certificate does not name, ends in one line at once, not after --join-timeout."""
+    other = make_certs(tmp_path / "other", ["localhost"], 1)
+    tls = TlsServer(certs, "127.0.0.2")  # all of 127/8 is loopback; the certificate names .1
+    try:
+        begin = time.monotonic()
+        common = ("--partition-id", "0", "--key", str(certs.client_key(0)), "--port", "0")
+        done = client(tmp_path, "--server", f"127.0.0.2:{tls.port}", "--ca", str(certs.ca),
+                      *common)  # fmt: skip
+        one_line_error(done, "does not name 127.0.0.2", "--server-names 127.0.0.2")
+        done = client(tmp_path, "--server", f"127.0.0.2:{tls.port}", "--ca", str(other.ca),
+                      *common)  # fmt: skip
+        one_line_error(done, "not signed by --ca", str(other.ca))
+        assert time.monotonic() - begin < 30  # the join timeout is 60 s
+    finally:
+        tls.sock.close()
+    assert not (tmp_path / ".distlab-client").exists()
