@@ -40,6 +40,8 @@ FAULT = "fault.json"
 ELASTIC = "elastic.json"
 ERRORS_DIR = "errors"
 DEPLOY_DIR = "deploy"  # a deployed run's job, app bundle and Flower logs
+# Rank 0's nonce while the ranks check who sees the directory (machines may not share it).
+MARKER = ".rank0-marker"
 # Files of a folder of runs: a sweep's plan, a search's plan, a report's repeats.
 SWEEP = "sweep.json"
 TUNE = "tune.json"
@@ -104,6 +106,10 @@ class RunPaths:
     @property
     def deploy(self) -> Path:
         return self.root / DEPLOY_DIR
+
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
 
     def rank_events(self, rank: int) -> Path:
         """events/rank-R.jsonl: one rank's events while the run is live."""

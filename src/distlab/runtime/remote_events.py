@@ -103,7 +103,7 @@ def agree_view(
     resuming = rank == 0 and (paths.resume.is_file() or paths.checkpoints.is_dir())
     flags = _all_gather_flags([seen, resuming], world, device)
     if rank == 0:
-        _marker_path(paths).unlink(missing_ok=True)
+        paths.marker.unlink(missing_ok=True)
     sees = [bool(f[0]) for f in flags]
     if not all(sees):
         _refuse_unshared(cfg, paths, rank, sees, bool(flags[0][1]))
@@ -133,13 +133,9 @@ def _refuse_unshared(
     )
 
 
-def _marker_path(paths: RunPaths) -> Path:
-    return paths.root / ".rank0-marker"
-
-
 def _marker(paths: RunPaths) -> bytes | None:
     try:
-        return _marker_path(paths).read_bytes()
+        return paths.marker.read_bytes()
     except OSError:
         return None
 
@@ -149,7 +145,7 @@ def _broadcast_nonce(paths: RunPaths, rank: int, device: torch.device) -> bytes:
     body = torch.zeros(NONCE_BYTES, dtype=torch.uint8, device=device)
     if rank == 0:
         nonce = secrets.token_bytes(NONCE_BYTES)
-        _marker_path(paths).write_bytes(nonce)
+        paths.marker.write_bytes(nonce)
         body = torch.tensor(list(nonce), dtype=torch.uint8, device=device)
     dist.broadcast(body, src=0)
     return bytes(body.cpu().tolist())
