@@ -15,7 +15,7 @@ from distlab.experiments.whatif import parse_networks, predict
 pytestmark = pytest.mark.slow
 
 RATE = "100mbit"
-RUN = ("run", "--strategy", "allreduce", "--workers", "2", "--model", "mlp",
+RUN = ("run", "--strategy", "allreduce", "--workers", "2", "--model", "lenet",
        "--dataset", "mnist-sample", "--epochs", "1", "--batch-size", "64",
        "--set", "timeout=60")  # fmt: skip
 
