@@ -3,6 +3,7 @@ fit that `distlab report --network FILE` prices the what-if with."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -75,9 +76,29 @@ def measure_here(cfg, options, out: Path) -> None:
     """This process's part; rank 0 prints the table and the fit."""
     from distlab.runtime.probe import probe
 
-    link = probe(cfg, options, out)
-    if link is not None:
+    measured = probe(cfg, options)
+    if measured is not None:
+        link = describe(measured, options.link_rate)
+        out.write_text(json.dumps(link, indent=2) + "\n")
         print_link(link, out)
+
+
+def describe(measured: dict, link_rate: float | None) -> dict:
+    """The link file: what was measured, where, and the fit."""
+    from distlab.experiments.whatif import LINK_FORMAT, fit_link
+    from distlab.runtime.failures import RunFailed
+
+    sizes, p2p, summed = (measured[k] for k in ("sizes_bytes", "p2p_seconds", "allreduce_seconds"))
+    try:
+        fit = fit_link(sizes, p2p, summed, measured["world"])
+    except ValueError as exc:
+        raise RunFailed(f"probe-network: {exc}") from None
+    link = {"format": LINK_FORMAT, **measured, **fit}
+    if link_rate:
+        # A nominal rate of R bytes/s carries 1/beta payload bytes/s: R*beta wire bytes each.
+        link["link_rate_bytes_per_second"] = link_rate
+        link["wire_per_payload"] = round(link_rate * fit["beta_seconds_per_byte"], 4)
+    return link
 
 
 def print_link(link: dict, out: Path) -> None:

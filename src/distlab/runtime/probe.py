@@ -8,14 +8,13 @@ allreduce of every rank, at sizes 4 B, 16 B, ... up to `max_bytes`, taking the m
 `max_seconds` (4 times the last): on a slow link 16 MB would take seconds per message, and a
 shaper's queue that long slows a message by more than its bandwidth (the acknowledgements
 wait behind the data), which no model of a training step's messages should learn from.
-The fit (experiments/whatif.py fit_link) and the file format are the what-if's.
+The fit (experiments/whatif.py fit_link) and the file are the command's (cli/network.py).
 
     torchrun --nnodes 2 --nproc-per-node 1 ... -m distlab probe-network --out link.json
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -26,9 +25,7 @@ from pathlib import Path
 import torch
 
 from distlab.config import RunConfig
-from distlab.experiments.whatif import LINK_FORMAT, fit_link
 from distlab.runtime.comm import Communicator
-from distlab.runtime.failures import RunFailed
 
 SIZES = tuple(4**k for k in range(1, 13))  # 4 B .. 16 MiB
 
@@ -68,9 +65,9 @@ def check_out(out: Path) -> Path:
     return out
 
 
-def probe(cfg: RunConfig, options: ProbeOptions, out: Path) -> dict | None:
-    """Join the launcher's process group, measure, and on rank 0 fit and write `out`; the
-    fitted link on rank 0, None on the other ranks."""
+def probe(cfg: RunConfig, options: ProbeOptions) -> dict | None:
+    """Join the launcher's process group and measure; on rank 0 what was measured and
+    where (the caller fits and writes it), None on the other ranks."""
     import torch.distributed as dist
 
     from distlab.runtime.environ import external_env
@@ -95,9 +92,9 @@ def probe(cfg: RunConfig, options: ProbeOptions, out: Path) -> dict | None:
         dist.destroy_process_group()
     if rank != 0:
         return None
-    link = describe(cfg, options, times, world, kind)
-    out.write_text(json.dumps(link, indent=2) + "\n")
-    return link
+    where = {"world": world, "communicator": kind, "intra_node": cfg.intra_node}
+    where |= {"host": platform.node(), "pid": os.getpid(), "options": asdict(options)}
+    return {**where, **times}
 
 
 def measure(comm: Communicator, options: ProbeOptions) -> dict[str, list]:
@@ -150,23 +147,3 @@ def go_on(comm: Communicator, fast_enough: bool) -> bool:
     flag = torch.tensor([1.0 if fast_enough else 0.0])
     comm.broadcast(flag, 0)
     return bool(flag.item())
-
-
-def describe(
-    cfg: RunConfig, options: ProbeOptions, times: dict[str, list], world: int, kind: str
-) -> dict:
-    """The link file: what was measured, where, and the fit."""
-    try:
-        fit = fit_link(
-            times["sizes_bytes"], times["p2p_seconds"], times["allreduce_seconds"], world
-        )
-    except ValueError as exc:
-        raise RunFailed(f"probe-network: {exc}") from None
-    link = {"format": LINK_FORMAT, "world": world, "communicator": kind}
-    link |= {"intra_node": cfg.intra_node, "host": platform.node(), "pid": os.getpid()}
-    link |= {"options": asdict(options), **times, **fit}
-    if options.link_rate:
-        # A nominal rate of R bytes/s carries 1/beta payload bytes/s: R*beta wire bytes each.
-        link["link_rate_bytes_per_second"] = options.link_rate
-        link["wire_per_payload"] = round(options.link_rate * fit["beta_seconds_per_byte"], 4)
-    return link
