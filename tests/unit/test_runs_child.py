@@ -90,3 +90,57 @@ def test_a_child_that_ignores_the_signal_is_killed_after_the_grace(tmp_path):
     assert stubborn.proc.returncode == -signal.SIGKILL
     assert time.monotonic() - start < 10
     assert not stubborn.running() and stubborn.stop() is False
+
+
+# --- the same child as a Ray task (experiments/tune/remote.py): its outcome on the driver ------
+
+
+def test_a_tasks_outcome_on_the_driver_is_the_runs_own_summary(tmp_path):
+    from distlab.experiments.tune.remote import outcome_of
+
+    paths = RunPaths(tmp_path / "cell")
+    paths.root.mkdir()
+    paths.summary.write_text(json.dumps({"status": "completed", "final_accuracy": 0.5}))
+    done = {"status": "completed", "error": None, "seconds": 1.5, "returncode": 0,
+            "node": "10.0.0.2", "host": "b"}  # fmt: skip
+
+    outcome = outcome_of(done, paths.root)
+
+    assert outcome.completed and outcome.seconds == 1.5 and outcome.returncode == 0
+    assert outcome.summary["final_accuracy"] == 0.5
+
+
+def test_a_task_lost_with_its_node_failed_with_one_line_or_its_runs_own_word(tmp_path):
+    from distlab.experiments.tune.remote import failed_outcome
+
+    lost = RuntimeError("The worker died\n  unexpectedly:   node 10.0.0.2 lost")
+    outcome = failed_outcome(lost, tmp_path / "never-ran")
+    assert (outcome.status, outcome.error) == (
+        "failed",
+        "The worker died unexpectedly: node 10.0.0.2 lost",
+    )
+
+    paths = RunPaths(tmp_path / "stopped")
+    paths.root.mkdir()
+    paths.summary.write_text(json.dumps({"status": "terminated", "error": "SIGTERM"}))
+    outcome = failed_outcome(lost, paths.root)
+    assert (outcome.status, outcome.error) == ("terminated", "SIGTERM")
+
+
+def test_a_node_is_named_by_its_address_and_host_name():
+    from distlab.experiments.tune.cluster import node_label
+
+    assert node_label("10.77.0.2", "hostb") == "10.77.0.2 (hostb)"
+    assert node_label("10.77.0.2", "10.77.0.2") == node_label("10.77.0.2", "") == "10.77.0.2"
+
+
+def test_the_sweep_record_names_a_cells_node_only_where_it_ran_on_a_cluster(tmp_path):
+    from distlab.experiments.sweep import Cell, CellResult, SweepPlan, write_record
+
+    cells = (Cell("a", {}, {}, 1), Cell("b", {}, {}, 1))
+    plan = SweepPlan("S", tmp_path, {}, cells)
+    write_record(plan, {"a": CellResult(cells[0], "completed", 1.0, node="10.0.0.2 (b)"),
+                        "b": CellResult(cells[1], "completed", 1.0)})  # fmt: skip
+
+    record = json.loads((tmp_path / "sweep.json").read_text())
+    assert record["cells"][0]["node"] == "10.0.0.2 (b)" and "node" not in record["cells"][1]

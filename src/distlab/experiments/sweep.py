@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -390,7 +391,7 @@ def run_sweep(
 
 def sweep_cells(plan, jobs, overwrite, on_cell, address) -> list[CellResult]:
     from distlab.api import RunInterrupted, RunTerminated, Terminated
-    from distlab.experiments.tune.remote import run_pending
+    from distlab.experiments.tune.remote import run_cells
 
     prepare_root(plan, overwrite)
     notify = on_cell or (lambda *_: None)
@@ -403,7 +404,8 @@ def sweep_cells(plan, jobs, overwrite, on_cell, address) -> list[CellResult]:
             if address is None:
                 schedule(plan, pending, running, results, jobs, notify)
             else:
-                run_pending(plan, pending, results, notify)
+                end = partial(end_cell, plan, results, notify)
+                run_cells(plan, pending, end, lambda cell: notify("start", cell, None))
     except (KeyboardInterrupt, Terminated) as exc:
         for cell, child in running.values():
             results[cell.name] = cell_result(cell, child.outcome())
@@ -451,10 +453,16 @@ def schedule(plan, pending, running, results, jobs, notify) -> None:
         for name, (cell, child) in list(running.items()):
             if not child.running():
                 del running[name]
-                results[name] = cell_result(cell, child.outcome())
-                write_record(plan, results)
-                notify("end", cell, results[name])
+                end_cell(plan, results, notify, cell, child.outcome())
         time.sleep(0.1)
+
+
+def end_cell(plan, results, notify, cell: Cell, outcome: RunOutcome, node=None) -> None:
+    """An ended cell in the sweep's record (with the Ray node that ran it, if any), told."""
+    results[cell.name] = cell_result(cell, outcome)
+    results[cell.name].node = node
+    write_record(plan, results)
+    notify("end", cell, results[cell.name])
 
 
 def start_cell(plan: SweepPlan, cell: Cell) -> RunChild:

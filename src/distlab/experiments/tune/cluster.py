@@ -141,6 +141,12 @@ def alive_nodes(ray) -> dict[str, dict[str, str]]:
     }
 
 
+def largest_node(ray) -> int:
+    """The CPUs of the cluster's largest live node."""
+    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return int(max(cpus, default=0))
+
+
 def lost_nodes(before: dict[str, dict[str, str]], ray) -> list[dict[str, str]]:
     """The nodes alive in `before` that the cluster no longer has."""
     now = alive_nodes(ray)

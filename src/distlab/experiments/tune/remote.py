@@ -70,20 +70,6 @@ def failed_outcome(exc: BaseException, run_dir: Path) -> RunOutcome:
     return RunOutcome(status, summary.get("error") or cause, run_dir, 0.0, summary)
 
 
-def run_pending(plan, pending: list, results: dict, notify: Callable) -> None:
-    """A sweep's pending cells as Ray tasks on the joined cluster, each recorded in the
-    sweep's record as it ends, with the node it ran on."""
-    from distlab.experiments.sweep import cell_result, write_record
-
-    def end(cell, outcome: RunOutcome, node: str | None) -> None:
-        results[cell.name] = cell_result(cell, outcome)
-        results[cell.name].node = node
-        write_record(plan, results)
-        notify("end", cell, results[cell.name])
-
-    run_cells(plan, pending, end, lambda cell: notify("start", cell, None))
-
-
 def run_cells(plan, cells: list, on_end: Callable, on_start: Callable) -> None:
     """Run `cells` of the sweep `plan` as Ray tasks on the cluster joined by `joined`;
     each ended cell is given to `on_end(cell, outcome, node)`. Ctrl-C and SIGTERM cancel
@@ -149,7 +135,7 @@ def collect(ray, ref, run_dir: Path) -> tuple[RunOutcome, dict[str, str] | None]
 def check_cell_cpus(ray, cells: list, address: str) -> None:
     """A cell's processes share one node: one that needs more CPUs than any node has would
     wait for ever."""
-    from distlab.experiments.tune.search import largest_node
+    from distlab.experiments.tune.cluster import largest_node
 
     cpus = largest_node(ray)
     big = max(cells, key=lambda c: c.processes, default=None)

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from distlab.experiments.tune.cluster import alive_nodes, check_shared, lost_nodes, node_label
+from distlab.experiments.tune.cluster import (
+    alive_nodes,
+    check_shared,
+    largest_node,
+    lost_nodes,
+    node_label,
+)
 from distlab.experiments.tune.outcome import (
     FINISHED,
     TuneOutcome,
@@ -114,11 +120,6 @@ def check_where(plan: TunePlan, address: str | None, resume: bool = False) -> No
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
-
-
-def largest_node(ray) -> int:
-    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    return int(max(cpus, default=0))
 
 
 def check_cpus(plan: TunePlan, cpus: int, where: str) -> None:
