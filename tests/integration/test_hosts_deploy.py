@@ -189,8 +189,10 @@ def test_a_federation_across_two_hosts_refuses_strangers(two_hosts):
         (_, said, why), *_ = wait_all([control], 60)
         refusal = json.loads(said)
         assert refusal["success"] is False, (said, why)
-        assert refusal["error-message"].splitlines()[-1].startswith(
-            "Connection to the SuperLink is unavailable"
+        assert (
+            refusal["error-message"]
+            .splitlines()[-1]
+            .startswith("Connection to the SuperLink is unavailable")
         )
         for rc, _, err in ctrl_c(clients):
             assert rc == 130 and err.strip().splitlines()[-1].endswith("left the federation")

@@ -81,32 +81,39 @@ def check(options: ClientOptions) -> tuple[str, int]:
 
 
 def check_tls(host: str, port: int, ca: Path) -> None:
-    """A TLS handshake with the server as the SuperNode will make it (the server's
-    certificate signed by `ca` and naming `host`); ValueError in one line when it fails.
-    The SuperNode itself only retries a failed handshake until --join-timeout."""
-    context = ssl.create_default_context(cafile=str(ca))
-    context.set_alpn_protocols(["h2"])  # gRPC's protocol
-    try:
-        with (
-            socket.create_connection((host, port), timeout=10) as raw,
-            context.wrap_socket(raw, server_hostname=host),
-        ):
-            return
-    except ssl.SSLCertVerificationError as exc:
-        if "match" in str(exc.verify_message):
+    """TLS handshakes with the server as the SuperNode will make them: first the server's
+    certificate signed by `ca`, then naming `host` (OpenSSL reports a name mismatch before
+    an unknown signer); ValueError in one line when one fails. The SuperNode itself only
+    retries a failed handshake until --join-timeout."""
+    for check_name in (False, True):
+        context = ssl.create_default_context(cafile=str(ca))
+        context.check_hostname = check_name
+        context.set_alpn_protocols(["h2"])  # gRPC's protocol
+        try:
+            handshake(context, host, port)
+        except ssl.SSLCertVerificationError as exc:
+            if check_name:
+                raise ValueError(
+                    f"the server's TLS certificate does not name {host}: make it with distlab "
+                    f"deploy certs --server-names {host},... or connect with a name it lists"
+                ) from None
             raise ValueError(
-                f"the server's TLS certificate does not name {host}: make it with distlab "
-                f"deploy certs --server-names {host},... and connect with a name it lists"
+                f"the server at {host}:{port} has a TLS certificate not signed by --ca {ca} "
+                f"({exc.verify_message}): give the server's ca.pem"
             ) from None
-        raise ValueError(
-            f"the server at {host}:{port} has a TLS certificate not signed by --ca {ca} "
-            f"({exc.verify_message}): give the server's ca.pem"
-        ) from None
-    except (ssl.SSLError, OSError) as exc:
-        raise ValueError(
-            f"no TLS handshake with the server at {host}:{port} ({exc}): is it a distlab "
-            "deploy server started without --insecure?"
-        ) from None
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"no TLS handshake with the server at {host}:{port} ({exc}): is it a distlab "
+                "deploy server started without --insecure?"
+            ) from None
+
+
+def handshake(context: ssl.SSLContext, host: str, port: int) -> None:
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host),
+    ):
+        pass
 
 
 def run_client(options: ClientOptions, say=print) -> None:
