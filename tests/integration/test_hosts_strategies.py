@@ -15,6 +15,7 @@ a case names a tolerance and why.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 
 import pytest
@@ -49,19 +50,26 @@ def cli_args(strategy: dict, workers: int, name: str) -> list[str]:
     return [*args, "--out-dir", "/mnt/distlab-host/runs", "--quiet", "--set", "timeout=30"]
 
 
-def run_on_hosts(hosts, strategy: dict, workers: int, per_host: int, name: str) -> RunPaths:
-    """The run under torchrun, `per_host` ranks on each host; the lead's run directory."""
+def on_hosts(hosts, argv: list[str], per_host: int = 1) -> list[tuple[int | None, str, str]]:
+    """`distlab run ARGV` under torchrun, `per_host` ranks on each host, to its end: each
+    host's (returncode, stdout, stderr); no process is left on either host."""
     a, b = hosts
-    argv = cli_args(strategy, workers, name)
     port = next(PORTS)
     procs = [
         host.popen(host.torchrun(2, node, per_host, a.addr, *argv, port=port))
         for node, host in enumerate(hosts)
     ]
-    for (rc, _, err), host in zip(wait_all(procs, WALL_SECONDS), hosts, strict=True):
+    ended = wait_all(procs, WALL_SECONDS)
+    assert a.pids() == [] and b.pids() == []
+    return ended
+
+
+def run_on_hosts(hosts, strategy: dict, workers: int, per_host: int, name: str) -> RunPaths:
+    """The run across the hosts, which must complete; the lead's run directory."""
+    ended = on_hosts(hosts, cli_args(strategy, workers, name), per_host)
+    for (rc, _, err), host in zip(ended, hosts, strict=True):
         assert rc == 0, f"{host.name}: {err[-3000:]}"
-    assert a.pids() == [] and b.pids() == []  # no process left on either host
-    return RunPaths(a.home / "runs" / name)
+    return RunPaths(hosts[0].home / "runs" / name)
 
 
 def record(events: list[dict]) -> list[tuple]:
@@ -133,3 +141,34 @@ def test_two_hosts_compute_what_one_host_computes(hosts, tmp_path, case, per_hos
     assert paths.partition_json.is_file() == (local.run_dir / "partition.json").is_file()
     assert list(hosts[1].home.iterdir()) == []  # hostb wrote no run file
     print(f"{case} 2x{per_host}: {time.monotonic() - begin:.1f} s")
+
+
+def test_a_failure_on_the_other_host_is_recorded_once_on_the_lead(hosts):
+    a, b = hosts
+    fault = ["--set", "fault.rank=1", "--set", "fault.step=5"]
+    ended = on_hosts(hosts, [*cli_args({"name": "allreduce"}, 2, "fails"), *fault])
+    assert all(rc not in (0, None) for rc, _, _ in ended)
+    paths = RunPaths(a.home / "runs" / "fails")
+    summary = read_json(paths.summary)
+    assert summary["status"] == "failed"
+    # the cause came through the launcher's store: hostb wrote no error file of its own
+    cause = r"rank 1 (on hostb )?failed: RuntimeError: injected fault at step 5"
+    assert re.fullmatch(cause, summary["error"]), summary["error"]
+    assert {e["rank"] for e in read_events(paths.merged_events)} == {0}
+    assert list(b.home.iterdir()) == []
+
+
+def test_checkpoints_without_a_shared_directory_are_refused_in_one_line(hosts):
+    a, b = hosts
+    every = ["--set", "checkpoint.every=5"]
+    ended = on_hosts(hosts, [*cli_args({"name": "allreduce"}, 2, "ckpt"), *every])
+    expected = (
+        "error: checkpoint.every=5 needs a run directory every rank sees, but rank(s) 1 do "
+        "not see '/mnt/distlab-host/runs/ckpt' (no shared file system); use "
+        "checkpoint.every=0 or an --out-dir on a shared file system"
+    )
+    for rc, out, err in ended:
+        assert rc not in (0, None) and out == ""
+        assert [line for line in err.splitlines() if line.startswith("error: ")] == [expected]
+    assert not (a.home / "runs" / "ckpt").exists()
+    assert list(b.home.iterdir()) == []
