@@ -104,6 +104,13 @@ class EdgeConfig(Frozen):
     """Seconds a board may stay silent before it is named as lost."""
 
 
+class NetworkConfig(Frozen):
+    """How this host's processes reach the other hosts of a run."""
+
+    interface: str | None = None
+    """Interface to bind here, e.g. eth0: sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME."""
+
+
 class RunConfig(Frozen):
     """One training job: what to train, on which data, under which paradigm."""
 
@@ -160,6 +167,7 @@ class RunConfig(Frozen):
     """Allow more local processes than OVERSUBSCRIBE_FACTOR x the cores (slow, but legal)."""
     checkpoint: CheckpointConfig = CheckpointConfig()
     """Checkpoints, e.g. --set checkpoint.every=100."""
+    network: NetworkConfig = Field(NetworkConfig(), description="Runs across hosts: network.*")
     edge: EdgeConfig = EdgeConfig()
     """Edge boards for the serial executor of the federated family."""
     tensorboard: bool = False
@@ -256,8 +264,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ValueError(f"malformed config file {str(path)!r}: {first}") from None
-    if data is None:
-        return {}
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return data
@@ -423,12 +430,7 @@ def describe_error(exc: ValidationError, prefix: tuple = ()) -> str:
         return str(err["ctx"]["error"])
     if kind == "finite_number":
         return f"{loc} must be a finite number (got {value!r})"
-    bounds = {
-        "greater_than_equal": ">=",
-        "greater_than": ">",
-        "less_than": "<",
-        "less_than_equal": "<=",
-    }
+    bounds = dict(greater_than_equal=">=", greater_than=">", less_than="<", less_than_equal="<=")
     if kind in bounds:
         limit = next(iter(err["ctx"].values()))
         return f"{loc} must be {bounds[kind]} {limit} (got {value!r})"
@@ -457,6 +459,7 @@ NESTED: dict[str, type[BaseModel]] = {
     "optimizer": OptimizerConfig,
     "fault": FaultConfig,
     "checkpoint": CheckpointConfig,
+    "network": NetworkConfig,
 }
 
 

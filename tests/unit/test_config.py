@@ -370,3 +370,14 @@ def test_config_json_round_trips():
     cfg = validate_config({"strategy": "allreduce", "workers": 2, "optimizer": {"lr": 0.1}})
 
     assert validate_config(json.loads(cfg.to_json())) == cfg
+
+
+def test_network_interface_key():
+    assert validate_config({}).network.interface is None
+    cfg = build_config(overrides=["network.interface=eth0"])
+
+    assert cfg.network.interface == "eth0"
+    with pytest.raises(
+        ValueError, match=r"unknown config key 'network.iface' \(allowed: interface\)"
+    ):
+        build_config(overrides=["network.iface=eth0"])

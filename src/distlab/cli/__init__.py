@@ -105,10 +105,12 @@ def usage_message(exc: Exception) -> str:
 def fail(message: str, code: int) -> None:
     """Print `message` as one `error: ` line (rank 0 only) and exit with `code`."""
     from distlab.runtime.launch import is_follower
+    from distlab.runtime.launchers.external import speaks_for_node
 
     line = f"error: {' '.join(message.split())}"
-    # Under a launcher every rank reaches the same error; rank 0 prints it once.
-    if not is_follower():
+    # Under a launcher every rank reaches the same error; rank 0 prints it once, and the
+    # first process of each other node once there.
+    if not is_follower() or speaks_for_node():
         print(line, file=sys.stderr)
     if "TORCHELASTIC_ERROR_FILE" in os.environ:  # every rank: torchrun's report names it
         from distlab.runtime.launchers.external import tell_launcher

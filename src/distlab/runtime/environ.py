@@ -35,6 +35,16 @@ def local_world_size(world: int, environ: dict[str, str] | None = None) -> int:
     return int(per_node) if per_node.isdigit() and int(per_node) > 0 else world
 
 
+def node_count(world: int, environ: dict[str, str] | None = None) -> int:
+    """How many hosts (nodes) the run's processes are spread over: torchrun's
+    GROUP_WORLD_SIZE, else the processes over those per host."""
+    env = os.environ if environ is None else environ
+    group = env.get("GROUP_WORLD_SIZE", "")
+    if group.isdigit() and int(group) > 0:
+        return int(group)
+    return max(1, world // local_world_size(world, env))
+
+
 def elastic_restart() -> int:
     """How often torchrun's agent has restarted this process group (0: the first start)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)

@@ -9,10 +9,12 @@ does.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -23,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from distlab.config import RunConfig
-from distlab.runtime.environ import elastic_restart, external_env, local_world_size
+from distlab.runtime import network
+from distlab.runtime.environ import elastic_restart, external_env, local_world_size, node_count
 from distlab.runtime.failures import (
     RunFailed,
     RunInterrupted,
@@ -89,10 +92,11 @@ def join_external(
     notify(setup.on_event, f"waiting for {world} processes to join")
     try:
         store = rendezvous(cfg, rank, world)
+        shared = dist.PrefixStore("distlab", store)
+        _meet(cfg, rank, world, shared)
         _init_group(cfg, rank, world, device, store)
     except Terminated:
         raise RunTerminated("terminated while the processes were joining") from None
-    shared = dist.PrefixStore("distlab", store)
     try:
         run_dir = Path(_agree_or_stop(prepare, rank, device))
         view = agree_view(cfg, job.paths(run_dir), rank, world, job.lead, device)
@@ -123,10 +127,76 @@ def rendezvous(cfg: RunConfig, rank: int, world: int) -> dist.Store:
 
 def _rendezvous_failure(message: str, world: int, timeout: float) -> str:
     joined = re.search(r"(\d+)/\d+ clients joined", message)
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    nodes = node_count(world)
+    if joined and nodes > 1:  # each host's launcher starts its processes: count hosts
+        came = int(joined[1]) // max(1, world // nodes)
+        return (
+            f"rendezvous timed out: {came} of {nodes} nodes joined within {timeout:g} s: "
+            f"start the run on every node with MASTER_ADDR={where.rpartition(':')[0]}, and "
+            f"check that each of them reaches {where}"
+        )
     if joined:  # rank 0, which hosts the store, counts itself among the clients
         return f"rendezvous timed out: {joined[1]} of {world} processes joined within {timeout:g} s"
-    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    if nodes > 1:
+        return (
+            f"rendezvous failed: the node of rank 0 did not answer at {where} within "
+            f"{timeout:g} s: start the run there too, or check that this node reaches it"
+        )
     return f"rendezvous failed: rank 0 did not answer at {where} within {timeout:g} s"
+
+
+# Every rank's host, as the ranks told each other before the process group was made.
+_nodes: list[network.Node] | None = None
+
+
+def _meet(cfg: RunConfig, rank: int, world: int, shared) -> None:
+    """Bind the interface network.interface names, refuse an address the other hosts
+    cannot reach, and learn every rank's host (through the launcher's store, so a node that
+    cannot join is heard of at once); then watch this node's launcher."""
+    global _nodes
+    problem = ""
+    try:
+        network.use_interface(cfg.network.interface)
+    except ValueError as exc:  # one host's mistake: the other hosts must hear of it too
+        problem = str(exc)
+    _nodes = network.meet(shared, rank, world, cfg.timeout, problem or network.bind_problem())
+    _watch_launcher(cfg)
+
+
+class LauncherLost(BaseException):
+    """This node's launcher (torchrun's agent) is gone, so nothing would stop this rank: it
+    stops of itself. Raised in the main thread by the watch `_watch_launcher` starts."""
+
+    parent = 0
+
+
+def _watch_launcher(cfg: RunConfig) -> None:
+    """Stop this rank when its launcher dies (torchrun's workers get no death signal from
+    their agent): LauncherLost in the main thread, then, if that does not end it within the
+    collective timeout, an exit."""
+    LauncherLost.parent = parent = os.getppid()
+    main = threading.main_thread().ident
+    if parent <= 1 or main is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(main), ctypes.py_object(LauncherLost)
+        )
+        time.sleep(cfg.timeout + 5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="distlab-launcher-watch", daemon=True).start()
+
+
+def speaks_for_node() -> bool:
+    """True in the first process of a node other than rank 0's: its error line is this
+    node's (rank 0 speaks for the run)."""
+    env = external_env()
+    return env is not None and env[0] != 0 and env[2] == 0
 
 
 def _init_group(cfg: RunConfig, rank: int, world: int, device: torch.device, store) -> None:
@@ -226,6 +296,8 @@ def _report_failure(
     hold_sigterm()
     stopped = isinstance(exc, Terminated | KeyboardInterrupt)
     message = "" if stopped else f"{type(exc).__name__}: {first_line(exc)}"
+    if isinstance(exc, LauncherLost):
+        message = f"LauncherLost: {_launcher_lost(rank)}"
     _post(shared, f"report/{rank}", json.dumps({"stopped": stopped, "message": message}))
     if not stopped:
         try:
@@ -234,9 +306,7 @@ def _report_failure(
             pass  # another machine without the shared directory: the store has it
     if rank != 0:
         return (
-            stopped_error(exc, paths.root)
-            if stopped
-            else RunFailed(f"rank {rank} failed: {message}")
+            stopped_error(exc, paths.root) if stopped else RunFailed(_follower_cause(rank, message))
         )
     got = _collect_reports(shared, world)
     errors = {r: m for r, (was_stopped, m) in got.items() if not was_stopped}
@@ -244,7 +314,47 @@ def _report_failure(
     if stopped and not own and len(got) == world:
         return stopped_error(exc, paths.root)  # all answered, none failed of itself: stopped
     # Stopped with a rank silent: torchrun stops the others when one dies, so it is a failure.
-    return RunFailed(_describe_reports(got, world, cfg.timeout), errors)
+    return RunFailed(_name_hosts(_describe_reports(got, world, cfg.timeout), got), errors)
+
+
+def _launcher_lost(rank: int) -> str:
+    host = _nodes[rank].host if _nodes else "this node"
+    return f"the launcher of rank {rank} on {host} (pid {LauncherLost.parent}) was killed"
+
+
+def _spans_hosts() -> bool:
+    return _nodes is not None and len({node.host for node in _nodes}) > 1
+
+
+def _follower_cause(rank: int, message: str) -> str:
+    """This rank's line: a lost link to rank 0's host named as such."""
+    if not _spans_hosts() or not is_peer_error(message):
+        return f"rank {rank} failed: {message}"
+    assert _nodes is not None
+    lead, me = _nodes[0], _nodes[rank]
+    if lead.host != me.host and not network.answers(lead.address):
+        return (
+            f"rank 0 on {lead.host} unreachable from {me.host}: {lead.address} does not answer, "
+            f"the link between the hosts is down (check it, then rerun) ({message})"
+        )
+    return f"rank {rank} on {me.host} failed: {message}"
+
+
+def _name_hosts(cause: str, got: dict[int, tuple[bool, str]]) -> str:
+    """`cause` with the host of the rank it names when the ranks span hosts; a silent rank on
+    another host that does not answer any more is named unreachable."""
+    named = re.match(r"rank (\d+) ", cause)
+    if not _spans_hosts() or named is None:
+        return cause
+    assert _nodes is not None
+    rank, lead = int(named[1]), _nodes[0]
+    node = _nodes[rank]
+    if rank not in got and node.host != lead.host and not network.answers(node.address):
+        return (
+            f"rank {rank} on {node.host} unreachable: {node.address} does not answer from "
+            f"{lead.host}, the link between the hosts is down (check it, then rerun)"
+        )
+    return f"rank {rank} on {node.host} {cause[named.end() :]}"
 
 
 def _post(shared, key: str, value: str) -> None:
