@@ -7,14 +7,8 @@ import json
 
 import pytest
 
-from distlab.experiments.whatif import (
-    LINK_FORMAT,
-    fit_line,
-    fit_link,
-    parse_networks,
-    predict,
-    ring_allreduce_seconds,
-)
+from distlab.experiments.whatif import parse_networks, predict, ring_allreduce_seconds
+from distlab.experiments.whatif_link import LINK_FORMAT, fit_line, fit_link
 
 SIZES = [4**k for k in range(1, 10)]
 ALPHA, BETA = 40e-6, 8e-8  # 40 us, 12.5 MB/s (100 Mbit/s)
@@ -34,7 +28,8 @@ def link_file(tmp_path, overhead=1.25, **fields):
     """A link whose times follow the model exactly, fitted and written as the probe does."""
     p2p = [ALPHA + m * BETA for m in SIZES]
     summed = [ring_allreduce_seconds(2, m // 4, ALPHA, 1 / (BETA * overhead)) for m in SIZES]
-    data = {"format": LINK_FORMAT, "world": 2, **fit_link(SIZES, p2p, summed, 2), **fields}
+    data = {"format": LINK_FORMAT, "world": 2, "sizes_bytes": SIZES, "allreduce_seconds": summed}
+    data |= {**fit_link(SIZES, p2p, summed, 2), **fields}
     path = tmp_path / "link.json"
     path.write_text(json.dumps(data))
     return path
@@ -114,3 +109,26 @@ def test_a_bad_link_file_is_one_line_naming_it(tmp_path, content, words):
 
     message = str(err.value)
     assert "\n" not in message and repr(str(path)) in message and words in message
+
+
+def test_a_measured_link_is_priced_at_the_sizes_around_the_message(tmp_path):
+    # a shaper: below 64 kB at line rate, above it slower per byte
+    seconds = [1e-4 + m * (1e-9 if m <= 65536 else 4e-8) for m in SIZES]
+    path = link_file(tmp_path, allreduce_seconds=seconds)
+    link = parse_networks(str(path))[0]
+
+    alpha, bandwidth = link.at(178_000)
+
+    # the line through 64 kB and 256 kB, the two measured sizes within 4x of 178 kB
+    slope = (seconds[8] - seconds[7]) / (SIZES[8] - SIZES[7])
+    intercept = seconds[7] - slope * SIZES[7]
+    expected = max(intercept, 0.0) + 178_000 * (slope if intercept >= 0 else 0)
+    if intercept < 0:  # refitted through 0
+        expected = (
+            178_000
+            * (SIZES[7] * seconds[7] + SIZES[8] * seconds[8])
+            / (SIZES[7] ** 2 + SIZES[8] ** 2)
+        )
+    assert ring_allreduce_seconds(2, 178_000 // 4, alpha, bandwidth) == pytest.approx(
+        expected, rel=1e-6
+    )

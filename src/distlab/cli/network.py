@@ -85,7 +85,7 @@ def measure_here(cfg, options, out: Path) -> None:
 
 def describe(measured: dict, link_rate: float | None) -> dict:
     """The link file: what was measured, where, and the fit."""
-    from distlab.experiments.whatif import LINK_FORMAT, fit_link
+    from distlab.experiments.whatif_link import LINK_FORMAT, fit_link
     from distlab.runtime.failures import RunFailed
 
     sizes, p2p, summed = (measured[k] for k in ("sizes_bytes", "p2p_seconds", "allreduce_seconds"))

@@ -16,7 +16,6 @@ The model loads neither torch nor matplotlib; the figure is in whatif_plot.py.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distlab.experiments.whatif_link import MeasuredLink, is_link_file, is_number, read_link
 from distlab.topology import TOPOLOGIES, build_graph
 
 BYTES_PER_PARAM = 4  # float32 on the wire
@@ -89,88 +89,6 @@ def parse_networks(text: str) -> list[tuple]:
         raise ValueError(f"--network needs at least one speed, e.g. 1gbit,10gbit (got {text!r})")
     unique = dict.fromkeys(p if is_link_file(p) else p.lower() for p in parts if p)
     return [read_link(p) if is_link_file(p) else (p, parse_bandwidth(p)) for p in unique]
-
-
-# --- links measured by distlab probe-network ------------------------------------------------------
-
-LINK_FORMAT = "distlab-link/1"
-LINK_KEYS = ("alpha_seconds", "beta_seconds_per_byte", "overhead")
-
-
-def is_link_file(text: str) -> bool:
-    return text.lower().endswith(".json") or "/" in text
-
-
-def read_link(path: str) -> tuple[str, float, float]:
-    """(file name, bytes per second, alpha) of a link file, or ValueError in one line.
-
-    The per-byte time is the point-to-point fit's times the overhead the allreduce showed
-    beyond the ring formula; alpha is the allreduce fit's latency per message, so the ring
-    formula on these two gives back the allreduce that was measured."""
-    where = f"--network: link file {path!r}"
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{where} does not exist (give a speed or a probe-network file)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or "not JSON"
-        raise ValueError(f"{where} cannot be read: {reason}") from None
-    if not isinstance(data, dict) or data.get("format") != LINK_FORMAT:
-        raise ValueError(f"{where} is not from distlab probe-network (format {LINK_FORMAT!r})")
-    values = [data.get(k) for k in (*LINK_KEYS, "allreduce_alpha_seconds")]
-    if not all(is_number(v) and v >= 0 for v in values) or not values[1] * values[2] > 0:
-        keys = ", ".join((*LINK_KEYS, "allreduce_alpha_seconds"))
-        raise ValueError(f"{where} needs finite numbers >= 0 (and a per-byte time > 0): {keys}")
-    alpha, beta, overhead, ring_alpha = values
-    return Path(path).name, 1 / (beta * overhead), ring_alpha
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """(intercept, slope) of y = a + b*x by least squares. The largest messages weigh most,
-    as they should: below a shaper's burst a small message passes at line rate, and a model
-    of a few hundred kB is priced by the sustained rate. A negative intercept (a burst, or
-    noise on a link whose latency is below the clock) is 0, the slope refitted through 0.
-
-    >>> fit_line([1, 2, 3], [3, 5, 7])
-    (1.0, 2.0)
-    """
-    if len(xs) < 2 or len(set(xs)) < 2:
-        raise ValueError("a fit needs times at two message sizes at least")
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-    intercept = my - slope * mx
-    if intercept < 0:
-        intercept = 0.0
-        slope = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
-    return round(intercept, 12), round(slope, 15)
-
-
-def fit_link(
-    sizes: Sequence[int], p2p: Sequence[float], allreduce: Sequence[float], world: int
-) -> dict[str, float]:
-    """Alpha and beta of the point-to-point times (one way, time = alpha + bytes*beta), the
-    allreduce times fitted to the ring formula 2(N-1)(alpha + bytes/(N*bandwidth)), and the
-    overhead: the allreduce's time per byte over what the formula makes of the point-to-point
-    beta (headers, protocol, a collective's extra copies). ValueError when the time does
-    not grow with the size (nothing to fit a bandwidth to)."""
-    alpha, beta = fit_line(sizes, p2p)
-    intercept, slope = fit_line(sizes, allreduce)
-    if beta <= 0 or slope <= 0:
-        raise ValueError("the measured time did not grow with the message size: no bandwidth")
-    steps = 2 * (world - 1)
-    ring_beta = slope * world / steps  # seconds per byte the ring formula's bandwidth gives
-    return {
-        "alpha_seconds": alpha,
-        "beta_seconds_per_byte": beta,
-        "bandwidth_bytes_per_second": significant(1 / beta),
-        "allreduce_alpha_seconds": significant(intercept / steps),
-        "overhead": significant(ring_beta / beta),
-    }
 
 
 # --- communication time per step or round -------------------------------------------------------
@@ -424,6 +342,8 @@ def predict(
     rows = []
     for link in networks:
         label, beta, alpha = (*link, latency) if len(link) == 2 else link
+        if isinstance(link, MeasuredLink) and len(link.sizes) >= 2:
+            alpha, beta = link.at(message_bytes(summary))
         base = estimate(load, 1, alpha, beta)["samples_per_second"]
         for n in workers:
             figures = estimate(load, n, alpha, beta)
@@ -436,6 +356,12 @@ def predict(
             row["efficiency"] = row["speedup"] / n
             rows.append({k: significant(v) for k, v in row.items()})
     return rows, None
+
+
+def message_bytes(s: dict[str, Any]) -> float:
+    """Bytes of one exchange of the run's model (float32), where a link is priced."""
+    params = s.get("params")
+    return params * BYTES_PER_PARAM if is_number(params) and params > 0 else 4e5
 
 
 def estimate(load: Workload, n: int, alpha: float, beta: float) -> dict[str, float] | None:
