@@ -46,6 +46,9 @@ class MeasuredLink:
     def __iter__(self):  # unpacks as a named link does, with its own latency
         return iter((self.label, self.bandwidth, self.alpha))
 
+    def __len__(self) -> int:
+        return 3
+
     def at(self, message: float) -> tuple[float, float]:
         """(alpha, bytes per second) of the ring formula fitted to the allreduce times at
         the measured sizes within a factor 4 of `message` (at least the nearest two). A
