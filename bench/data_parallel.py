@@ -6,14 +6,18 @@ LeNet on mnist-sample, batch 32 per worker (random sampler). Each repeat runs, i
     allreduce  1 process x 2 threads        the same two cores, used by threads instead
     allreduce  2 processes x 1 thread       intra_node=auto (shared memory between the ranks)
     allreduce  2 processes x 1 thread       intra_node=gloo (the process group)
-    ddp        1 and 2 processes x 1 thread (DDP's own hooks; gloo)
+    ddp        1 and 2 processes x 1 thread (DDP's comm hook through the communicator:
+               shared memory between the ranks)
+
+`--before SRC` also runs the ddp pair with another tree's src/ (in a child interpreter, the
+same config), so a change is measured before and after in one invocation.
 
 Throughput = training samples per second from each run's own summary. Efficiency =
 throughput(2 x 1) / (2 x throughput(1 x 1)); "vs threads" = throughput(2 x 1) /
 throughput(1 x 2). Each ratio is taken within one repeat (the runs next to each other on a
 shared, noisy machine), and its median over the repeats is printed: paired medians.
 
-    python bench/data_parallel.py [--repeats 3] [--epochs 2] [--no-ddp]
+    python bench/data_parallel.py [--repeats 3] [--epochs 2] [--no-ddp] [--before SRC]
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 
 from distlab.api import run
@@ -44,27 +50,45 @@ RATIOS = {
     "2x1 gloo vs 1x2 threads": ("allreduce 2x1 gloo", "allreduce 1x2", 1),
     "shared memory vs gloo (2x1)": ("allreduce 2x1 shm", "allreduce 2x1 gloo", 1),
     "ddp efficiency": ("ddp 2x1", "ddp 1x1", 2),
+    "ddp efficiency (before)": ("ddp 2x1 (before)", "ddp 1x1 (before)", 2),
 }
+BEFORE = " (before)"
+
+
+def config(name: str, epochs: int, out: str) -> dict:
+    strategy, workers, threads, intra_node = CONFIGS[name.removesuffix(BEFORE)]
+    return {
+        "strategy": strategy,
+        "workers": workers,
+        "dataset": "mnist-sample",
+        "model": "lenet",
+        "batch_size": 32,
+        "sampler": "random",
+        "epochs": epochs,
+        "threads": threads,
+        "intra_node": intra_node,
+        "out_dir": out,
+        "save_model": False,
+    }
+
+
+CHILD = (
+    "import json, sys; from distlab.api import run; "
+    "print(json.dumps(run(json.loads(sys.argv[1])).summary['samples_per_second']))"
+)
+
+
+def measure_before(name: str, epochs: int, out: str, src: str) -> float:
+    """Samples per second of the same config run by the tree at `src`."""
+    env = {**os.environ, "PYTHONPATH": src}
+    cmd = [sys.executable, "-c", CHILD, json.dumps(config(name, epochs, out))]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def measure(name: str, epochs: int, out: str) -> dict:
     """Throughput and how far step 1 stands out, from one run's summary and events."""
-    strategy, workers, threads, intra_node = CONFIGS[name]
-    result = run(
-        {
-            "strategy": strategy,
-            "workers": workers,
-            "dataset": "mnist-sample",
-            "model": "lenet",
-            "batch_size": 32,
-            "sampler": "random",
-            "epochs": epochs,
-            "threads": threads,
-            "intra_node": intra_node,
-            "out_dir": out,
-            "save_model": False,
-        }
-    )
+    result = run(config(name, epochs, out))
     steps = [e["duration"] for e in result.events if e["kind"] == "step"]
     return {
         "samples_per_second": result.summary["samples_per_second"],
@@ -92,13 +116,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--no-ddp", action="store_true", help="leave the ddp runs out")
+    parser.add_argument("--before", help="another tree's src/ to run the ddp pair with too")
     args = parser.parse_args()
     names = [n for n in CONFIGS if not (args.no_ddp and n.startswith("ddp"))]
+    if args.before and not args.no_ddp:
+        names += [n + BEFORE for n in CONFIGS if n.startswith("ddp")]
     repeats, environment, load_before = [], None, os.getloadavg()
     with tempfile.TemporaryDirectory() as out:
         for i in range(args.repeats):
             rates = {}
             for name in names if i % 2 == 0 else names[::-1]:  # no config always goes first
+                if name.endswith(BEFORE):
+                    rates[name] = measure_before(name, args.epochs, out, args.before)
+                    continue
                 got = measure(name, args.epochs, out)
                 rates[name], environment = got["samples_per_second"], got["environment"]
             repeats.append(rates)
@@ -106,7 +136,7 @@ def main() -> None:
     medians = {n: round(statistics.median(r[n] for r in repeats)) for n in names}
     ratios = paired_ratios(repeats)
     for name, rate in medians.items():
-        print(f"{name:22s} {rate:8d} samples/s (median)")
+        print(f"{name:31s} {rate:8d} samples/s (median)")
     for ratio, value in ratios.items():
         print(f"{ratio:34s} {value['median']:.3f}  (range {value['min']}-{value['max']})")
     print(f"load average (1, 5, 15 min) before {load_before}, after {os.getloadavg()}")

@@ -20,8 +20,7 @@ import torch.multiprocessing as mp
 from tests.conftest import assert_no_orphans, final_state, make_config, run_small
 
 from distlab.runtime.comm import TorchCommunicator
-from distlab.runtime.hierarchical import make_hierarchical
-from distlab.runtime.shm import ShmCommunicator, attach_host, make_communicator
+from distlab.runtime.shm import ShmCommunicator, attach_host, hierarchical, make_communicator
 
 # --- calls, against gloo in the same group ---------------------------------------------------
 
@@ -47,7 +46,7 @@ def _calls(rank: int, world: int, store_path: str, out: str, keys=None) -> None:
     shm = (
         make_communicator(cfg, torch.device("cpu"))
         if keys is None
-        else make_hierarchical(keys, cfg.timeout)
+        else hierarchical(keys, cfg.timeout)
     )
     comms = (shm, TorchCommunicator())
     gen = torch.Generator().manual_seed(rank)

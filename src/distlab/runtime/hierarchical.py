@@ -28,20 +28,12 @@ gather, and what does not fit, go through that group as one flat call.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
 from distlab.runtime.comm import Communicator, SoloCommunicator, TorchCommunicator, _nbytes
-from distlab.runtime.shm import ShmCommunicator, attach_host, host_key
-
-
-def host_keys() -> list[int]:
-    """Every rank's host_key(), in rank order. Collective over the default group."""
-    mine = torch.tensor([host_key()], dtype=torch.int64)
-    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(every, mine)
-    return [int(t) for t in every]
 
 
 def group_hosts(keys: list[int]) -> list[list[int]]:
@@ -53,11 +45,15 @@ def group_hosts(keys: list[int]) -> list[list[int]]:
     return list(hosts.values())
 
 
-def make_hierarchical(keys: list[int], timeout: float) -> HierarchicalCommunicator | None:
+def make_hierarchical(
+    keys: list[int], timeout: float, attach: Callable, on_host: Callable
+) -> HierarchicalCommunicator | None:
     """The hierarchical communicator of this rank, given every rank's host key; None (on
     every rank alike) when no host holds two ranks, or when some host could not map its
-    segments. Collective over the default group: every rank creates every host's group,
-    the leaders' group and the flat group, in the same order."""
+    segments. `attach(group)` maps the segments of a host's group (shm.attach_host), and
+    `on_host(segments, timeout, group)` is the host's communicator (shm.ShmCommunicator).
+    Collective over the default group: every rank creates every host's group, the leaders'
+    group and the flat group, in the same order."""
     hosts = group_hosts(keys)
     if all(len(ranks) == 1 for ranks in hosts):
         return None
@@ -66,15 +62,13 @@ def make_hierarchical(keys: list[int], timeout: float) -> HierarchicalCommunicat
     groups = {ranks[0]: dist.new_group(ranks) for ranks in hosts if len(ranks) > 1}
     leaders = dist.new_group([ranks[0] for ranks in hosts])
     mine = next(ranks for ranks in hosts if rank in ranks)
-    segments = attach_host(groups[mine[0]]) if len(mine) > 1 else None
+    segments = attach(groups[mine[0]]) if len(mine) > 1 else None
     ok = torch.tensor([int(len(mine) == 1 or segments is not None)])
     dist.all_reduce(ok, op=dist.ReduceOp.MIN)  # every host has its segments, or none uses them
     if not ok.item():
         return None
     local = (
-        ShmCommunicator(segments, timeout, groups[mine[0]])
-        if segments is not None
-        else SoloCommunicator()
+        on_host(segments, timeout, groups[mine[0]]) if segments is not None else SoloCommunicator()
     )
     cross = TorchCommunicator(leaders) if rank == mine[0] else None
     return HierarchicalCommunicator(hosts, local, cross, flat)
@@ -243,7 +237,7 @@ class HierarchicalCommunicator(TorchCommunicator):
     def _near(self, tensor: torch.Tensor, peer: int | None) -> bool:
         """Whether a message to or from `peer` (None: any on this host) goes through shared
         memory: on this host, and small enough for an outbox. Both ends decide alike."""
-        if not isinstance(self.local, ShmCommunicator):
+        if isinstance(self.local, SoloCommunicator):
             return False
         if peer is not None and (self.host_of.get(peer) != self.here or peer == self.rank):
             return False

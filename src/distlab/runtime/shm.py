@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from distlab.runtime.comm import TorchCommunicator, _nbytes
 from distlab.runtime.environ import STARTTIME, stat_fields
+from distlab.runtime.hierarchical import HierarchicalCommunicator, make_hierarchical
 
 if TYPE_CHECKING:
     from distlab.config import RunConfig
@@ -469,10 +470,22 @@ def make_communicator(cfg: RunConfig, device: torch.device) -> TorchCommunicator
     keeps the flat process group."""
     if cfg.intra_node == "gloo" or device.type != "cpu" or dist.get_world_size() == 1:
         return TorchCommunicator()
-    from distlab.runtime.hierarchical import host_keys, make_hierarchical
-
     keys = host_keys()
     if len(set(keys)) == 1 and keys[0]:
         host = attach_host()
         return ShmCommunicator(host, cfg.timeout) if host is not None else TorchCommunicator()
-    return make_hierarchical(keys, cfg.timeout) or TorchCommunicator()
+    return hierarchical(keys, cfg.timeout) or TorchCommunicator()
+
+
+def hierarchical(keys: list[int], timeout: float) -> HierarchicalCommunicator | None:
+    """runtime/hierarchical.py's communicator over this module's segments, the hosts told
+    apart by `keys` (every rank's host_key())."""
+    return make_hierarchical(keys, timeout, attach_host, ShmCommunicator)
+
+
+def host_keys() -> list[int]:
+    """Every rank's host_key(), in rank order. Collective over the default group."""
+    mine = torch.tensor([host_key()], dtype=torch.int64)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return [int(t) for t in every]
