@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -117,12 +118,29 @@ def rendezvous(cfg: RunConfig, rank: int, world: int) -> dist.Store:
     os.environ.setdefault("MASTER_PORT", "29500")
     timeout = timedelta(seconds=cfg.timeout)
     try:
+        if rank != 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            _wait_for_store(cfg.timeout)
         store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
     except dist.DistError as exc:
         raise RunFailed(_rendezvous_failure(str(exc), world, cfg.timeout)) from None
     # torchrun's agent keeps one store across its restarts of the workers: each attempt
     # needs keys of its own, or the process group meets the dead attempt's addresses
     return dist.PrefixStore(f"attempt-{elastic_restart()}", store)
+
+
+def _wait_for_store(timeout: float) -> None:
+    """Wait until rank 0's store accepts connections, at most `timeout` seconds: torch's
+    client backs off ever longer between tries (37 s after ten) and overruns the timeout."""
+    where = (os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(where, timeout=1).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise dist.DistError(f"no store at {where}: {exc}") from None
+            time.sleep(0.2)
 
 
 def _rendezvous_failure(message: str, world: int, timeout: float) -> str:
