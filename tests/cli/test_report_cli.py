@@ -184,8 +184,9 @@ def test_force_reports_runs_of_different_datasets(runs, tmp_path):
 def link(tmp_path_factory):
     """A link file of two local processes (shared memory), measured by the command itself."""
     path = tmp_path_factory.mktemp("link") / "local.json"
-    done = cli("probe-network", "--workers", "2", "--out", str(path), "--max-bytes", "65536",
-               "--repeats", "2", "--set", "threads=1")  # fmt: skip
+    # up to 16 MB: on shared memory the small sizes are all noise, the large ones a slope
+    done = cli("probe-network", "--workers", "2", "--out", str(path), "--repeats", "2",
+               "--set", "threads=1")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "allreduce overhead" in done.stdout and str(path) in done.stdout
     return path
@@ -193,7 +194,7 @@ def link(tmp_path_factory):
 
 def test_probe_network_writes_a_link_the_report_prices(runs, link, tmp_path):
     fit = json.loads(link.read_text())
-    assert fit["world"] == 2 and fit["sizes_bytes"][0] == 4 and fit["sizes_bytes"][-1] <= 65536
+    assert fit["world"] == 2 and fit["sizes_bytes"][0] == 4
     assert fit["beta_seconds_per_byte"] > 0 and fit["overhead"] > 0
     out = tmp_path / "rep"
 
