@@ -132,6 +132,9 @@ def test_fast_command_runs_and_exits_0(command, tmp_path, small_run):
     args, launched = command
     if launched or any(word in args for word in NEEDS_MORE):
         pytest.skip("needs a launcher, dataset files, a network or a GPU")
+    if any(arg.endswith(".json") for arg in args):
+        # test_report_cli.py makes a link file with probe-network and prices runs on it
+        pytest.skip("needs a file an earlier line makes under a launcher")
     name, params = parse(args)
     # The run directories a line names are copies of one real small run.
     for path in map(Path, run_dir_args(name, params)):
