@@ -36,6 +36,7 @@ from tests.hosts import HOST_DIR, distlab_torchrun, host_bed, missing, wait_all 
 from distlab.experiments.whatif import parse_networks, predict  # noqa: E402
 
 LINKS = (None, "1gbit", "100mbit", "20mbit")
+EXCHANGE_LINK = "100mbit"
 RUN = ("run", "--strategy", "allreduce", "--model", "lenet", "--dataset", "mnist-sample",
        "--epochs", "1", "--batch-size", "64", "--set", "timeout=60")  # fmt: skip
 PORTS = itertools.count(29700)
@@ -104,10 +105,22 @@ def one_repeat(hosts, files: dict[str, Path], r: int) -> dict[str, float]:
                 got[f"{label} {kind}"] = rows[0]["unit_seconds"]
         else:
             got["2x1 / 1x2"] = s["samples_per_second"] / local["samples_per_second"]
+    got.update(exchange_repeat(hosts, r))
+    return got
+
+
+def exchange_repeat(hosts, r: int) -> dict[str, float]:
+    """2 hosts x 2 ranks, hierarchical against flat gloo, on the unshaped link and on one
+    shaped to EXCHANGE_LINK. Flat recursive doubling sends two full messages across the link
+    in its second round (ranks 0-2 and 1-3); the hierarchy sends one, between the leaders."""
+    got = {}
+    for rate in (None, EXCHANGE_LINK):
+        shape(hosts, rate)
+        label = rate or "unshaped"
+        flat = run_hosts(hosts, f"flat-{label}-{r}", 2, "--set", "intra_node=gloo")
+        tiered = run_hosts(hosts, f"tiered-{label}-{r}", 2, "--set", "intra_node=auto")
+        got[f"2x2 auto / gloo {label}"] = tiered["samples_per_second"] / flat["samples_per_second"]
     shape(hosts, None)
-    flat = run_hosts(hosts, f"flat-{r}", 2, "--set", "intra_node=gloo")
-    tiered = run_hosts(hosts, f"tiered-{r}", 2, "--set", "intra_node=auto")
-    got["2x2 auto / gloo"] = tiered["samples_per_second"] / flat["samples_per_second"]
     return got
 
 
@@ -137,18 +150,35 @@ def table(repeats: list[dict], files: dict[str, Path]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"2 hosts x 1 rank (unshaped) / 1 host x 2 ranks, samples/s: "
               f"{med['2x1 / 1x2']:.3f} (goal >= 0.8)",
-              f"2 hosts x 2 ranks, intra_node=auto / intra_node=gloo, samples/s: "
-              f"{med['2x2 auto / gloo']:.3f} (goal >= 1.3)"]  # fmt: skip
+              *exchange_lines(med)]  # fmt: skip
     return lines
+
+
+def exchange_lines(med: dict[str, float]) -> list[str]:
+    return [
+        f"2 hosts x 2 ranks, intra_node=auto / intra_node=gloo, samples/s, {label} link: "
+        f"{med[f'2x2 auto / gloo {label}']:.3f} (goal >= 1.3)"
+        for label in ("unshaped", EXCHANGE_LINK)
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--exchange-only", action="store_true",
+                        help="Only the 2 x 2 hierarchical against flat pairs.")  # fmt: skip
     args = parser.parse_args()
     if missing():
         raise SystemExit(f"bench/two_host.py: {missing()}")
     load = os.getloadavg()[0]
+    if args.exchange_only:
+        with host_bed(2) as hosts:
+            repeats = [exchange_repeat(hosts, r) for r in range(args.repeats)]
+        med = {k: statistics.median(r[k] for r in repeats) for k in repeats[0]}
+        lines = [f"repeats: {json.dumps(repeats)}", "", *exchange_lines(med)]
+        print("\n".join(lines))
+        append(lines, args.repeats, load, "--exchange-only ")
+        return
     with host_bed(2) as hosts:
         files = probe_links(hosts)
         print({k: json.loads(f.read_text())["allreduce_seconds"] for k, f in files.items()})
@@ -161,10 +191,10 @@ def main() -> None:
         append(lines, args.repeats, load)
 
 
-def append(lines: list[str], repeats: int, load: float) -> None:
+def append(lines: list[str], repeats: int, load: float, flags: str = "") -> None:
     day = datetime.date.today().isoformat()
     head = [f"### {day}, {os.cpu_count()} cores", "",
-            f"`python bench/two_host.py --repeats {repeats}`: medians of {repeats} repeats; "
+            f"`python bench/two_host.py {flags}--repeats {repeats}`: medians of {repeats} repeats; "
             f"load average {load:.2f} when it began.", ""]  # fmt: skip
     if "\n## two_host\n" not in RESULTS.read_text():
         head = ["## two_host", "", (__doc__ or "").split("\n\n")[0], "", *head]
