@@ -36,7 +36,7 @@ from distlab.runs.directory import (
     write_json,
 )
 from distlab.runs.events import EventTail, merge_events
-from distlab.runtime import launch
+from distlab.runtime import launch, network
 from distlab.runtime.environ import elastic_restart
 from distlab.runtime.failures import (
     RunFailed,
@@ -156,6 +156,7 @@ def resolve(
     its partition (which can refuse the config: more clients than samples)."""
     spec = get_spec(cfg.strategy.name)
     launch.check_launcher(spec.launcher_for(cfg))
+    network.check_interface(cfg.network.interface)
     start = time.time() if started is None else started
     external = launch.external_env()
     world = spec.processes(cfg)

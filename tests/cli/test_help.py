@@ -109,3 +109,12 @@ def test_help_shows_the_defaults_each_command_applies(command, strategy, clients
     assert flag_help(text, "--strategy").endswith(f"[default: {strategy}]")
     assert flag_help(text, "--clients").endswith(f"[default: {clients}]")
     assert deploy_data({}, None)["strategy"] == "fedavg"  # what deploy runs without --strategy
+
+
+def test_a_mistyped_command_is_one_line_with_one_suggestion():
+    done = cli("probe-netwrk")
+
+    assert done.returncode == 2
+    assert done.stderr == (
+        "error: No such command 'probe-netwrk'. Did you mean 'probe-network'?\n"
+    ), done.stderr

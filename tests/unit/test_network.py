@@ -134,3 +134,16 @@ def test_meet_fails_at_once_with_its_own_problem():
 def test_meet_names_the_ranks_that_never_came():
     with pytest.raises(RunFailed, match=r"rank\(s\) 1 did not come within 0.2 s"):
         network.meet(DictStore(), 0, 2, timeout=0.2, problem="")
+
+
+def test_a_local_run_with_an_interface_this_host_lacks_is_refused_before_anything_is_written(
+    tmp_path,
+):
+    from tests.conftest import make_config
+
+    from distlab.api import run
+
+    cfg = make_config(tmp_path, strategy="allreduce", workers=2, network={"interface": "nope0"})
+    with pytest.raises(ValueError, match="network.interface 'nope0' is not an interface"):
+        run(cfg)
+    assert not (tmp_path / "runs").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 
 import typer
@@ -99,7 +100,8 @@ def usage_message(exc: Exception) -> str:
     errors = cause.errors() if hasattr(cause, "errors") else []
     if errors and "input" in errors[0]:
         return f"{exc.format_message()} (got {errors[0]['input']!r})"
-    return exc.format_message()
+    # click and typer each add "Did you mean 'run'?" to an unknown command: say it once
+    return re.sub(r"( Did you mean [^?]*\?)\1+", r"\1", exc.format_message())
 
 
 def fail(message: str, code: int) -> None:

@@ -85,18 +85,24 @@ def bind_problem(hostname: str | None = None, environ: dict[str, str] | None = N
     )
 
 
+def check_interface(interface: str | None) -> None:
+    """ValueError naming this host's interfaces when `interface` is set and not one of them:
+    a run on this host alone is refused the same way as one that spans hosts."""
+    here = interfaces()
+    if interface is not None and interface not in here:
+        raise ValueError(
+            f"network.interface {interface!r} is not an interface of host "
+            f"{socket.gethostname()!r} (interfaces here: {', '.join(here) or 'none found'})"
+        )
+
+
 def use_interface(interface: str | None) -> None:
     """Make gloo and NCCL bind `interface` (network.interface) by exporting
     GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME before the process group is made; ValueError
     naming this host's interfaces when it has none of that name. Nothing for None."""
     if interface is None:
         return
-    here = interfaces()
-    if interface not in here:
-        raise ValueError(
-            f"network.interface {interface!r} is not an interface of host "
-            f"{socket.gethostname()!r} (interfaces here: {', '.join(here) or 'none found'})"
-        )
+    check_interface(interface)
     for key in IFNAME_KEYS:
         os.environ[key] = interface
 
