@@ -133,7 +133,7 @@ def format_rate(beta: float) -> str:
     """Bytes per second as text: 125 MB/s, 1.25 GB/s."""
     for scale, unit in ((1e9, "GB/s"), (1e6, "MB/s"), (1e3, "kB/s")):
         if beta >= scale:
-            return f"{beta / scale:g} {unit}"
+            return f"{beta / scale:.3g} {unit}"
     return f"{beta:g} B/s"
 
 
@@ -141,5 +141,5 @@ def format_seconds(seconds: float) -> str:
     """Seconds as text in the unit that reads best: 50 us, 2 ms, 0 s."""
     for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
         if seconds >= scale:
-            return f"{seconds / scale:g} {unit}"
+            return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 1e-9:g} ns" if seconds else "0 s"
