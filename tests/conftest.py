@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -51,8 +52,6 @@ def final_state(result) -> dict[str, torch.Tensor]:
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 120, env=None):
     """Run `python -m distlab ARGS` in a subprocess and return the CompletedProcess."""
-    import subprocess
-
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "distlab", *args],
@@ -136,3 +135,17 @@ def two_hosts():
         pytest.skip(reason)
     with host_bed(2) as hosts:
         yield hosts
+
+
+def wait_for_line(proc: subprocess.Popen, text: str, seconds: float) -> str:
+    """Read proc's stdout until a line contains `text`."""
+    deadline = time.monotonic() + seconds
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r}: {''.join(seen)[-2000:]}")

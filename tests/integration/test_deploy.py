@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from tests.conftest import cli, headless_chromium
+from tests.conftest import cli, headless_chromium, wait_for_line
 
 from distlab.deploy.certs import make_certs
 from distlab.deploy.processes import free_port
@@ -111,20 +111,6 @@ def start(*args: str, cwd: Path) -> subprocess.Popen:
         [sys.executable, "-m", "distlab", *args],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-
-
-def wait_for_line(proc: subprocess.Popen, text: str, seconds: float) -> str:
-    """Read proc's stdout until a line contains `text`."""
-    deadline = time.monotonic() + seconds
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if text in line:
-            return line
-    raise AssertionError(f"no line with {text!r}: {''.join(seen)[-2000:]}")
 
 
 def test_server_and_clients_as_separate_commands_and_refusals(tmp_path):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import wait_for_line
 from tests.hosts import HOST_DIR, Host, wait_all
 
 pytestmark = pytest.mark.slow
@@ -57,19 +58,6 @@ def one_line(done: subprocess.CompletedProcess, *parts: str) -> str:
     for part in parts:
         assert part in lines[0], (part, lines[0])
     return lines[0]
-
-
-def read_line(proc: subprocess.Popen, text: str, seconds: float) -> str:
-    """Read proc's stdout until a line contains `text`."""
-    deadline, seen = time.monotonic() + seconds, []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if text in line:
-            return line
-    raise AssertionError(f"no line with {text!r}: {''.join(seen)[-2000:]}")
 
 
 def make_certificates(a: Host, b: Host) -> None:
@@ -130,7 +118,7 @@ def start_clients(b: Host) -> list[subprocess.Popen]:
                 f"certs/client-{i}.key", "--port", str(9094 + i))  # fmt: skip
         clients.append(b.popen(in_home(b, *argv)))
     for i, proc in enumerate(clients):
-        assert f"client {i} joined {SERVER}:{FLEET}" in read_line(proc, "joined", 90)
+        assert f"client {i} joined {SERVER}:{FLEET}" in wait_for_line(proc, "joined", 90)
     return clients
 
 
@@ -176,7 +164,7 @@ def test_a_federation_across_two_hosts_refuses_strangers(two_hosts):
     )  # fmt: skip
     procs = [server]
     try:
-        read_line(server, f"SuperLink on {SERVER}:{FLEET}; waiting for 2 clients", 60)
+        wait_for_line(server, f"SuperLink on {SERVER}:{FLEET}; waiting for 2 clients", 60)
         control = control_call(b)
         procs.append(control)
         check_refusals(b)
