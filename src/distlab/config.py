@@ -11,7 +11,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
@@ -19,6 +18,16 @@ from pydantic import (
     model_validator,
 )
 
+from distlab.clock import check_system
+from distlab.config_sections import (
+    CheckpointConfig,
+    CompressConfig,
+    EdgeConfig,
+    FaultConfig,
+    Frozen,
+    NetworkConfig,
+    SystemConfig,
+)
 from distlab.data.partition import PARTITION_SCHEMES, IidPartition, PartitionConfig
 from distlab.strategies import STRATEGIES, StrategyBase, check_config, params_for
 
@@ -30,20 +39,6 @@ NAME_MAX = 255
 MAX_EPOCHS = 100_000
 MAX_ROUNDS = 1_000_000
 MAX_CLIENTS = 1_000_000
-
-
-class Frozen(BaseModel):
-    """Base for every config model: immutable, unknown keys rejected, docstrings kept."""
-
-    # allow_inf_nan=False: `--lr inf` or `--lr 1e400` (which parses as inf) would train on
-    # NaN; they are refused like any other bad number.
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        use_attribute_docstrings=True,
-        coerce_numbers_to_str=True,
-        allow_inf_nan=False,
-    )
 
 
 class OptimizerConfig(Frozen):
@@ -64,51 +59,6 @@ class OptimizerConfig(Frozen):
         if self.name != "sgd" and self.momentum:
             raise ValueError(f"optimizer.momentum applies to sgd only (name is {self.name!r})")
         return self
-
-
-class FaultConfig(Frozen):
-    """Inject a failure into one rank, to see how a run ends when a process misbehaves."""
-
-    rank: int = Field(1, ge=0)
-    """The rank that fails."""
-    step: int = Field(1, ge=1)
-    """The failure happens after this many steps of that rank."""
-    kind: Literal["raise", "exit", "hang"] = "raise"
-    """raise an exception, exit the process at once, or hang (block forever)."""
-
-    def describe(self) -> str:
-        """How a failure message names the fault: `fault.kind=exit at step 20`."""
-        return f"fault.kind={self.kind} at step {self.step}"
-
-
-class CheckpointConfig(Frozen):
-    """Checkpoints a run can be resumed from (distlab run --resume RUN_DIR; torchrun
-    --max-restarts restarts resume by themselves)."""
-
-    every: int = Field(0, ge=0)
-    """Write a checkpoint every this many steps, or rounds for round-based strategies
-    (federated, gossip); 0 = never."""
-
-
-class EdgeConfig(Frozen):
-    """Microcontroller boards as federated clients (strategy.executor=serial): board i
-    hosts client i, so strategy.clients equals the number of boards."""
-
-    boards: int = Field(0, ge=0)
-    """Simulated boards to start: the firmware on simavr behind a pty each (0 = use ports)."""
-    ports: list[str] = []
-    """Serial ports of real boards, e.g. [/dev/ttyACM0, /dev/ttyACM1]."""
-    baud: int = 115200
-    """Serial line speed; the protocol allows 9600, 19200, 38400, 57600 and 115200."""
-    timeout: float = Field(10.0, gt=0)
-    """Seconds a board may stay silent before it is named as lost."""
-
-
-class NetworkConfig(Frozen):
-    """How this host's processes reach the other hosts of a run."""
-
-    interface: str | None = None
-    """Interface to bind here, e.g. eth0: sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME."""
 
 
 class RunConfig(Frozen):
@@ -168,6 +118,10 @@ class RunConfig(Frozen):
     checkpoint: CheckpointConfig = CheckpointConfig()
     """Checkpoints, e.g. --set checkpoint.every=100."""
     network: NetworkConfig = Field(NetworkConfig(), description="Runs across hosts: network.*")
+    compress: CompressConfig = CompressConfig()
+    """Compression of the updates workers and clients send, e.g. --set compress.kind=topk."""
+    system: SystemConfig = SystemConfig()
+    """Unequal client speeds and links on a simulated clock, e.g. --set system.speed=lognormal."""
     edge: EdgeConfig = EdgeConfig()
     """Edge boards for the serial executor of the federated family."""
     tensorboard: bool = False
@@ -384,6 +338,7 @@ def check_run(cfg: RunConfig) -> RunConfig:
     rank. Returns `cfg`; ValueError in one line."""
     check_limits(cfg)
     check_config(cfg)
+    check_system(cfg)
     return cfg
 
 
@@ -460,6 +415,9 @@ NESTED: dict[str, type[BaseModel]] = {
     "fault": FaultConfig,
     "checkpoint": CheckpointConfig,
     "network": NetworkConfig,
+    "compress": CompressConfig,
+    "system": SystemConfig,
+    "edge": EdgeConfig,
 }
 
 

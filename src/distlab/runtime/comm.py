@@ -98,6 +98,15 @@ class Communicator(ABC):
             raise NotImplementedError(f"{type(self).__name__} has no point-to-point exchange")
         return []
 
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's `tensor` (the same shape and dtype on each), in rank order: how
+        compressed updates, which cannot be summed as they travel, reach every rank. One
+        exchange with every other rank, counted as such: (N - 1) x its bytes each way."""
+        peers = [r for r in range(self.world) if r != self.rank]
+        out = self.exchange(tensor, peers)
+        out.insert(self.rank, tensor)
+        return out
+
     @abstractmethod
     def barrier(self) -> None:
         """Wait until every rank reaches this point."""

@@ -20,6 +20,7 @@ from distlab.runtime.comm import Communicator, SoloCommunicator
 from distlab.runtime.environ import elastic_restart
 from distlab.runtime.failures import has_fired, record_fault
 from distlab.training import EvalResult, evaluate
+from distlab.transforms.chain import Chain, describe, make_chain
 
 if TYPE_CHECKING:
     from distlab.config import RunConfig
@@ -117,6 +118,18 @@ class WorkerContext:
         """The run's model with the same seeded initial weights on every rank."""
         model = build_model(self.cfg.model, self.data.input_shape, self.data.classes, self.cfg.seed)
         return model.to(self.device)
+
+    def compressor(self, model: nn.Module, stream: int | None = None) -> Chain | None:
+        """The run's compression chain for the updates this rank sends of `model`'s size
+        (None when compress.kind is none). `stream` keeps the random draws of different
+        senders apart (default: this rank). The lead records the chain's sizes once, in a
+        `compress` phase event, for the summary."""
+        shapes = [tuple(p.shape) for p in model.parameters()]
+        stream = self.rank if stream is None else stream
+        chain = make_chain(self.cfg.compress, shapes, self.cfg.seed, stream)
+        if chain is not None and self.is_lead:
+            self.recorder.phase("compress", **describe(chain))
+        return chain
 
     def evaluate(self, model: nn.Module, **where: int) -> EvalResult:
         """Evaluate on the test set and record an eval event (lead rank only)."""

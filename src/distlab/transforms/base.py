@@ -1,0 +1,122 @@
+"""The compressor contract: what one transform of the update seam does to a batch of updates.
+
+An update is a flat float32 vector of P values (a gradient, a model delta). A compressor
+works on a batch of them, (n, P) rows, one per sender, so an executor that trains many
+clients at once compresses them all in one call. `encode` turns the rows into named parts
+(values, indices, packed bits, a scale), each a (n, count) tensor whose count is fixed by P
+alone, so every sender's payload has the same size and a receiver unpacks it from its
+`parts()`. `decode` turns the parts back into (n, P) rows: what the receiver sees.
+
+`formula_bytes` is the paper's count of one row's payload: the analytic side of the
+summary, next to the bytes the Communicator measured. `aggregate` is the server's (or every
+worker's) step on the mean of the decoded rows: the identity, except for signSGD's majority
+vote. A compressor that keeps state per sender (PowerSGD's warm start) keys it by the
+`senders` it is given and saves it in `state_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from distlab.config_sections import CompressConfig
+
+
+@dataclass(frozen=True)
+class Part:
+    """One named piece of a row's payload: its dtype and how many of them a row holds."""
+
+    name: str
+    dtype: torch.dtype
+    count: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * torch.empty(0, dtype=self.dtype).element_size()
+
+
+class Compressor(ABC):
+    """One compressor; subclasses set `name` and implement parts, encode, decode."""
+
+    name = "none"
+    stochastic = False
+    """Whether encode draws random numbers (from the generator it is given)."""
+
+    def __init__(self, cfg: CompressConfig, shapes: list[tuple[int, ...]]) -> None:
+        self.cfg = cfg
+        self.shapes = [tuple(s) for s in shapes]
+        self.numel = sum(math.prod(s) for s in self.shapes)
+
+    @abstractmethod
+    def parts(self) -> list[Part]:
+        """The payload of one row, in order."""
+
+    @abstractmethod
+    def encode(
+        self, rows: torch.Tensor, senders: np.ndarray, gen: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """(n, P) float32 rows -> each part as an (n, count) tensor of its dtype."""
+
+    @abstractmethod
+    def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The parts of n rows -> (n, P) float32 rows, what the receiver sees."""
+
+    def formula_bytes(self) -> float:
+        """The paper's size of one row's payload in bytes (default: the parts' own)."""
+        return float(sum(p.nbytes for p in self.parts()))
+
+    def aggregate(self, mean: torch.Tensor) -> torch.Tensor:
+        """The step on the mean of the decoded rows (the identity for most)."""
+        return mean
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        return None
+
+
+def pack(parts: dict[str, torch.Tensor], layout: list[Part]) -> torch.Tensor:
+    """The parts of n rows as one (n, bytes) uint8 tensor, part after part: what travels."""
+    n = next(iter(parts.values())).shape[0] if parts else 0
+    pieces = []
+    for part in layout:
+        value = parts[part.name].to(part.dtype).reshape(n, part.count).contiguous()
+        pieces.append(value.view(torch.uint8).reshape(n, part.nbytes))
+    return torch.cat(pieces, dim=1)
+
+
+def unpack(payload: torch.Tensor, layout: list[Part]) -> dict[str, torch.Tensor]:
+    """The inverse of `pack`: (n, bytes) uint8 -> each part as (n, count) of its dtype."""
+    n, out, at = payload.shape[0], {}, 0
+    for part in layout:
+        chunk = payload[:, at : at + part.nbytes].contiguous()
+        out[part.name] = chunk.view(part.dtype).reshape(n, part.count)
+        at += part.nbytes
+    return out
+
+
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """(n, m) integers in [0, 2**bits) -> (n, ceil(m * bits / 8)) uint8, bit planes packed
+    little-endian per value (numpy's packbits on the rows)."""
+    n, m = values.shape
+    shifts = torch.arange(bits, dtype=torch.int64)
+    planes = (values.to(torch.int64).unsqueeze(-1) >> shifts) & 1
+    flat = planes.reshape(n, m * bits).to(torch.uint8).numpy()
+    return torch.from_numpy(np.packbits(flat, axis=1, bitorder="little"))
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, m: int) -> torch.Tensor:
+    """The inverse of `pack_bits`: (n, bytes) uint8 -> (n, m) int64."""
+    flat = np.unpackbits(packed.numpy(), axis=1, count=m * bits, bitorder="little")
+    planes = torch.from_numpy(flat).reshape(packed.shape[0], m, bits).to(torch.int64)
+    return (planes << torch.arange(bits, dtype=torch.int64)).sum(-1)
+
+
+def packed_count(m: int, bits: int) -> int:
+    """Bytes of m values of `bits` bits packed."""
+    return -(-m * bits // 8)

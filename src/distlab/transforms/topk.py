@@ -1,0 +1,39 @@
+"""Top-k sparsification: each row sends its k = ceil(ratio * P) largest-magnitude values and
+their indices (Stich et al. 2018, "Sparsified SGD with Memory"; with compress.error_feedback
+the dropped rest is added to the next update, the memory that makes it converge).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from distlab.transforms.base import Compressor, Part
+
+
+class TopK(Compressor):
+    """The k largest |values| of each row: k float32 values and k int32 indices."""
+
+    name = "topk"
+
+    @property
+    def k(self) -> int:
+        return max(1, math.ceil(self.cfg.ratio * self.numel))
+
+    def parts(self) -> list[Part]:
+        return [Part("values", torch.float32, self.k), Part("indices", torch.int32, self.k)]
+
+    def encode(self, rows: torch.Tensor, senders: np.ndarray, gen) -> dict[str, torch.Tensor]:
+        index = torch.topk(rows.abs(), self.k, dim=1, sorted=False).indices
+        return {"values": rows.gather(1, index), "indices": index.to(torch.int32)}
+
+    def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        values = parts["values"].float()
+        out = values.new_zeros(values.shape[0], self.numel)
+        return out.scatter_(1, parts["indices"].long(), values)
+
+    def formula_bytes(self) -> float:
+        """k values and k indices of 32 bits each."""
+        return 8.0 * self.k
