@@ -38,6 +38,9 @@ SHARED_ROWS: tuple[tuple[str, str], ...] = (
     ("samples/s", "samples_per_second"),
     ("bytes/step measured", "bytes_per_step_measured"),
     ("bytes/step analytic", "bytes_per_step_analytic"),
+    ("compressors", "compressors"),
+    ("compression ratio", "compression_ratio"),
+    ("simulated seconds", "sim_seconds"),
 )
 LAST_ROWS: tuple[tuple[str, str], ...] = (("peak RSS MB", "peak_rss_mb"),)
 
@@ -96,6 +99,7 @@ def summarize(
     rss = [e["peak_rss_mb"] for e in events if e.get("peak_rss_mb") is not None]
     summary["peak_rss_mb"] = max(rss) if rss else None
     summary.update(comm_summary(cfg, spec, events, params, len(units), processes))
+    summary.update(compress_summary(lead))
     summary["time_per_unit"] = time_per_unit(units, "round" if rounds else "step")
     summary.update(spec.extra_summary(cfg, lead))
     summary["environment"] = environment(events)
@@ -239,6 +243,18 @@ def comm_summary(
     if units and params and len(per_rank) == processes:
         out.update(spec.comm_analysis(cfg, per_rank, params, units))
     return out
+
+
+def compress_summary(lead: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lead's `compress` event as the summary gives it: the chain's names and how many
+    times fewer bytes an update takes than dense float32 (dense_bytes / payload_bytes);
+    both null when the run compressed nothing."""
+    event = next((e for e in lead if e.get("phase") == "compress"), None)
+    if event is None:
+        return {"compressors": None, "compression_ratio": None}
+    payload, dense = event.get("payload_bytes"), event.get("dense_bytes")
+    ratio = round(dense / payload, 2) if payload and dense is not None else None
+    return {"compressors": event.get("compressors"), "compression_ratio": ratio}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

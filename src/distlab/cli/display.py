@@ -86,7 +86,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None = None) -> None:
         value = summary.get(key)
         if value is None or (value == 0 and key in HIDDEN_WHEN_ZERO):
             continue
-        table.add_row(label, format_number(value))
+        table.add_row(label, summary_value(value))
     threads = (summary.get("environment") or {}).get("threads_per_process")
     if threads is not None:
         table.add_row("threads/process", str(threads))
@@ -95,6 +95,13 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None = None) -> None:
         out.print(f"cause: {summary['error']}", soft_wrap=True)
     if run_dir is not None:
         out.print(f"run directory: {run_dir}", soft_wrap=True)
+
+
+def summary_value(value: Any) -> str:
+    """A summary figure as its table row shows it: a chain of compressors as 'topk > fp16'."""
+    if isinstance(value, list):
+        return " > ".join(map(str, value))
+    return format_number(value)
 
 
 def print_result(summary: dict[str, Any], run_dir: Path | None, as_json: bool) -> None:

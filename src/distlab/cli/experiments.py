@@ -78,15 +78,16 @@ def report(
 def print_report(run_dirs: list[Path], out_dir: Path, **options: Any) -> None:
     """Write the report of `run_dirs` into `out_dir` (`options`: write_report's target,
     networks, latency, force and baseline), then print its table, repeats and notes."""
-    from distlab.experiments.report import CONSOLE_COLUMNS, write_report
+    from distlab.experiments.report import console_columns, write_report
     from distlab.runs.directory import REPEATS
 
     # write_report checks every input and run directory before writing anything.
     rows = write_report(run_dirs, out_dir, **options)
     title = f"report written to {out_dir} (report.html; every column in results.csv)"
-    table = Table(*CONSOLE_COLUMNS.values(), title=title)
+    columns = console_columns(rows)
+    table = Table(*columns.values(), title=title)
     for row in rows:
-        table.add_row(*("-" if row[k] is None else format_number(row[k]) for k in CONSOLE_COLUMNS))
+        table.add_row(*("-" if row[k] is None else format_number(row[k]) for k in columns))
     console = wide(200)
     console.print(table)
     print_repeats(console, out_dir / REPEATS)

@@ -22,12 +22,15 @@ FIGURES = {
     "curves.png": "Training loss and test accuracy per step, per round, and over wall time.",
     "communication.png": "Bytes per worker per step (per round, all clients, for FedAvg), "
     "measured against the formula, and each run's total.",
+    "tradeoff.png": "Final accuracy against bytes measured (log), with the Pareto front, and "
+    "test accuracy against simulated seconds.",
     "whatif.png": "Alpha-beta model of these runs on other networks: a model, not a measurement.",
 }
 TABLE_COLUMNS = (
     "run", "status", "strategy", "workers", "seed", "threads", "final_accuracy",
     "train_seconds", "samples_per_second", "baseline", "speedup", "efficiency",
-    "bytes_per_step_measured", "bytes_per_step_analytic", "seconds_to_target", "flagged",
+    "bytes_per_step_measured", "bytes_per_step_analytic", "seconds_to_target", "compressors",
+    "compression_ratio", "bytes_measured", "sim_seconds", "sim_seconds_to_target", "flagged",
 )  # fmt: skip
 # The repeats table: one row per config that ran several times.
 REPEAT_COLUMNS = (

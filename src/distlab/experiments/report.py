@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distlab.experiments import page, scaling, whatif, whatif_plot
+from distlab.experiments import page, scaling, tradeoff, whatif, whatif_plot
 from distlab.experiments.baseline import (
     baseline_label,
     disturbance,
@@ -78,6 +78,18 @@ CONSOLE_COLUMNS = {
     "bytes_per_step_measured": "bytes/step",
     "seconds_to_target": "s to target",
 }
+# Shown after those only when some run has them: runs that compressed or kept a simulated clock.
+TRADEOFF_COLUMNS = {
+    "compression_ratio": "compression",
+    "sim_seconds": "sim s",
+    "sim_seconds_to_target": "sim s to target",
+}
+
+
+def console_columns(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The console table's columns: CONSOLE_COLUMNS, then the trade-off ones some row knows."""
+    extra = {k: v for k, v in TRADEOFF_COLUMNS.items() if any(r.get(k) is not None for r in rows)}
+    return {**CONSOLE_COLUMNS, **extra}
 
 
 def check_target(target: float | None) -> float | None:
@@ -241,6 +253,7 @@ def comparison_row(
         "seconds_to_target": (
             time_to_accuracy(run["events"], target) if target is not None else None
         ),
+        **tradeoff.row_figures(run, target),
     }
 
 
@@ -387,7 +400,8 @@ def make_out_dir(out: Path) -> None:
 
 def write_figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -> None:
     """curves.png; speedup.png and accuracy.png over several worker counts; communication.png
-    where some run counted bytes; the runs' partition figures."""
+    where some run counted bytes; tradeoff.png where some run counted bytes or kept a
+    simulated clock; the runs' partition figures."""
     plot_curves(runs, out / "curves.png")
     labels = [r["series"] for r in rows]
     if len({r["workers"] for r in rows}) > 1:
@@ -396,6 +410,7 @@ def write_figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], out: P
     summaries = [r["summary"] for r in runs]
     if any(scaling.byte_figures(s)["total_bytes"] for s in summaries):
         scaling.plot_communication([r["name"] for r in runs], summaries, out / "communication.png")
+    tradeoff.plot_tradeoff(runs, rows, out / "tradeoff.png")
     write_partitions(runs, out)
 
 
