@@ -94,7 +94,10 @@ def unpack(payload: torch.Tensor, layout: list[Part]) -> dict[str, torch.Tensor]
     """The inverse of `pack`: (n, bytes) uint8 -> each part as (n, count) of its dtype."""
     n, out, at = payload.shape[0], {}, 0
     for part in layout:
-        chunk = payload[:, at : at + part.nbytes].contiguous()
+        # A fresh (n, bytes) copy: a slice of one row counts as contiguous but keeps the
+        # payload's row stride, which a view as a wider dtype refuses.
+        chunk = torch.empty(n, part.nbytes, dtype=torch.uint8)
+        chunk.copy_(payload[:, at : at + part.nbytes])
         out[part.name] = chunk.view(part.dtype).reshape(n, part.count)
         at += part.nbytes
     return out
@@ -104,17 +107,40 @@ def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
     """(n, m) integers in [0, 2**bits) -> (n, ceil(m * bits / 8)) uint8, bit planes packed
     little-endian per value (numpy's packbits on the rows)."""
     n, m = values.shape
-    shifts = torch.arange(bits, dtype=torch.int64)
-    planes = (values.to(torch.int64).unsqueeze(-1) >> shifts) & 1
-    flat = planes.reshape(n, m * bits).to(torch.uint8).numpy()
-    return torch.from_numpy(np.packbits(flat, axis=1, bitorder="little"))
+    width = _width(bits)
+    # Each value's little-endian bytes, unpacked to bits, cut to `bits`, packed again: a
+    # few numpy passes over uint8 instead of one int64 per bit.
+    raw = values.numpy().astype(f"<u{width}").view(np.uint8).reshape(n, m, width)
+    if bits == 8 * width:
+        return torch.from_numpy(np.ascontiguousarray(raw.reshape(n, m * width)))
+    if bits == 1:
+        return torch.from_numpy(np.packbits(raw.reshape(n, m), axis=1, bitorder="little"))
+    planes = np.unpackbits(raw, axis=2, bitorder="little")[:, :, :bits]
+    return torch.from_numpy(np.packbits(planes.reshape(n, m * bits), axis=1, bitorder="little"))
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, m: int) -> torch.Tensor:
     """The inverse of `pack_bits`: (n, bytes) uint8 -> (n, m) int64."""
-    flat = np.unpackbits(packed.numpy(), axis=1, count=m * bits, bitorder="little")
-    planes = torch.from_numpy(flat).reshape(packed.shape[0], m, bits).to(torch.int64)
-    return (planes << torch.arange(bits, dtype=torch.int64)).sum(-1)
+    n, width = packed.shape[0], _width(bits)
+    array = packed.numpy()
+    if bits == 8 * width:
+        raw = np.ascontiguousarray(array[:, : m * width])
+    elif bits == 1:
+        raw = np.unpackbits(array, axis=1, count=m, bitorder="little")
+    else:
+        flat = np.unpackbits(array, axis=1, count=m * bits, bitorder="little")
+        planes = np.zeros((n, m, 8 * width), dtype=np.uint8)
+        planes[:, :, :bits] = flat.reshape(n, m, bits)
+        raw = np.packbits(planes, axis=2, bitorder="little")
+    values = raw.reshape(n, m * width).view(f"<u{width}").astype(np.int64)
+    return torch.from_numpy(values.reshape(n, m))
+
+
+def _width(bits: int) -> int:
+    """Bytes of the smallest unsigned integer type holding `bits` bits."""
+    if not 1 <= bits <= 63:
+        raise ValueError(f"pack_bits packs 1 to 63 bits a value, not {bits}")
+    return next(w for w in (1, 2, 4, 8) if bits <= 8 * w)
 
 
 def packed_count(m: int, bits: int) -> int:
