@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
+from distlab.strategies import ps_compress
 from distlab.strategies.common import Count, sampler_schedule, train_epochs
 from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
 from distlab.training import (
@@ -70,6 +71,11 @@ def check(cfg) -> None:
     check_data_parallel(cfg)
     if cfg.strategy.max_staleness is not None and cfg.strategy.mode == "sync":
         raise ValueError("strategy.max_staleness applies to mode 'async' only (mode is 'sync')")
+    if cfg.compress.downlink and "majority" in cfg.compress.names:
+        raise ValueError(
+            "compress.kind=majority cannot carry param-server's downlink: signs without a "
+            "scale cannot carry a difference of parameters (use sign, or compress.downlink=false)"
+        )
 
 
 def run(ctx: WorkerContext, params: Params) -> None:
@@ -102,22 +108,28 @@ def work(ctx: WorkerContext, model, params: Params) -> None:
     copy = ServerCopy(model)
     incoming = torch.empty(flat_params(model).numel() + 1)
     count = cut_count(ctx.world - 1, params)
+    chain = ctx.compressor(model)
+    link = None if chain is None else ps_compress.WorkerLink(ctx, model, chain)
 
     def step(x, y):
         loss = compute_gradients(model, x, y)
         n = float(len(y))
-        trailer = torch.tensor([loss * n, n, float(copy.version)])
-        ctx.comm.send(torch.cat([flat_grads(model) * n, trailer]), SERVER)
-        ctx.comm.recv(incoming, SERVER)
-        set_flat_params(model, incoming[:-1])
-        copy.version = int(incoming[-1])
+        if link is not None:
+            link.send(flat_grads(model), loss, n, copy.version)
+            copy.version = link.receive()
+        else:
+            trailer = torch.tensor([loss * n, n, float(copy.version)])
+            ctx.comm.send(torch.cat([flat_grads(model) * n, trailer]), SERVER)
+            ctx.comm.recv(incoming, SERVER)
+            set_flat_params(model, incoming[:-1])
+            copy.version = int(incoming[-1])
         copy.steps += 1
         if params.mode == "async" and ctx.checkpoint_due(count(copy.steps)[1]):
             ctx.comm.barrier()  # the cut: wait until the server has written its checkpoint
         return loss, len(y)
 
     schedule = sampler_schedule(ctx, ctx.rank - 1, ctx.world - 1)
-    keep = {"copy": copy}
+    keep = {"copy": copy} if link is None else {"copy": copy, "link": link}
     train_epochs(ctx, model, step, schedule, evaluate=False, keep=keep, count=count)
 
 
@@ -139,14 +151,19 @@ def serve(ctx: WorkerContext, model, params: Params) -> None:
     sync = params.mode == "sync"
     total = per_worker if sync else per_worker * workers
     state = {"version": 0, "epoch_len": total // cfg.epochs}
-    first = resume_server(ctx, model, opt, state, total)
+    chain = ctx.compressor(model)
+    link = None if chain is None else ps_compress.ServerLink(ctx, model, chain, workers)
+    keep = {"model": model, "optimizer": opt}
+    if link is not None:
+        keep["link"] = link  # error feedback memory and the downlink's copies
+    first = resume_server(ctx, keep, state, total)
     for step in range(first + 1, total + 1):
         start = time.perf_counter()
         if sync:
-            loss, samples = sync_update(ctx, model, opt, workers, state)
+            loss, samples = sync_update(ctx, model, opt, workers, state, link)
             extra = {}
         else:
-            loss, samples, extra = async_update(ctx, model, opt, params, state)
+            loss, samples, extra = async_update(ctx, model, opt, params, state, link)
         ctx.recorder.step(
             step,
             loss,
@@ -156,15 +173,15 @@ def serve(ctx: WorkerContext, model, params: Params) -> None:
             **extra,
         )
         maybe_evaluate(ctx, model, step, state["epoch_len"])
-        save_server_if_due(ctx, model, opt, state, step, None if sync else workers)
+        save_server_if_due(ctx, keep, state, step, None if sync else workers)
     ctx.recorder.phase("train_end", steps=total, version=state["version"])
     ctx.save_model(model)
 
 
-def resume_server(ctx: WorkerContext, model, opt, state: dict, total: int) -> int:
-    """The steps done before: the checkpoint's (its model, optimizer and version restored),
-    or 0 on a fresh start, which begins the "train" phase."""
-    resumed = ctx.restore({"model": model, "optimizer": opt})
+def resume_server(ctx: WorkerContext, keep: dict, state: dict, total: int) -> int:
+    """The steps done before: the checkpoint's (its model, optimizer, compression state and
+    version restored), or 0 on a fresh start, which begins the "train" phase."""
+    resumed = ctx.restore(keep)
     if resumed is None:
         ctx.recorder.phase("train", total=total, unit="step")
         return 0
@@ -172,15 +189,12 @@ def resume_server(ctx: WorkerContext, model, opt, state: dict, total: int) -> in
     return resumed["position"]["done"]
 
 
-def save_server_if_due(
-    ctx: WorkerContext, model, opt, state: dict, step: int, cut: int | None
-) -> None:
+def save_server_if_due(ctx: WorkerContext, keep: dict, state: dict, step: int, cut) -> None:
     """The server's checkpoint after `step` (and its evaluation), where one is due. Async
     (`cut` workers): only where each worker has done step / cut steps, and waits at a
     barrier for it (see the module docstring)."""
     if (cut is not None and step % cut) or not ctx.checkpoint_due(step):
         return
-    keep = {"model": model, "optimizer": opt}
     ctx.save_checkpoint(step, "step", keep, {"done": step}, {"version": state["version"]})
     if cut is not None:
         ctx.comm.barrier()  # the workers wait there: none runs ahead of the cut
@@ -192,7 +206,12 @@ def maybe_evaluate(ctx: WorkerContext, model, step: int, epoch_len: int) -> None
         ctx.evaluate(model, step=step, epoch=(step - 1) // epoch_len)
 
 
-def sync_update(ctx, model, opt, workers: int, state: dict) -> tuple[float, int]:
+def sync_update(ctx, model, opt, workers: int, state: dict, link=None) -> tuple[float, int]:
+    if link is not None:
+        step = ps_compress.sync_update(link, lambda grad: apply_gradient(model, opt, grad))
+        state["version"] += 1
+        link.reply(state["version"], list(range(1, workers + 1)))
+        return step
     size = flat_params(model).numel() + TRAILER
     total = torch.zeros(size)
     buf = torch.empty(size)
@@ -207,17 +226,30 @@ def sync_update(ctx, model, opt, workers: int, state: dict) -> tuple[float, int]
     return float(total[-3] / total[-2]), int(total[-2])
 
 
-def async_update(ctx, model, opt, params: Params, state: dict):
-    buf = torch.empty(flat_params(model).numel() + TRAILER)
-    src = ctx.comm.recv(buf)
-    staleness = state["version"] - int(buf[-1])
+def async_update(ctx, model, opt, params: Params, state: dict, link=None):
+    src, grad, trailer = receive_any(ctx, model, link)
+    staleness = state["version"] - int(trailer[-1])
     stale = params.max_staleness is not None and staleness > params.max_staleness
     if not stale:
-        apply_gradient(model, opt, buf[:-TRAILER] / buf[-2])
+        apply_gradient(model, opt, grad)
         state["version"] += 1
-    ctx.comm.send(with_version(model, state["version"]), src)
+    if link is not None:
+        link.reply(state["version"], [src])
+    else:
+        ctx.comm.send(with_version(model, state["version"]), src)
     extra = {"worker": src, "staleness": staleness, "dropped": stale}
-    return float(buf[-3] / buf[-2]), int(buf[-2]), extra
+    return float(trailer[-3] / trailer[-2]), int(trailer[-2]), extra
+
+
+def receive_any(ctx, model, link):
+    """The next gradient from any worker: its rank, the mean gradient and the trailer
+    (weighted loss, samples, version)."""
+    if link is not None:
+        src, grad, trailer = link.receive_one()
+        return src, link.up.aggregate(grad), trailer
+    buf = torch.empty(flat_params(model).numel() + TRAILER)
+    src = ctx.comm.recv(buf)
+    return src, buf[:-TRAILER] / buf[-2], buf[-TRAILER:]
 
 
 def apply_gradient(model, opt, grad: torch.Tensor) -> None:
@@ -231,7 +263,8 @@ def with_version(model, version: int) -> torch.Tensor:
 
 def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
     """Per worker per step: gradients up plus parameters down, 2 * P * 4 bytes; the server
-    carries N times that."""
+    carries N times that. Compressed, each direction is measured apart, and the formulas are
+    the chain's (ps_compress.analytic, through the summary's extra figures)."""
     steps = units if cfg.strategy.mode == "sync" else units / cfg.workers
     workers = [v for r, v in per_rank.items() if r != str(SERVER)]
     measured = sum(w["bytes_sent"] + w["bytes_recv"] for w in workers) / max(len(workers), 1)
@@ -243,15 +276,31 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
             (server.get("bytes_sent", 0) + server.get("bytes_recv", 0)) / steps, 1
         ),
         "server_bytes_per_step_analytic": 2 * params * 4 * cfg.workers,
+        **directions(cfg, workers, steps),
+    }
+
+
+def directions(cfg, workers: list[dict], steps: float) -> dict:
+    """Compressed runs: a worker's bytes up (sent) and down (received) per step."""
+    if not cfg.compress.names or not workers:
+        return {}
+    up = sum(w["bytes_sent"] for w in workers) / len(workers)
+    down = sum(w["bytes_recv"] for w in workers) / len(workers)
+    return {
+        "uplink_bytes_per_step_measured": round(up / steps, 1),
+        "downlink_bytes_per_step_measured": round(down / steps, 1),
     }
 
 
 def stale_summary(cfg, lead: list[dict]) -> dict:
-    """Async mode: how many gradients were dropped as too stale, and the worst staleness."""
+    """Async mode: how many gradients were dropped as too stale, and the worst staleness;
+    compressed runs: the bytes' formulas (ps_compress.analytic)."""
+    formulas = ps_compress.analytic(cfg, lead)
     if cfg.strategy.mode != "async":
-        return {}
+        return formulas
     steps = [e for e in lead if e["kind"] == "step"]
     return {
+        **formulas,
         "stale_gradients_dropped": sum(1 for e in steps if e.get("dropped")),
         "max_staleness_seen": max((e.get("staleness", 0) for e in steps), default=None),
     }
