@@ -24,6 +24,7 @@ STRATEGIES: dict[str, str] = {
     "ddp": "distlab.strategies.ddp:SPEC",
     "param-server": "distlab.strategies.param_server:SPEC",
     "fedavg": "distlab.strategies.fedavg:SPEC",
+    "fedbuff": "distlab.strategies.fedbuff:SPEC",
     "local-sgd": "distlab.strategies.local_sgd:SPEC",
     "hogwild": "distlab.strategies.hogwild:SPEC",
     "pipeline": "distlab.strategies.pipeline:SPEC",
