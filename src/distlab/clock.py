@@ -127,6 +127,12 @@ class Clock:
         self.profile = client_profile(cfg, clients, seed)
         self.now = 0.0
         """The simulated time so far (a round loop or a step loop advances it)."""
+        self.windowed = any(w is not None for w in self.profile.windows)
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock on by `seconds`; returns the new time."""
+        self.now += float(seconds)
+        return self.now
 
     def compute_seconds(self, clients: np.ndarray, samples: np.ndarray) -> np.ndarray:
         """Seconds each client takes to train on `samples` samples at its speed."""
@@ -142,7 +148,9 @@ class Clock:
         """Which of `clients` can take part in round `round_` starting at simulated time `at`:
         inside one of its trace windows, and drawn available with system.availability."""
         clients = np.asarray(clients, dtype=np.int64)
-        ok = np.array([_inside(self.profile.windows[c], at) for c in clients], dtype=bool)
+        ok = np.ones(len(clients), dtype=bool)
+        if self.windowed:  # a trace with windows; a Python pass over its clients
+            ok = np.array([_inside(self.profile.windows[c], at) for c in clients], dtype=bool)
         if self.cfg.availability < 1:
             rng = np.random.default_rng([self.seed, AVAILABLE_STREAM, round_])
             ok &= rng.random(len(self.profile.speed))[clients] < self.cfg.availability
@@ -151,6 +159,28 @@ class Clock:
 
 def _inside(windows: tuple[tuple[float, float], ...] | None, at: float) -> bool:
     return windows is None or any(start <= at < end for start, end in windows)
+
+
+class StepClock:
+    """Simulated seconds of a data-parallel run's steps as one rank sees them: the workers
+    (clients 0..world-1 of the system) take equal shares of a step, so the step waits for
+    the slowest one's compute, then this rank's bytes of the step cross its own link. Every
+    rank draws the same speeds from the seed: no message is needed."""
+
+    def __init__(self, cfg: SystemConfig, world: int, rank: int, seed: int) -> None:
+        self.clock = Clock(cfg, world, seed)
+        profile = self.clock.profile
+        self.per_sample = cfg.sample_seconds / float(profile.speed[:world].min())
+        self.bits_per_second = float(profile.bandwidth[rank % world])
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    def step(self, samples: int, nbytes: int) -> float:
+        """Advance by one step of `samples` local samples that moved `nbytes`; returns the
+        clock at its end."""
+        return self.clock.advance(samples * self.per_sample + 8.0 * nbytes / self.bits_per_second)
 
 
 def system_clients(cfg) -> int:
@@ -162,3 +192,30 @@ def check_system(cfg) -> None:
     """The system's rules that need the run (a trace's clients); ValueError in one line."""
     if cfg.system.trace is not None:
         read_trace(cfg.system.trace, system_clients(cfg))
+    check_deadline(cfg)
+
+
+# Executors that can cut a client's local steps at the deadline (FedProx partial work).
+PARTIAL_EXECUTORS = ("vectorized",)
+
+
+def check_deadline(cfg) -> None:
+    """A deadline needs synchronous federated rounds; partial work needs an executor that
+    can cut a client's local steps. ValueError in one line."""
+    system, strategy = cfg.system, cfg.strategy
+    if system.deadline is None:
+        return
+    if getattr(strategy, "clients_per_round", False) is False:
+        raise ValueError(
+            f"system.deadline applies to federated rounds (strategy fedavg); strategy "
+            f"{strategy.name} has none"
+        )
+    executor = getattr(strategy, "executor", "vectorized")
+    if executor == "auto":
+        executor = "processes" if cfg.workers > 1 else "vectorized"
+    if system.stragglers == "partial" and executor not in PARTIAL_EXECUTORS:
+        raise ValueError(
+            f"system.stragglers=partial needs executor {' or '.join(PARTIAL_EXECUTORS)}, which "
+            f"cuts a client's local steps at the deadline (got executor {executor}); use "
+            "system.stragglers=drop"
+        )

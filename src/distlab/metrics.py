@@ -38,6 +38,9 @@ class Recorder:
         self._file: IO[str] | None = open(path, "a") if path else None  # noqa: SIM115
         self._last_flush = time.monotonic()
         self._last_bytes = (0, 0)
+        self.sim_seconds: float | None = None
+        """The simulated clock of the last step or round event that carried one: an eval
+        event after it carries it too (the time its model was reached)."""
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"run": self.run, "rank": self.rank, "role": self.role, "kind": kind}
@@ -64,6 +67,7 @@ class Recorder:
     def step(self, step: int, loss: float, samples: int, duration: float, **extra: Any) -> None:
         """One optimizer update: its mean loss, the samples it used, the seconds it took."""
         delta = self._comm_delta()
+        self._note_sim(extra)
         if self.lead or extra.pop("all_ranks", False):
             self.emit(
                 "step", step=step, loss=loss, samples=samples, duration=duration, **delta, **extra
@@ -72,6 +76,7 @@ class Recorder:
     def round(self, round: int, loss: float, samples: int, duration: float, **extra: Any) -> None:
         """One federated or averaging round."""
         delta = self._comm_delta()
+        self._note_sim(extra)
         if self.lead:
             self.emit(
                 "round",
@@ -85,7 +90,13 @@ class Recorder:
 
     def eval(self, loss: float, accuracy: float, **extra: Any) -> None:
         if self.lead:
+            if self.sim_seconds is not None:
+                extra.setdefault("sim_seconds", self.sim_seconds)
             self.emit("eval", loss=loss, accuracy=accuracy, **extra)
+
+    def _note_sim(self, extra: dict[str, Any]) -> None:
+        if extra.get("sim_seconds") is not None:
+            self.sim_seconds = extra["sim_seconds"]
 
     def phase(self, name: str, **extra: Any) -> None:
         self.emit("phase", phase=name, **extra)
@@ -106,11 +117,17 @@ class Recorder:
         self.flush()
         offset = self._file.tell() if self._file is not None else 0
         seconds = round(time.time() - self.start, 6)
-        return {"offset": offset, "seconds": seconds, "last_bytes": list(self._last_bytes)}
+        return {
+            "offset": offset,
+            "seconds": seconds,
+            "last_bytes": list(self._last_bytes),
+            "sim_seconds": self.sim_seconds,
+        }
 
     def restore(self, position: dict[str, Any]) -> None:
         """Continue from a checkpoint's position (the file was cut back to it on opening)."""
         self._last_bytes = tuple(position["last_bytes"])
+        self.sim_seconds = position.get("sim_seconds")
 
     def close(self) -> None:
         if self._file is not None:

@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from distlab.federated.optimizers import ServerOptimizer, ServerStep
+from distlab.federated.stragglers import LATE, UNAVAILABLE, Work
 from distlab.federated.types import Aggregation, Executor, Updates
 
 if TYPE_CHECKING:
+    from distlab.federated.stragglers import RoundClock
     from distlab.runtime.context import WorkerContext
 
 # Stream tags for the server's generators (the clients' streams are in clients.py).
@@ -124,6 +126,10 @@ class RoundOutcome:
     num_examples: np.ndarray
     losses: np.ndarray
     aggregate_seconds: float
+    sim: Work | None = None
+    """The last attempt on the simulated clock (stragglers, unavailable clients)."""
+    sim_seconds: float = 0.0
+    """Simulated seconds of the round, every attempt's together."""
 
 
 def sample_clients(seed: int, round_: int, attempt: int, clients: int, per_round: int):
@@ -185,37 +191,67 @@ def run_round(
     round_: int,
     start: torch.Tensor,
     new_aggregation: Callable[[], Aggregation],
+    clock: RoundClock | None = None,
 ) -> RoundOutcome:
     """Sample, inject failures, train and aggregate chunk by chunk; retry with a fresh sample
     and a fresh aggregation (the partial one is dropped) at most plan.max_retries times while
-    fewer than plan.needed updates are usable."""
+    fewer than plan.needed updates are usable. On a `clock`, each attempt trains the
+    clients it plans (stragglers.py) and lasts its simulated seconds."""
     earlier: list[int] = []  # failed or rejected in an earlier attempt, in that order
     failed_before: dict[int, str | None] = {}  # ordered, each client once: why, if lost
     rejected_before: dict[int, str] = {}
+    elapsed = 0.0
     for attempt in range(plan.max_retries + 1):
         sampled = sample_clients(plan.seed, round_, attempt, plan.clients, plan.clients_per_round)
         failed = draw_failures(plan.seed, round_, attempt, sampled, plan.failure_rate)
         tried = Attempt(new_aggregation())
-        train_chunks(plan, executor, round_, start, sampled[~failed], tried)
+        work = None if clock is None else clock.plan(round_, sampled[~failed], clock.now + elapsed)
+        training = sampled[~failed] if work is None else work.clients
+        train_chunks(plan, executor, round_, start, training, tried, work)
+        elapsed += 0.0 if work is None else work.seconds
         if tried.usable >= plan.needed:
-            return finish_round(sampled, sampled[failed], tried, attempt + 1, earlier)
-        earlier += [int(c) for c in sampled[failed]] + list(tried.lost) + list(tried.rejected)
+            outcome = finish_round(sampled, sampled[failed], tried, attempt + 1, earlier)
+            outcome.sim, outcome.sim_seconds = work, elapsed
+            return outcome
+        untrained = not_trained(work)
+        earlier += [int(c) for c in sampled[failed]] + list(untrained)
+        earlier += list(tried.lost) + list(tried.rejected)
         failed_before.update(dict.fromkeys(int(c) for c in sampled[failed]))
+        failed_before.update(untrained)
         failed_before.update(tried.lost)
         rejected_before.update(tried.rejected)
     raise RoundFailed(failure_message(plan, round_, failed_before, rejected_before))
 
 
-def train_chunks(plan, executor, round_, start, clients: np.ndarray, tried: Attempt) -> None:
+def not_trained(work: Work | None) -> dict[int, str]:
+    """The clients an attempt on the clock left out, and why: unavailable, or dropped past
+    the deadline."""
+    if work is None:
+        return {}
+    out = dict.fromkeys((int(c) for c in work.unavailable), UNAVAILABLE)
+    out.update(dict.fromkeys((int(c) for c in np.setdiff1d(work.late, work.clients)), LATE))
+    return out
+
+
+def train_chunks(
+    plan, executor, round_, start, clients: np.ndarray, tried: Attempt, work: Work | None = None
+) -> None:
     """Train `clients` (sorted) plan.chunk at a time and fold each chunk's usable updates
-    into `tried`; one executor call even for no clients, as before chunking."""
+    into `tried`; one executor call even for no clients, as before chunking. A `work` with
+    step budgets (partial work) hands each chunk's budgets to the executor."""
+    steps = None if work is None else work.steps
     for lo in range(0, max(len(clients), 1), plan.chunk):
-        train_chunk(executor, round_, start, clients[lo : lo + plan.chunk], tried)
+        budget = None if steps is None else steps[lo : lo + plan.chunk]
+        train_chunk(executor, round_, start, clients[lo : lo + plan.chunk], tried, budget)
 
 
-def train_chunk(executor, round_, start, clients: np.ndarray, tried: Attempt) -> None:
-    """One chunk; a function of its own so that its rows are freed before the next trains."""
-    updates = executor.train(round_, start, clients)
+def train_chunk(executor, round_, start, clients: np.ndarray, tried: Attempt, steps=None) -> None:
+    """One chunk; a function of its own so that its rows are freed before the next trains.
+    `steps`: each client's local step budget, passed only when there is one."""
+    if steps is None:
+        updates = executor.train(round_, start, clients)
+    else:
+        updates = executor.train(round_, start, clients, steps=steps)
     keep, rejected = screen_updates(updates, start.numel())
     tried.add(usable_in_client_order(updates, keep), rejected, updates.lost)
 
@@ -263,6 +299,12 @@ def round_fields(outcome: RoundOutcome) -> dict:
     }
     if outcome.retried_failed:
         fields["retried_failed"] = outcome.retried_failed
+    if outcome.sim is not None:
+        fields["updates"] = len(outcome.clients)
+        fields["stragglers"] = [int(c) for c in outcome.sim.late]
+        if len(outcome.sim.unavailable):
+            fields["unavailable"] = [int(c) for c in outcome.sim.unavailable]
+        fields["sim_round_seconds"] = round(outcome.sim_seconds, 6)
     return fields
 
 
@@ -275,6 +317,8 @@ class RoundState:
     rounds_done: int
     current: torch.Tensor
     server_state: dict
+    executor_state: dict | None = None
+    """What the executor keeps across rounds (compression's error feedback), if anything."""
 
 
 def train_rounds(
@@ -287,12 +331,14 @@ def train_rounds(
     on_eval: Callable[[int, torch.Tensor], None],
     resumed: RoundState | None = None,
     on_round_end: Callable[[RoundState], None] | None = None,
+    clock: RoundClock | None = None,
 ) -> torch.Tensor:
     """The round loop: returns the final global parameters. `new_aggregation()` gives each
     attempt at a round its own aggregation; `on_eval(round, global)` runs every
     plan.eval_every rounds (0 = every round) and after the last one; `on_round_end(state)`
     after each round and its evaluation (a checkpoint). `resumed` continues a loop after
-    its checkpoint's round."""
+    its checkpoint's round. On a `clock` (stragglers.py) every round event carries
+    sim_seconds, the simulated time at its end."""
     server, current = ServerOptimizer(server_step), start.clone()
     every = plan.eval_every or 1
     first = 1
@@ -300,10 +346,12 @@ def train_rounds(
         recorder.phase("train", total=plan.rounds, unit="round")
     else:
         current, server.state = resumed.current.clone(), resumed.server_state
+        if resumed.executor_state is not None:
+            executor.load_state_dict(resumed.executor_state)
         first = resumed.rounds_done + 1
     for round_ in range(first, plan.rounds + 1):
         begin = time.perf_counter()
-        outcome = run_round(plan, executor, round_, current, new_aggregation)
+        outcome = run_round(plan, executor, round_, current, new_aggregation, clock)
         combine = time.perf_counter()
         current = server.step(current, outcome.aggregate)
         step_seconds = time.perf_counter() - combine
@@ -313,6 +361,7 @@ def train_rounds(
             samples=int(outcome.num_examples.sum()) * plan.local_epochs,
             duration=time.perf_counter() - begin,
             aggregate_seconds=round(outcome.aggregate_seconds + step_seconds, 6),
+            sim_seconds=None if clock is None else clock.advance(outcome.sim_seconds),
             **round_fields(outcome),
         )
         if round_ % every == 0 or round_ == plan.rounds:
@@ -332,7 +381,9 @@ def resumed_rounds(ctx: WorkerContext) -> RoundState | None:
     if state is None:
         return None
     extra = state["extra"]
-    return RoundState(state["at"], extra["current"], extra["server_state"])
+    return RoundState(
+        state["at"], extra["current"], extra["server_state"], extra.get("executor_state")
+    )
 
 
 def after_round(ctx: WorkerContext, executor: Executor) -> Callable[[RoundState], None]:
@@ -346,6 +397,9 @@ def after_round(ctx: WorkerContext, executor: Executor) -> Callable[[RoundState]
             if hasattr(executor, "checkpoint"):
                 executor.checkpoint(done)
             extra = {"current": state.current, "server_state": state.server_state}
+            kept = executor.state_dict() if hasattr(executor, "state_dict") else None
+            if kept is not None:
+                extra["executor_state"] = kept
             ctx.save_checkpoint(done, "round", {}, {"round": done}, extra)
         ctx.maybe_fault(done)
 

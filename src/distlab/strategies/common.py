@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distlab.clock import StepClock
 from distlab.data.samplers import epoch_batches, subset_batches
 from distlab.training import compute_gradients
 
@@ -63,10 +64,12 @@ def train_epochs(
     """Run cfg.epochs epochs of `step` over the batches of `schedule`; returns steps done.
     `keep` names what a checkpoint holds besides the random generators (default: the
     model; pass its optimizer too); a resumed run starts after the checkpoint's step.
-    `count` names checkpoints in the strategy's own unit (default: steps)."""
+    `count` names checkpoints in the strategy's own unit (default: steps). Every step event
+    carries sim_seconds, the simulated clock at its end (clock.StepClock)."""
     cfg, x, y = ctx.cfg, ctx.data.x_train, ctx.data.y_train
     keep = {"model": model} if keep is None else keep
     resumed = ctx.restore(keep)
+    sim = step_clock(ctx)
     done, first, skip = (0, 0, 0) if not resumed else _position(resumed["position"])
     if not resumed:
         ctx.recorder.phase("train", total=cfg.epochs * len(schedule(0)), unit="step")
@@ -74,12 +77,14 @@ def train_epochs(
         batches = schedule(epoch)
         for i in range(skip if epoch == first else 0, len(batches)):
             index = torch.from_numpy(batches[i]).to(x.device)
-            start = time.perf_counter()
+            start, moved = time.perf_counter(), bytes_moved(ctx)
             loss, samples = step(x[index], y[index])
             done += 1
             ctx.maybe_fault(done)
             ctx.check_loss(loss, done)
-            ctx.recorder.step(done, loss, samples, time.perf_counter() - start, epoch=epoch)
+            now = sim.step(len(index), bytes_moved(ctx) - moved)
+            duration = time.perf_counter() - start
+            ctx.recorder.step(done, loss, samples, duration, epoch=epoch, sim_seconds=now)
             if evaluate and cfg.eval_every and done % cfg.eval_every == 0:
                 ctx.evaluate(model, step=done, epoch=epoch)
             epoch_eval = evaluate and not cfg.eval_every and i == len(batches) - 1
@@ -93,6 +98,19 @@ def train_epochs(
     ctx.recorder.phase("train_end", steps=done)
     ctx.save_model(model)
     return done
+
+
+def step_clock(ctx: WorkerContext) -> StepClock:
+    """This rank's step clock; a resumed run goes on from its recorder's simulated time."""
+    clock = StepClock(ctx.cfg.system, ctx.world, ctx.rank, ctx.cfg.seed)
+    clock.clock.now = ctx.recorder.sim_seconds or 0.0
+    return clock
+
+
+def bytes_moved(ctx: WorkerContext) -> int:
+    """Bytes this rank has sent and received so far (0 without a communicator)."""
+    comm = ctx.comm
+    return 0 if comm is None else comm.bytes_sent + comm.bytes_recv
 
 
 def _position(position: dict) -> tuple[int, int, int]:
