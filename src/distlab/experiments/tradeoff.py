@@ -13,6 +13,7 @@ from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
+from matplotlib.ticker import EngFormatter
 
 from distlab.experiments.scaling import byte_figures
 from distlab.plots import check_plot, class_colors, new_figure, save_figure
@@ -184,6 +185,7 @@ def draw_bytes(ax: Axes, rows: list[dict[str, Any]], labels: list[str], colors: 
         ax.annotate(label, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7)
     ax.set(xscale="log", xlabel="bytes measured, all ranks (log)", ylabel="final test accuracy")
     ax.margins(x=0.12)  # room for the labels of the rightmost points
+    ax.xaxis.set_major_formatter(EngFormatter(unit="B"))  # 10 kB, 1 MB: read at a glance
     ax.set_title("Accuracy against bytes (ringed, dashed: the Pareto front)")
     ax.legend(
         handles=[
