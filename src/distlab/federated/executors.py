@@ -20,6 +20,7 @@ from torch import nn
 
 from distlab.federated import flower, processes, sequential, serial, vectorized
 from distlab.federated.clients import ClientData, LocalSpec
+from distlab.federated.compression import check_compression
 from distlab.federated.types import Executor
 from distlab.federated.vectorized import VectorTrainer
 
@@ -55,6 +56,7 @@ class ExecutorKind:
 
     def check(self, cfg: RunConfig) -> None:
         """The executor's rules; ValueError names the first one broken."""
+        check_compression(cfg, self.name)
         if self.host is None and cfg.workers != 1:
             raise ValueError(
                 f"executor {self.name} runs in one process; --workers must be 1 (got {cfg.workers})"

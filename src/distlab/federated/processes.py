@@ -5,7 +5,10 @@ has sampled clients a header (round, count), the client ids and the global param
 host trains those clients one after another (a SequentialExecutor) and answers with one
 (count, P + 2) float32 tensor: each client's parameters, its sample count and its mean loss.
 A header with a negative round tells the host to stop. Everything moves as flat tensors
-through the Communicator, so it is counted.
+through the Communicator, so it is counted. With compression (compression.py) the global
+parameters go down dense, or as the downlink payloads the host has not had yet, and each
+host answers with the (count, 2) sample counts and losses, then its clients' (count, bytes)
+uint8 payloads of their deltas: the server's measured bytes are the compressed bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from distlab.federated.compression import HostLink, ServerLink, host_link, server_link
 from distlab.federated.sequential import SequentialExecutor, start_sequential
 from distlab.federated.types import Layout, Updates
 from distlab.runtime.comm import Communicator
@@ -39,11 +43,16 @@ def client_hosts(clients: int, hosts: int) -> np.ndarray:
 class ProcessExecutor:
     """Server side: ships sampled clients' work to their hosts and collects the results."""
 
-    def __init__(self, comm: Communicator, owner: np.ndarray, layout: Layout) -> None:
+    def __init__(
+        self, comm: Communicator, owner: np.ndarray, layout: Layout, link: ServerLink | None = None
+    ) -> None:
         self.comm, self.owner, self.layout = comm, owner, layout
         self.size = layout.size
+        self.link = link
 
     def train(self, round_: int, start: torch.Tensor, clients: np.ndarray) -> Updates:
+        if self.link is not None:
+            return self.train_linked(round_, start, clients)
         hosts = [h for h in np.unique(self.owner[clients])]
         for h in hosts:
             ids = clients[self.owner[clients] == h]
@@ -65,6 +74,36 @@ class ProcessExecutor:
             self.layout,
         )
 
+    def train_linked(self, round_: int, start: torch.Tensor, clients: np.ndarray) -> Updates:
+        """A round's chunk on the compressed wire (the module doc)."""
+        link, hosts = self.link, np.unique(self.owner[clients])
+        link.begin(round_, start)
+        blocks = [clients[self.owner[clients] == h] for h in hosts]
+        for h, ids in zip(hosts, blocks, strict=True):
+            self.comm.send(torch.tensor([round_, len(ids)], dtype=torch.int64), int(h))
+            self.comm.send(torch.from_numpy(ids.astype(np.int64)), int(h))
+            link.send_model(self.comm, int(h), round_)
+        got = [
+            link.recv_rows(self.comm, int(h), len(ids))
+            for h, ids in zip(hosts, blocks, strict=True)
+        ]
+        rows = torch.cat([r for r, _ in got]) if got else torch.empty(0, self.size)
+        figures = torch.cat([f for _, f in got]) if got else torch.empty(0, 2)
+        return Updates(
+            np.concatenate(blocks) if blocks else clients,
+            rows,
+            figures[:, 0].round().numpy().astype(np.int64),
+            {"loss": figures[:, 1].numpy().astype(np.float64)},
+            self.layout,
+        )
+
+    def state_dict(self) -> dict | None:
+        """The compression state a checkpoint keeps (None without compression)."""
+        return None if self.link is None else self.link.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.link.load_state_dict(state)
+
     def close(self) -> None:
         for h in np.unique(self.owner):
             self.comm.send(torch.tensor([STOP, 0], dtype=torch.int64), int(h))
@@ -76,10 +115,12 @@ class ProcessExecutor:
             self.comm.send(torch.tensor([CHECKPOINT, round_], dtype=torch.int64), int(h))
 
 
-def host_clients(comm: Communicator, local: SequentialExecutor, on_checkpoint=None) -> int:
+def host_clients(
+    comm: Communicator, local: SequentialExecutor, on_checkpoint=None, link: HostLink | None = None
+) -> int:
     """Client-host side: train whatever the server asks for until it says stop; returns the
     number of client trainings done. `on_checkpoint(round)` writes this host's checkpoint
-    when the server asks for one."""
+    when the server asks for one; `link` carries a compressed run's wire."""
     size = local.layout.size
     header = torch.empty(2, dtype=torch.int64)
     done = 0
@@ -94,6 +135,11 @@ def host_clients(comm: Communicator, local: SequentialExecutor, on_checkpoint=No
             continue
         ids = torch.empty(count, dtype=torch.int64)
         comm.recv(ids, SERVER)
+        if link is not None:
+            start = link.recv_model(comm)
+            link.send_rows(comm, local.train(round_, start, ids.numpy()), start)
+            done += count
+            continue
         start = torch.empty(size)
         comm.recv(start, SERVER)
         updates = local.train(round_, start, ids.numpy())
@@ -119,15 +165,20 @@ def check_hosts(cfg: RunConfig) -> None:
 
 def start_processes(setup: ClientSetup) -> ProcessExecutor:
     owner = client_hosts(setup.ctx.cfg.strategy.clients, setup.ctx.world - 1)
-    return ProcessExecutor(setup.ctx.comm, owner, Layout.of(setup.model))
+    link = server_link(setup, np.unique(owner))
+    return ProcessExecutor(setup.ctx.comm, owner, Layout.of(setup.model), link)
 
 
 def host_processes(setup: ClientSetup) -> int:
     """A client host's life: train what the server sends until it says stop."""
-    ctx = setup.ctx
-    ctx.restore({})  # a host keeps no state between rounds: its counters and recorder
+    ctx, link = setup.ctx, host_link(setup)
+    # a host keeps no state between rounds but its counters, its recorder and compression's
+    state = ctx.restore({})
+    if state is not None and link is not None:
+        link.load_state_dict(state["extra"]["link"])
 
     def on_checkpoint(round_: int) -> None:
-        ctx.save_checkpoint(round_, "round", {}, {"round": round_})
+        extra = None if link is None else {"link": link.state_dict()}
+        ctx.save_checkpoint(round_, "round", {}, {"round": round_}, extra)
 
-    return host_clients(ctx.comm, start_sequential(setup), on_checkpoint)
+    return host_clients(ctx.comm, start_sequential(setup), on_checkpoint, link)
