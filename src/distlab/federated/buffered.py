@@ -167,6 +167,7 @@ def aggregate(plan: BufferPlan, server: Server) -> dict:
         "loss": float(np.mean(losses)) if losses else float("nan"),
         "samples": sum(t.samples for t in trips) * plan.local_epochs,
         "clients": [t.client for t in trips],
+        "taus": tau.astype(np.int64),
         "staleness": float(tau.mean()),
         "max_staleness": int(tau.max()),
         "rejected": [t.client for t, ok in zip(trips, finite, strict=True) if not ok],
