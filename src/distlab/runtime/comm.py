@@ -232,16 +232,18 @@ class TorchCommunicator(Communicator):
             dist.gather(tensor, None, dst=self._global(dst), group=self.group)
         return None
 
-    def ddp_hook(self, compress: bool = False):
+    def ddp_hook(self, compress: bool | torch.dtype = False):
         """A DistributedDataParallel comm hook that averages each bucket through this
         communicator's own all_reduce (shared memory or the hierarchy where it has them),
-        counted there. The steps of DDP's default hooks, in their order: (cast to fp16,)
+        counted there. The steps of DDP's default hooks, in their order: (cast to fp16 or
+        the dtype `compress` names, as fp16_compress_hook and bf16_compress_hook do,)
         divide by the world, sum, (cast back). The reduce is done in the hook, so the
         Future it returns is already complete."""
+        dtype = torch.float16 if compress is True else compress
 
         def hook(state, bucket):
             buffer = bucket.buffer()
-            tensor = buffer.to(torch.float16) if compress else buffer
+            tensor = buffer.to(dtype) if compress else buffer
             tensor.div_(self.world)
             self.all_reduce(tensor)
             if compress:
