@@ -100,6 +100,7 @@ def summarize(
     summary["peak_rss_mb"] = max(rss) if rss else None
     summary.update(comm_summary(cfg, spec, events, params, len(units), processes))
     summary.update(compress_summary(lead))
+    summary["sim_seconds"] = sim_seconds(lead)
     summary["time_per_unit"] = time_per_unit(units, "round" if rounds else "step")
     summary.update(spec.extra_summary(cfg, lead))
     summary["environment"] = environment(events)
@@ -255,6 +256,15 @@ def compress_summary(lead: list[dict[str, Any]]) -> dict[str, Any]:
     payload, dense = event.get("payload_bytes"), event.get("dense_bytes")
     ratio = round(dense / payload, 2) if payload and dense is not None else None
     return {"compressors": event.get("compressors"), "compression_ratio": ratio}
+
+
+def sim_seconds(lead: list[dict[str, Any]]) -> float | None:
+    """Simulated training seconds: the clock of the lead's last step or round event that
+    carries one (clock.py); null when none does."""
+    times = [
+        e["sim_seconds"] for e in lead if e["kind"] in ("step", "round") and "sim_seconds" in e
+    ]
+    return times[-1] if times else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
