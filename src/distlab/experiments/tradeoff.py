@@ -13,7 +13,7 @@ from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
-from matplotlib.ticker import EngFormatter
+from matplotlib.ticker import EngFormatter, LogFormatter
 
 from distlab.experiments.scaling import byte_figures
 from distlab.plots import check_plot, class_colors, new_figure, save_figure
@@ -25,6 +25,14 @@ DENSE = "dense"
 # The compress.* setting that tells two runs of one compressor apart, as a label shows it.
 SETTINGS = {"topk": "ratio", "randk": "ratio", "qsgd": "levels", "powersgd": "rank"}
 SHORT = {"ratio": "", "levels": "s=", "rank": "r="}
+
+
+class ByteLogFormatter(LogFormatter):
+    """Log-axis labels in bytes ("10 MB", not "10^7"); matplotlib still chooses which minor
+    ticks get a label when the axis spans less than a decade."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return EngFormatter(unit="B", places=0)(x)
 
 
 def bytes_measured(summary: dict[str, Any]) -> int | None:
@@ -178,14 +186,19 @@ def draw_bytes(ax: Axes, rows: list[dict[str, Any]], labels: list[str], colors: 
         xs, ys = zip(*front, strict=True)
         ax.step(xs, ys, where="post", color="0.4", lw=1.2, ls="--", zorder=1)
         ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="0.3", zorder=2)
+    seen: list[tuple[float, float]] = []
     for row, label, color in known:
         x, y = row["bytes_measured"], row["final_accuracy"]
         marker = "o" if row["status"] == "completed" else "x"
         ax.scatter([x], [y], color=color, marker=marker, s=40, zorder=3)
-        ax.annotate(label, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7)
+        # runs on one point (same bytes, same accuracy) get their labels stacked, not overlaid
+        above = 4 + 9 * seen.count((x, y))
+        seen.append((x, y))
+        ax.annotate(label, (x, y), xytext=(5, above), textcoords="offset points", fontsize=7)
     ax.set(xscale="log", xlabel="bytes measured, all ranks (log)", ylabel="final test accuracy")
     ax.margins(x=0.12)  # room for the labels of the rightmost points
-    ax.xaxis.set_major_formatter(EngFormatter(unit="B"))  # 10 kB, 1 MB: read at a glance
+    ax.xaxis.set_major_formatter(ByteLogFormatter())
+    ax.xaxis.set_minor_formatter(ByteLogFormatter(labelOnlyBase=False))
     ax.set_title("Accuracy against bytes (ringed, dashed: the Pareto front)")
     ax.legend(
         handles=[
