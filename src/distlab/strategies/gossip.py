@@ -34,6 +34,9 @@ true` never mixes the last layer (FedPer): all in distlab.federated.personalizat
 Curvature mixing (`mixing: curvature`, distlab.strategies.mixing) projects a worker's move
 toward its neighbours off the top-k Hessian eigenvectors of its own recent loss.
 
+Compressed (--set compress.kind=topk ...): CHOCO-gossip (distlab.strategies.choco), each
+worker sends its compressed difference to the public copy its neighbours hold of it.
+
 Checkpoints (--set checkpoint.every=N) count rounds: every worker writes its model and
 optimizer, x_bar, its round, recent batches, curvature directions and Ditto's model where a
 round ends. The graph, W and the curvature generators are functions of the seed and the
@@ -49,11 +52,11 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from distlab import curvature, topology
+from distlab import topology
 from distlab.data.partition import Partition
 from distlab.federated.clients import ClientData, split_clients
 from distlab.federated.personalization import Personal, check_personal, head_size
-from distlab.strategies import consensus, gossip_traffic, lockstep, mixing
+from distlab.strategies import choco, consensus, gossip_traffic, lockstep, mixing
 from distlab.strategies.common import Schedule, train_epochs
 from distlab.strategies.periodic import Plan
 from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
@@ -87,6 +90,8 @@ class Params(StrategyBase):
     """mixing curvature: the worker's most recent training batches the loss is taken on."""
     period: int = Field(1, ge=1)
     """Local SGD steps between gossip rounds (1 = D-PSGD)."""
+    gamma: float | None = Field(None, gt=0, le=1)
+    """With compress.kind: CHOCO-gossip's consensus step size (choco.py; 0.1 when left out)."""
     degree: int = Field(2, ge=1)
     """random-k: peers each worker draws per round (links are two-way, so some get more)."""
     graph_file: str | None = None
@@ -265,6 +270,7 @@ def check(cfg: RunConfig) -> None:
     p = cfg.strategy
     check_personal(p, {"topology none": p.topology == "none"})
     mixing.check_curvature(p)
+    choco.check(cfg)
     if p.graph_file is not None and p.topology != "file":
         raise ValueError(
             f"strategy.graph_file applies to topology file only (topology is {p.topology!r})"
@@ -316,22 +322,12 @@ def gossip_summary(cfg: RunConfig, lead: list[dict]) -> dict:
     return out
 
 
-def model_fits_data(cfg: RunConfig, data) -> None:
-    """The model fits the data, and curvature mixing's k is at most its parameter count:
-    both known only once the model is built, still before any process starts."""
-    from distlab.models import build_model
-
-    model = build_model(cfg.model, data.input_shape, data.classes, cfg.seed)
-    if cfg.strategy.mixing == "curvature":
-        curvature.check_k(cfg.strategy.k, sum(p.numel() for p in model.parameters()))
-
-
 SPEC = StrategySpec(
     "gossip",
     Params,
     run,
     check=check,
-    check_data=model_fits_data,
+    check_data=mixing.model_fits_data,
     data_partition=data_partition,
     comm_analysis=gossip_traffic.comm_analysis,
     batch_meaning=batch_meaning,

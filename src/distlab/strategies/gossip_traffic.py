@@ -1,7 +1,8 @@
 """A gossip run's bytes: what it measured, beside what its formulas say it should move.
 
 Per gossip round every worker swaps its M mixed parameters (P unless a personal head stays
-home) with each neighbour, degree x 2 x M x 4 bytes; the measurements of the average model
+home) with each neighbour, degree x 2 x M x 4 bytes (compressed: the chain's formula in place
+of M x 4); the measurements of the average model
 and the consensus distance (distlab.strategies.consensus) come on top, after every round
 and at every evaluation between rounds, and so do a personalized run's gathers of the
 workers' accuracies and its label prior's allreduce (distlab.federated.personalization).
@@ -47,19 +48,27 @@ def traffic_summary(
     if cfg.workers == 1:
         return {}  # as comm_analysis: one worker exchanges nothing
     n, mixed = len(rounds), rounds[-1]["mixed_params"]
+    per_peer = message_bytes(lead, mixed)
     measuring, other = plan_traffic(cfg, lead, plan, rounds[-1]["step"])
     measured = [e.get("measure_bytes") for e in rounds]
     lead_degree, mean_degree = float(deg[:, rounds[0]["rank"]].mean()), float(deg.mean())
     return {
         "mix_bytes_per_round_measured": round(float(np.mean([e["mix_bytes"] for e in rounds])), 1),
-        "mix_bytes_per_round_analytic": round(lead_degree * 2 * mixed * 4, 1),
+        "mix_bytes_per_round_analytic": round(lead_degree * 2 * per_peer, 1),
         # None for a run recorded before round events carried measure_bytes
         "measure_bytes_per_round_measured": (
             None if None in measured else round(sum(measured) / n, 1)
         ),
         "measure_bytes_per_round_analytic": round(measuring / n, 1),
-        "bytes_per_round_analytic": round(mean_degree * 2 * mixed * 4 + (measuring + other) / n, 1),
+        "bytes_per_round_analytic": round(mean_degree * 2 * per_peer + (measuring + other) / n, 1),
     }
+
+
+def message_bytes(lead: list[dict], mixed: int) -> float:
+    """What a worker sends each neighbour per round: its M mixed parameters (4 M), or,
+    compressed (CHOCO-gossip), the chain's formula for one update."""
+    event = next((e for e in lead if e.get("phase") == "compress"), None)
+    return 4 * mixed if event is None else event["formula_bytes"]
 
 
 def plan_traffic(cfg: RunConfig, lead: list[dict], plan: Plan, last_step: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from distlab import curvature, topology
+from distlab.strategies import choco
 from distlab.training import flat_params, set_flat_params
 
 if TYPE_CHECKING:
@@ -91,6 +92,16 @@ def check_curvature(p) -> None:
         raise ValueError("mixing curvature projects the whole model; drop personal_head")
 
 
+def model_fits_data(cfg: RunConfig, data) -> None:
+    """The model fits the data, and curvature mixing's k is at most its parameter count:
+    both known only once the model is built, still before any process starts."""
+    from distlab.models import build_model
+
+    model = build_model(cfg.model, data.input_shape, data.classes, cfg.seed)
+    if cfg.strategy.mixing == "curvature":
+        curvature.check_k(cfg.strategy.k, sum(p.numel() for p in model.parameters()))
+
+
 class Mixer:
     """One worker's side of the gossip rounds: the first `size` flat parameters of `model`
     are mixed (the rest, a personal head, stay home); with curvature mixing it keeps the
@@ -100,6 +111,7 @@ class Mixer:
         self.ctx, self.model, self.size = ctx, model, size
         self.recent: deque = deque(maxlen=ctx.cfg.strategy.curvature_batches)
         self.directions: torch.Tensor | None = None  # curvature mixing: top-k eigenvectors
+        self.choco = choco.make(ctx, model, round_graph(ctx.cfg, 1))  # None: uncompressed
 
     def remember(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.recent.append((x, y))
@@ -111,6 +123,9 @@ class Mixer:
         w = round_mixing(cfg, round_)
         peers = topology.neighbours(round_graph(cfg, round_), rank)
         before = comm.bytes_sent + comm.bytes_recv
+        if self.choco is not None:
+            self.choco.mix(w[rank], peers)
+            return comm.bytes_sent + comm.bytes_recv - before
         own = flat_params(self.model)
         shared = own[: self.size]
         received = zip(peers, comm.exchange(shared, peers), strict=True)
@@ -150,8 +165,13 @@ class Mixer:
         return vectors
 
     def state_dict(self) -> dict:
-        return {"recent": [list(batch) for batch in self.recent], "directions": self.directions}
+        state = {"recent": [list(batch) for batch in self.recent], "directions": self.directions}
+        if self.choco is not None:
+            state["choco"] = self.choco.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.recent.extend(tuple(batch) for batch in state["recent"])
         self.directions = state["directions"]
+        if self.choco is not None:
+            self.choco.load_state_dict(state["choco"])
