@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from distlab.training import flat_params, set_flat_params
 from distlab.transforms.chain import Chain, make_chain
 
 if TYPE_CHECKING:
@@ -198,3 +199,37 @@ def register_ddp_compression(ctx: WorkerContext, model, fp16: bool) -> object | 
         holder = BucketChains(ctx)
     model.register_comm_hook(None, holder.hook)
     return holder
+
+
+# --- local SGD -----------------------------------------------------------------------------
+
+
+class DeltaAveraging:
+    """Local SGD's averaging with compressed updates: each worker sends its model's change
+    since the shared start point, weighted by its samples since the last averaging (sender
+    id: its rank, so error feedback carries across averagings); every worker adds the
+    weighted mean of the decoded changes to the start point, the new shared model."""
+
+    def __init__(self, ctx: WorkerContext, chain: Chain, model) -> None:
+        self.ctx, self.chain = ctx, chain
+        self.start = flat_params(model)
+
+    def restart(self, model) -> None:
+        """The workers' models are equal again (a warmup allreduce step): the new start."""
+        self.start = flat_params(model)
+
+    def average(self, model, loss: float, n: float, since: float) -> float:
+        """Replace `model` by the new shared model; returns the workers' mean loss."""
+        delta = (flat_params(model) - self.start) * since
+        stats = [loss * n, n, since]
+        total, (loss_sum, samples, weight) = gather_sum(self.ctx.comm, self.chain, delta, stats)
+        self.start = self.start + self.chain.aggregate(total / weight)
+        set_flat_params(model, self.start)
+        return float(loss_sum) / float(samples)
+
+    def state_dict(self) -> dict:
+        return {"start": self.start, "chain": self.chain.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start = state["start"]
+        self.chain.load_state_dict(state["chain"])

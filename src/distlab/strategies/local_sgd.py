@@ -41,6 +41,12 @@ does. Between averagings no message holds a fast worker back: it could write two
 checkpoints and drop the older, which a slow worker has not written yet, leaving none
 complete. So at a checkpoint on a local step the workers meet at a barrier first (0 bytes,
 one counted call that a run without checkpoints does not make).
+
+With compress.kind set, each averaging exchanges compressed model changes since the last
+shared model instead of the models (strategies/compressed.py, DeltaAveraging), with error
+feedback across averagings; warmup allreduce steps and eval-only averagings stay dense
+(the warmup is plain allreduce by design, and measuring must not touch the training's
+error feedback).
 """
 
 from __future__ import annotations
@@ -53,6 +59,12 @@ from pydantic import Field, field_validator
 from distlab.strategies import lockstep
 from distlab.strategies.allreduce import averaged_gradient_step
 from distlab.strategies.common import train_epochs
+from distlab.strategies.compressed import (
+    DeltaAveraging,
+    exchange_bytes,
+    payload_size,
+    refuse_powersgd,
+)
 from distlab.strategies.periodic import Plan
 from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
 from distlab.training import (
@@ -124,6 +136,8 @@ class LocalWorker:
         # Backward writes into one flat buffer that a warmup step sends as it is.
         buf = attach_flat_grads(self.model, extra=2)
         self.warmup_step = averaged_gradient_step(ctx, self.model, self.opt, buf)
+        chain = ctx.compressor(self.model)
+        self.deltas = chain and DeltaAveraging(ctx, chain, self.model)
         self.done = 0
         self.since = 0.0  # samples since the last averaging: this model's weight
 
@@ -134,6 +148,8 @@ class LocalWorker:
             self.ctx.comm.barrier()  # no worker runs a checkpoint ahead (module docstring)
         if kind == "allreduce":
             loss, _ = self.warmup_step(x, y)  # post-local SGD: allreduce's own step
+            if self.deltas:
+                self.deltas.restart(self.model)
         else:
             loss, n = compute_gradients(self.model, x, y), float(len(y))
             self.opt.step()
@@ -147,6 +163,10 @@ class LocalWorker:
     def average(self, loss: float, n: float, into_shown: bool) -> float:
         """One allreduce of the sample-weighted models (and momenta); returns the workers'
         mean loss of this step. `into_shown` fills the evaluation copy only."""
+        if self.deltas and not into_shown:
+            loss = self.deltas.average(self.model, loss, n, self.since)
+            self.since = 0.0
+            return loss
         momentum = self.params.average_momentum and not into_shown
         parts = [flat_params(self.model)] + ([flat_momentum(self.opt)] if momentum else [])
         trailer = torch.tensor([loss * n, n, self.since])
@@ -168,6 +188,7 @@ class LocalWorker:
             "optimizer": self.opt.state_dict(),
             "done": self.done,
             "since": self.since,
+            **({"deltas": self.deltas.state_dict()} if self.deltas else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -175,6 +196,8 @@ class LocalWorker:
         self.shown.load_state_dict(state["shown"])
         self.opt.load_state_dict(state["optimizer"])
         self.done, self.since = state["done"], state["since"]
+        if self.deltas:
+            self.deltas.load_state_dict(state["deltas"])
 
 
 def flat_momentum(opt: torch.optim.Optimizer) -> torch.Tensor:
@@ -219,6 +242,12 @@ def check(cfg: RunConfig) -> None:
             "walks its own part; leave --sampler out, or use --partition iid to share the "
             "data through the sampler"
         )
+    refuse_powersgd(cfg, "local-sgd")
+    if cfg.strategy.average_momentum and cfg.compress.names:
+        raise ValueError(
+            f"strategy.average_momentum with compress.kind={cfg.compress.kind}: local-sgd "
+            "compresses the models' changes only; leave one of them out"
+        )
     opt = cfg.optimizer
     if cfg.strategy.average_momentum and (opt.name != "sgd" or not opt.momentum):
         raise ValueError(
@@ -229,19 +258,26 @@ def check(cfg: RunConfig) -> None:
 
 def comm_analysis(cfg: RunConfig, per_rank: dict, params: int, units: int) -> dict:
     """Per worker per step, measured over all ranks, next to the analytic 2 * P * 4 bytes of
-    each allreduce the plan makes (2 * 2P * 4 for an averaging with momenta)."""
+    each allreduce the plan makes (an averaging: averaging_bytes)."""
     if cfg.workers == 1:
         return {}  # one worker exchanges nothing
     counts = plan_counts(make_plan(cfg, units // cfg.epochs))
-    momentum = 2 if cfg.strategy.average_momentum else 1
     messages = counts["allreduce_steps"] + counts["eval_averagings"]
-    analytic = 2 * params * 4 * (messages + momentum * counts["averagings"])
+    analytic = 2 * params * 4 * messages + averaging_bytes(cfg, params) * counts["averagings"]
     workers = list(per_rank.values())
     measured = sum(w["bytes_sent"] + w["bytes_recv"] for w in workers) / len(workers)
     return {
         "bytes_per_step_measured": round(measured / units, 1),
         "bytes_per_step_analytic": round(analytic / units, 1),
     }
+
+
+def averaging_bytes(cfg: RunConfig, params: int) -> int:
+    """One worker's bytes per training averaging: 2 x P x 4 (2 x 2P x 4 with momenta), or
+    with compression 2 (N-1) x (payload + 3 float64) of the all_gather."""
+    if cfg.compress.names:
+        return exchange_bytes(payload_size(cfg, [(params,)]), 3, cfg.workers)
+    return 2 * (2 if cfg.strategy.average_momentum else 1) * params * 4
 
 
 def plan_counts(plan: Plan) -> dict[str, int]:
@@ -269,12 +305,11 @@ def averaging_summary(cfg: RunConfig, lead: list[dict]) -> dict:
         if plan.kind(e["step"]) == "average"
     ]
     params = start.get("params")
-    momentum = 2 if cfg.strategy.average_momentum else 1
     traffic = cfg.workers > 1 and bool(moved)
     return {
         **plan_counts(plan),
         "bytes_per_averaging_measured": round(sum(moved) / len(moved), 1) if traffic else None,
-        "bytes_per_averaging_analytic": 2 * momentum * params * 4 if params else None,
+        "bytes_per_averaging_analytic": averaging_bytes(cfg, params) if params else None,
     }
 
 
