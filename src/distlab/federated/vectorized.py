@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from distlab.federated.clients import ClientData, LocalSpec, client_batches
+from distlab.federated.stragglers import cut_schedules
 from distlab.federated.types import Layout, Updates
 
 if TYPE_CHECKING:
@@ -363,12 +364,16 @@ class VectorExecutor:
         self.sizes = data.sizes
         self.layout = Layout.of(trainer.model)
 
-    def train(self, round_: int, start: torch.Tensor, clients: np.ndarray) -> Updates:
+    def train(
+        self, round_: int, start: torch.Tensor, clients: np.ndarray, steps: np.ndarray | None = None
+    ) -> Updates:
+        """`steps`: each client's local step budget (partial work), None = all its steps."""
         spec = self.trainer.spec
         schedules = [
             client_batches(self.data.train[c], spec.batch, spec.epochs, self.seed, round_, c)
             for c in clients
         ]
+        schedules = cut_schedules(schedules, steps)
         params, losses = self.trainer.train(start, schedules)
         return Updates(clients, params, self.sizes[clients], {"loss": losses}, self.layout)
 
