@@ -23,12 +23,14 @@ import torch
 from pydantic import Field
 
 from distlab.federated.clients import client_data, client_partition, local_spec
+from distlab.federated.compression import logical_bytes, with_chain_step, with_compression
 from distlab.federated.evaluation import local_accuracy, nanmean
 from distlab.federated.executors import ClientSetup, executor_for
 from distlab.federated.optimizers import ServerOptions, ServerStep, server_step
 from distlab.federated.personalization import personalized_accuracy
 from distlab.federated.processes import SERVER
 from distlab.federated.server import CHUNK, RoundPlan, after_round, resumed_rounds, train_rounds
+from distlab.federated.stragglers import round_clock
 from distlab.federated.types import Aggregation, Updates
 from distlab.strategies.aggregate import AggregatorOptions, needed_updates, start_aggregation
 from distlab.strategies.spec import StrategyBase, StrategySpec, model_fits_data
@@ -247,18 +249,19 @@ def client_setup(ctx: WorkerContext, params: Params) -> ClientSetup:
 def serve(setup: ClientSetup, params: Params, on_eval) -> torch.Tensor:
     """The server's rounds on the configured executor; returns the final global parameters."""
     ctx = setup.ctx
-    executor = setup.kind.start(setup)
+    executor = with_compression(setup, setup.kind.start(setup))
     try:
         return train_rounds(
             round_plan(ctx.cfg, params),
             executor,
-            make_aggregation(params),
+            with_chain_step(make_aggregation(params), executor),
             make_server_step(params),
             flat_params(setup.model).clone(),
             ctx.recorder,
             on_eval,
             resumed=resumed_rounds(ctx),
             on_round_end=after_round(ctx, executor),
+            clock=round_clock(setup),
         )
     finally:
         executor.close()
@@ -287,12 +290,13 @@ def make_evaluator(setup: ClientSetup, params: Params):
 
 
 def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
-    """FedAvg's logical traffic, 2 * P * 4 bytes per sampled client per round (model down,
-    model up), next to what the process executor's server measured. The server sends the
-    model once per host with sampled clients, so measured bytes down can be below the
-    logical figure; headers and the per-client trailer add a little."""
+    """FedAvg's logical traffic per sampled client per round, model down and update up (2 * P
+    * 4 bytes; compressed, the chain's payload up, and down with compress.downlink), next to
+    what the process executor's server measured. The server sends the model once per host
+    with sampled clients, so measured bytes down can be below the logical figure; headers
+    and the per-client figures add a little."""
     p = cfg.strategy
-    per_round = 2 * params * 4 * (p.clients_per_round or p.clients)
+    per_round = sum(logical_bytes(cfg, params)) * (p.clients_per_round or p.clients)
     out = {
         "bytes_per_round_logical": per_round,
         "bytes_total_logical": per_round * units,
