@@ -11,6 +11,7 @@ from distlab.experiments.page import table_rows
 from distlab.experiments.report import comparison_rows, console_columns, write_report
 from distlab.experiments.tradeoff import (
     compressor_label,
+    legend_labels,
     panels,
     pareto_front,
     sim_time_to_accuracy,
@@ -141,6 +142,8 @@ def test_labels_name_the_chain_its_setting_and_error_feedback():
     run = fake_run("chain", [0.8], compress=compress_event(["topk", "fp16"], 40, feedback=False))
     assert compressor_label(run) == "topk 0.02 > fp16"
     assert compressor_label(fake_run("dense", [0.8])) == "dense"
+    assert legend_labels([fake_run("a", [0.8]), run]) == ["a: dense", "chain: topk 0.02 > fp16"]
+    assert legend_labels([fake_run("a", [0.8]), fake_run("b", [0.8])]) == ["a", "b"]
 
 
 def write_run(root, run):

@@ -51,6 +51,10 @@ def sim_seconds(run: dict[str, Any]) -> float | None:
     return stamped[-1] if stamped else None
 
 
+def round_or_none(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def sim_stamp(event: dict[str, Any]) -> float | None:
     """The simulated clock at the end of a step, round or eval event; None elsewhere."""
     return event.get("sim_seconds") if event.get("kind") in TIMED_KINDS else None
@@ -71,7 +75,7 @@ def row_figures(run: dict[str, Any], target: float | None) -> dict[str, Any]:
         "compressors": compressor_label(run) if s.get("compressors") else None,
         "compression_ratio": s.get("compression_ratio"),
         "bytes_measured": bytes_measured(s),
-        "sim_seconds": sim_seconds(run),
+        "sim_seconds": round_or_none(sim_seconds(run)),
         "sim_seconds_to_target": (
             sim_time_to_accuracy(run["events"], target) if target is not None else None
         ),
@@ -124,6 +128,14 @@ def point_labels(runs: list[dict[str, Any]]) -> list[str]:
     return labels
 
 
+def legend_labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Each run's name, with its compressors when some run compressed."""
+    chains = [compressor_label(r) for r in runs]
+    if all(chain == DENSE for chain in chains):
+        return [run["name"] for run in runs]
+    return [f"{run['name']}: {chain}" for run, chain in zip(runs, chains, strict=True)]
+
+
 def panels(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
     """'bytes' when some run has bytes and an accuracy, 'time' when some run's evals carry
     simulated seconds; empty when neither (no figure)."""
@@ -164,8 +176,8 @@ def plot_tradeoff(
     if "time" in axes:
         draw_time(axes["time"], runs, colors)
     handles = [
-        Line2D([], [], color=c, marker="o", ms=5, label=f"{run['name']}: {label}")
-        for run, label, c in zip(runs, labels, colors, strict=True)
+        Line2D([], [], color=c, marker="o", ms=5, label=label)
+        for label, c in zip(legend_labels(runs), colors, strict=True)
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8)
     return save_figure(fig, path)
