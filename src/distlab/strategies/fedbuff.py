@@ -48,12 +48,12 @@ class Params(StrategyBase):
 
     name: Literal["fedbuff"] = "fedbuff"
     clients: int = FEDAVG["clients"]
-    rounds: int = FEDAVG["rounds"]
+    rounds: int = Field(10, ge=1)
+    """Server aggregations, each of `buffer` arrivals."""
     concurrency: int = Field(10, ge=1)
     """Clients training at once; a client that arrives frees its slot for an idle one."""
     buffer: int = Field(5, ge=1)
-    """Arrivals the server buffers before each aggregation (FedBuff's K), <= concurrency.
-    `rounds` counts aggregations."""
+    """Arrivals the server buffers before each aggregation (FedBuff's K), <= concurrency."""
     staleness: Literal["sqrt", "constant", "poly"] = "sqrt"
     """Weight of an update tau server versions old: sqrt = 1 / sqrt(1 + tau) (Nguyen et al.
     2022), constant = 1, poly = (1 + tau)^-staleness_exponent."""
