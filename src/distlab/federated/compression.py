@@ -10,12 +10,15 @@ NaN, so the server rejects that client as it would without compression.
 
 With compress.downlink the server sends the compressed difference between its global
 model and the copy the clients hold. Every client starts a round from the same model, so
-one copy serves them all, with error feedback on the server's chain (sender 0); clients
-start from the decoded copy. In one process (vectorized, sequential) nothing travels:
-`CompressedExecutor` applies the chains' round trips, batched over a round's clients. The
-processes executor sends the payloads (`ServerLink` on the server, `HostLink` on a host):
-a host that had no client in some rounds gets every payload it missed, so its copy stays
-the server's.
+one copy serves them all; clients start from the decoded copy. The difference from the held
+copy is the server's error feedback (sender 0): it is this round's change plus all that
+earlier payloads dropped, which is what a memory on the change since the last round would
+add, so the downlink chain keeps no memory of its own (one would count the rest twice).
+
+In one process (vectorized, sequential) nothing travels: `CompressedExecutor` applies the
+chains' round trips, batched over a round's clients. The processes executor sends the
+payloads (`ServerLink` on the server, `HostLink` on a host): a host that had no client in
+some rounds gets every payload it missed, so its copy stays the server's.
 """
 
 from __future__ import annotations
@@ -112,8 +115,14 @@ def make_downlink(cfg: RunConfig, model) -> Downlink | None:
     """The server's downlink when compress.downlink is on, else None."""
     if not (cfg.compress.names and cfg.compress.downlink):
         return None
+    return Downlink(down_chain(cfg, model))
+
+
+def down_chain(cfg: RunConfig, model) -> Chain:
+    """The downlink's chain: the held copy is its memory (the module doc)."""
     shapes = [tuple(p.shape) for p in model.parameters()]
-    return Downlink(make_chain(cfg.compress, shapes, cfg.seed, DOWN_STREAM))
+    plain = cfg.compress.model_copy(update={"error_feedback": False})
+    return make_chain(plain, shapes, cfg.seed, DOWN_STREAM)
 
 
 def decoded_rows(chain: Chain, rows: torch.Tensor, clients: np.ndarray) -> torch.Tensor:
@@ -315,9 +324,6 @@ def host_link(setup: ClientSetup) -> HostLink | None:
     up = ctx.compressor(model)
     if up is None:
         return None
-    down = None
-    if ctx.cfg.compress.downlink:
-        shapes = [tuple(p.shape) for p in model.parameters()]
-        down = make_chain(ctx.cfg.compress, shapes, ctx.cfg.seed, DOWN_STREAM)
+    down = down_chain(ctx.cfg, model) if ctx.cfg.compress.downlink else None
     held = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).float()
     return HostLink(up, down, held)
