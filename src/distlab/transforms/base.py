@@ -36,7 +36,7 @@ class Part:
 
     @property
     def nbytes(self) -> int:
-        return self.count * torch.empty(0, dtype=self.dtype).element_size()
+        return self.count * self.dtype.itemsize
 
 
 class Compressor(ABC):
@@ -108,13 +108,21 @@ def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
     little-endian per value (numpy's packbits on the rows)."""
     n, m = values.shape
     width = _width(bits)
+    if 8 % bits == 0:
+        # 1, 2 or 4 bits: whole values per byte, or'ed in by shifts over the row
+        per = 8 // bits
+        padded = torch.zeros(n, -(-m // per) * per, dtype=torch.uint8)
+        padded[:, :m] = values
+        grouped = padded.reshape(n, -1, per)
+        out = grouped[:, :, 0].clone()
+        for j in range(1, per):
+            out |= grouped[:, :, j] << (bits * j)
+        return out
     # Each value's little-endian bytes, unpacked to bits, cut to `bits`, packed again: a
     # few numpy passes over uint8 instead of one int64 per bit.
     raw = values.numpy().astype(f"<u{width}").view(np.uint8).reshape(n, m, width)
     if bits == 8 * width:
         return torch.from_numpy(np.ascontiguousarray(raw.reshape(n, m * width)))
-    if bits == 1:
-        return torch.from_numpy(np.packbits(raw.reshape(n, m), axis=1, bitorder="little"))
     planes = np.unpackbits(raw, axis=2, bitorder="little")[:, :, :bits]
     return torch.from_numpy(np.packbits(planes.reshape(n, m * bits), axis=1, bitorder="little"))
 
@@ -122,11 +130,13 @@ def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_bits(packed: torch.Tensor, bits: int, m: int) -> torch.Tensor:
     """The inverse of `pack_bits`: (n, bytes) uint8 -> (n, m) int64."""
     n, width = packed.shape[0], _width(bits)
+    if 8 % bits == 0:
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+        values = (packed.unsqueeze(-1) >> shifts) & (2**bits - 1)
+        return values.reshape(n, -1)[:, :m].to(torch.int64)
     array = packed.numpy()
     if bits == 8 * width:
         raw = np.ascontiguousarray(array[:, : m * width])
-    elif bits == 1:
-        raw = np.unpackbits(array, axis=1, count=m, bitorder="little")
     else:
         flat = np.unpackbits(array, axis=1, count=m * bits, bitorder="little")
         planes = np.zeros((n, m, 8 * width), dtype=np.uint8)

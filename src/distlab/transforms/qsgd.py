@@ -43,20 +43,21 @@ class Qsgd(Compressor):
         self, rows: torch.Tensor, senders: np.ndarray, gen: torch.Generator
     ) -> dict[str, torch.Tensor]:
         norm = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-        scaled = rows.abs() / torch.where(norm > 0, norm, 1.0) * self.levels
-        lower = scaled.floor()
-        level = lower + (torch.rand(rows.shape, generator=gen) < scaled - lower)
-        level = level.clamp_(max=self.levels).to(torch.int64)
-        negative = (rows < 0).to(torch.int64)
-        field = level | (negative << (self.bits - 1))
-        return {"norm": norm, "bits": pack_bits(field, self.bits)}
+        scaled = rows.abs().mul_(self.levels / torch.where(norm > 0, norm, 1.0))
+        # floor(x + u), u uniform in [0, 1): x rounded up with probability frac(x), unbiased
+        level = scaled.add_(torch.rand(rows.shape, generator=gen)).floor_().clamp_(max=self.levels)
+        field = level.add_((rows < 0) * float(self._sign_bit))
+        return {"norm": norm, "bits": pack_bits(field.to(torch.int64), self.bits)}
 
     def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        field = unpack_bits(parts["bits"], self.bits, self.numel)
-        sign_bit = 1 << (self.bits - 1)
-        level = (field & (sign_bit - 1)).float()
-        sign = 1.0 - 2.0 * (field >= sign_bit).float()
-        return parts["norm"].float() * sign * level / self.levels
+        field = unpack_bits(parts["bits"], self.bits, self.numel).float()
+        signed = torch.where(field >= self._sign_bit, self._sign_bit - field, field)
+        return signed.mul_(parts["norm"].float() / self.levels)
+
+    @property
+    def _sign_bit(self) -> int:
+        """The field's top bit, set for a negative value."""
+        return 1 << (self.bits - 1)
 
     def formula_bytes(self) -> float:
         """One 32-bit norm and (1 + ceil(log2(s + 1))) bits per value (the paper's plain,
