@@ -64,13 +64,13 @@ class Choco:
 
     def __init__(self, ctx: WorkerContext, model, chain: Chain, gamma: float, peers) -> None:
         self.ctx, self.model, self.chain, self.gamma = ctx, model, chain, gamma
-        start = flat_params(model)
+        start = flat_params(model).cpu()  # the chain and the copies live on the CPU
         self.hats = {r: start.clone() for r in [ctx.rank, *peers]}
 
     def mix(self, weights: np.ndarray, peers: list[int]) -> None:
         """One round with W's row `weights`: send q, update every copy, step toward them."""
         rank, comm = self.ctx.rank, self.ctx.comm
-        own = flat_params(self.model)
+        own = flat_params(self.model).cpu()
         payload = self.chain.encode((own - self.hats[rank]).reshape(1, -1), np.array([rank]))
         received = comm.exchange(payload[0], peers)
         decoded = self.chain.decode(torch.stack([payload[0], *received]))
@@ -79,7 +79,7 @@ class Choco:
         move = torch.zeros_like(own)
         for peer in peers:
             move += float(weights[peer]) * (self.hats[peer] - self.hats[rank])
-        set_flat_params(self.model, own + self.gamma * move)
+        set_flat_params(self.model, (own + self.gamma * move).to(self.ctx.device))
 
     def state_dict(self) -> dict:
         ranks = sorted(self.hats)

@@ -70,7 +70,8 @@ class WorkerLink:
         self.reply = torch.empty(size + 4, dtype=torch.uint8)
 
     def send(self, grad: torch.Tensor, loss: float, n: float, version: int) -> None:
-        payload = self.up.encode(grad.reshape(1, -1), np.array([self.ctx.rank]))[0]
+        # the chain works on the CPU, where the bytes leave from
+        payload = self.up.encode(grad.cpu().reshape(1, -1), np.array([self.ctx.rank]))[0]
         trailer = as_bytes(torch.tensor([loss * n, n, float(version)]))
         self.ctx.comm.send(torch.cat([payload, trailer]), SERVER)
 
@@ -82,7 +83,8 @@ class WorkerLink:
             set_flat_params(self.model, as_floats(body).clone())
         else:
             delta = self.down.decode(body.reshape(1, -1))[0]
-            set_flat_params(self.model, flat_params(self.model) + delta)
+            own = flat_params(self.model)
+            set_flat_params(self.model, own + delta.to(own.device))
         return version
 
     def state_dict(self) -> dict:
@@ -101,7 +103,7 @@ class ServerLink:
         self.down = down_chain(ctx, model)
         self.buf = torch.empty(up.payload_bytes + 4 * UP_TRAILER, dtype=torch.uint8)
         # the parameters each worker holds (row w - 1: worker w), for the downlink
-        self.copies = flat_params(model).repeat(workers, 1) if self.down else None
+        self.copies = flat_params(model).cpu().repeat(workers, 1) if self.down else None
 
     def split(self, messages: torch.Tensor):
         """(n, bytes) messages -> decoded (n, P) gradients and (n, 3) trailers."""
@@ -124,7 +126,7 @@ class ServerLink:
     def reply(self, version: int, dsts: list[int]) -> None:
         """The model (or each worker's compressed difference to it) and its version."""
         tail = as_bytes(torch.tensor([float(version)]))
-        own = flat_params(self.model)
+        own = flat_params(self.model).cpu()
         if self.down is None:
             message = torch.cat([as_bytes(own), tail])
             for dst in dsts:
