@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.cli.test_run_errors import assert_one_line_error, run_main
+from tests.conftest import make_config
+from tests.integration.test_resume import assert_same_run
 
 from distlab.api import run
 from distlab.config import validate_config
@@ -167,3 +169,21 @@ def test_the_cli_refuses_compression_on_serial_in_one_line(tmp_path, capsys):
     assert (code, out) == (2, "")
     assert_one_line_error(stderr, "compress.kind=topk is not carried by executor serial")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_compressed_run_resumes_with_its_error_feedback_to_the_same_rounds(tmp_path, workers):
+    compress = {**TOPK, "error_feedback": True, "downlink": True}
+    strategy = {"name": "fedavg", "clients": 6, "clients_per_round": 3, "rounds": 6}
+    strategy["executor"] = "processes" if workers > 1 else "vectorized"
+    base = {"strategy": strategy, "checkpoint": {"every": 2}, "eval_every": 3}
+    base |= {"workers": workers, "compress": compress}
+    full = run(make_config(tmp_path, name="full", **base)).run_dir
+    with pytest.raises(RunFailed):  # the server dies in round 5, after round 4's checkpoint
+        run(make_config(tmp_path, name="cut", fault={"rank": 0, "step": 5}, **base))
+    cut = tmp_path / "runs" / "cut"
+
+    run(make_config(tmp_path, name="cut", **base), resume=cut)
+
+    assert_same_run(full, cut, "round")
