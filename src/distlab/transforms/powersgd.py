@@ -39,6 +39,8 @@ class PowerSgd(Compressor):
                 self.vectors.append((offset, numel))
             offset += numel
         self.raw = sum(numel for _, numel in self.vectors)
+        spans = [torch.arange(offset, offset + numel) for offset, numel in self.vectors]
+        self.vector_index = torch.cat(spans) if spans else torch.zeros(0, dtype=torch.int64)
         self.q: list[torch.Tensor] = [torch.zeros(0, c, r) for _, _, c, r in self.matrices]
         self.seen = torch.zeros(0, dtype=torch.bool)
 
@@ -61,8 +63,7 @@ class PowerSgd(Compressor):
             q = matrix.transpose(1, 2) @ p
             self.q[j][who] = q
             out[f"p{j}"], out[f"q{j}"] = p.reshape(n, -1), q.reshape(n, -1)
-        raw = [rows[:, offset : offset + numel] for offset, numel in self.vectors]
-        out["raw"] = torch.cat(raw, dim=1) if raw else rows.new_zeros(n, 0)
+        out["raw"] = rows.index_select(1, self.vector_index)
         return out
 
     def _warm_start(self, who: torch.Tensor, gen: torch.Generator) -> None:
@@ -79,16 +80,12 @@ class PowerSgd(Compressor):
 
     def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         n = parts["raw"].shape[0]
-        out = torch.zeros(n, self.numel)
+        out = torch.empty(n, self.numel)  # every coordinate is in a matrix or a vector
         for j, (offset, m, c, rank) in enumerate(self.matrices):
             p = parts[f"p{j}"].float().reshape(n, m, rank)
             q = parts[f"q{j}"].float().reshape(n, c, rank)
             out[:, offset : offset + m * c] = (p @ q.transpose(1, 2)).reshape(n, -1)
-        at = 0
-        for offset, numel in self.vectors:
-            out[:, offset : offset + numel] = parts["raw"][:, at : at + numel].float()
-            at += numel
-        return out
+        return out.index_copy_(1, self.vector_index, parts["raw"].float())
 
     def formula_bytes(self) -> float:
         """r (rows + cols) float32 values per matrix and every vector raw."""
