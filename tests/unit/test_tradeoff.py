@@ -199,3 +199,20 @@ def test_no_bytes_and_no_simulated_clock_means_no_tradeoff_figure(tmp_path):
     assert panels([run], rows) == []
     assert not (tmp_path / "rep" / "tradeoff.png").exists()
     assert (tmp_path / "rep" / "curves.png").is_file()
+
+
+def test_a_run_that_measures_no_bytes_stands_at_its_formula_total_on_the_bytes_panel(tmp_path):
+    measured = fake_run("dense", [0.5, 0.9], total_bytes=8000)
+    in_process = fake_run("vectorized", [0.6, 0.8])  # clients trained in one process
+    in_process["summary"].update(processes=1, bytes_total_logical=1200)
+    nothing = fake_run("old", [0.9])
+
+    rows = comparison_rows([measured, in_process, nothing], target=None)
+
+    assert [r["bytes_measured"] for r in rows] == [8000, None, None]
+    assert [(r["bytes_spent"], r["bytes_source"]) for r in rows] == [
+        (8000, "measured"), (1200, "formula"), (None, None),
+    ]  # fmt: skip
+    assert panels([in_process], rows[1:2]) == ["bytes"]
+    write_report([write_run(tmp_path / "runs", in_process)], tmp_path / "rep")
+    assert (tmp_path / "rep" / "tradeoff.png").exists()

@@ -42,6 +42,26 @@ def bytes_measured(summary: dict[str, Any]) -> int | None:
     return total or None
 
 
+# A run's point: a circle at the bytes measured, a diamond at the formula's total.
+MARKERS = {"measured": "o", "formula": "D"}
+BYTES_LABEL = {
+    frozenset({"measured"}): "bytes measured, all ranks (log)",
+    frozenset({"formula"}): "bytes by the formula, all clients (log)",
+    frozenset({"measured", "formula"}): "bytes: measured (o), by the formula (diamond) (log)",
+}
+
+
+def bytes_spent(summary: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The bytes a run's point stands at and where they come from: measured by the
+    Communicator, else the strategy's formula total (a federated run whose clients train in
+    one process moves nothing it could count); (None, None) when neither is known."""
+    measured = bytes_measured(summary)
+    if measured:
+        return measured, "measured"
+    logical = summary.get("bytes_total_logical")
+    return (logical, "formula") if logical else (None, None)
+
+
 def sim_seconds(run: dict[str, Any]) -> float | None:
     """The run's simulated seconds: the summary's figure, else the last stamped event's."""
     figure = run["summary"].get("sim_seconds")
@@ -75,6 +95,8 @@ def row_figures(run: dict[str, Any], target: float | None) -> dict[str, Any]:
         "compressors": compressor_label(run) if s.get("compressors") else None,
         "compression_ratio": s.get("compression_ratio"),
         "bytes_measured": bytes_measured(s),
+        "bytes_spent": bytes_spent(s)[0],
+        "bytes_source": bytes_spent(s)[1],
         "sim_seconds": round_or_none(sim_seconds(run)),
         "sim_seconds_to_target": (
             sim_time_to_accuracy(run["events"], target) if target is not None else None
@@ -140,7 +162,7 @@ def panels(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
     """'bytes' when some run has bytes and an accuracy, 'time' when some run's evals carry
     simulated seconds; empty when neither (no figure)."""
     found = []
-    if any(r["bytes_measured"] and r["final_accuracy"] is not None for r in rows):
+    if any(r["bytes_spent"] and r["final_accuracy"] is not None for r in rows):
         found.append("bytes")
     if any(timed_evals(run) for run in runs):
         found.append("time")
@@ -189,10 +211,10 @@ def draw_bytes(ax: Axes, rows: list[dict[str, Any]], labels: list[str], colors: 
     known = [
         (row, label, color)
         for row, label, color in zip(rows, labels, colors, strict=True)
-        if row["bytes_measured"] and row["final_accuracy"] is not None
+        if row["bytes_spent"] and row["final_accuracy"] is not None
     ]
     done = [k for k in known if k[0]["status"] == "completed"]
-    points = [(k[0]["bytes_measured"], k[0]["final_accuracy"]) for k in done]
+    points = [(k[0]["bytes_spent"], k[0]["final_accuracy"]) for k in done]
     front = [points[i] for i in pareto_front(points)]
     if front:
         xs, ys = zip(*front, strict=True)
@@ -200,14 +222,15 @@ def draw_bytes(ax: Axes, rows: list[dict[str, Any]], labels: list[str], colors: 
         ax.scatter(xs, ys, s=160, facecolors="none", edgecolors="0.3", zorder=2)
     seen: list[tuple[float, float]] = []
     for row, label, color in known:
-        x, y = row["bytes_measured"], row["final_accuracy"]
-        marker = "o" if row["status"] == "completed" else "x"
+        x, y = row["bytes_spent"], row["final_accuracy"]
+        marker = "x" if row["status"] != "completed" else MARKERS[row["bytes_source"]]
         ax.scatter([x], [y], color=color, marker=marker, s=40, zorder=3)
         # runs on one point (same bytes, same accuracy) get their labels stacked, not overlaid
         above = 4 + 9 * seen.count((x, y))
         seen.append((x, y))
         ax.annotate(label, (x, y), xytext=(5, above), textcoords="offset points", fontsize=7)
-    ax.set(xscale="log", xlabel="bytes measured, all ranks (log)", ylabel="final test accuracy")
+    sources = {row["bytes_source"] for row, _, _ in known}
+    ax.set(xscale="log", xlabel=BYTES_LABEL[frozenset(sources)], ylabel="final test accuracy")
     ax.margins(x=0.12)  # room for the labels of the rightmost points
     ax.xaxis.set_major_formatter(ByteLogFormatter())
     ax.xaxis.set_minor_formatter(ByteLogFormatter(labelOnlyBase=False))
