@@ -82,22 +82,25 @@ def done(tensor: torch.Tensor) -> torch.futures.Future:
 
 
 class BucketChains:
-    """One chain per DDP gradient bucket (a bucket is a flat run of gradients, sized by
-    bucket_mb): its error feedback lives per bucket and goes into checkpoints."""
+    """One chain per DDP gradient bucket (a flat run of gradients, sized by bucket_mb). DDP
+    lays its buckets out anew after the first step (and again in a resumed process), so the
+    error feedback memory is kept per parameter: lent to a bucket's chain before it encodes,
+    taken back after, and saved in checkpoints with the chains' random streams."""
 
-    def __init__(self, ctx: WorkerContext) -> None:
+    def __init__(self, ctx: WorkerContext, model) -> None:
         self.ctx = ctx
+        self.position = {id(p): i for i, p in enumerate(model.parameters())}
         self.chains: dict[int, Chain] = {}
-        self.pending: dict[int, dict] = {}  # a checkpoint's state, until its bucket exists
+        self.memory: dict[int, torch.Tensor] = {}  # parameter position -> its memory
+        self.gens: dict[int, torch.Tensor] = {}  # a checkpoint's streams, until their bucket
 
     def chain(self, index: int, numel: int) -> Chain:
         chain = self.chains.get(index)
-        # DDP rebuilds its buckets once after the first step: a bucket of a new size starts anew.
         if chain is None or chain.numel != numel:
             cfg = self.ctx.cfg
             chain = make_chain(cfg.compress, [(numel,)], cfg.seed, self.ctx.rank * 1000 + index)
-            if index in self.pending and self.pending[index]["numel"] == numel:
-                chain.load_state_dict(self.pending.pop(index)["chain"])
+            if index in self.gens:
+                chain.gen.set_state(self.gens.pop(index))
             self.chains[index] = chain
         return chain
 
@@ -105,15 +108,32 @@ class BucketChains:
         """The bucket's mean gradient over the ranks, each rank's part compressed."""
         buffer = bucket.buffer()
         chain = self.chain(bucket.index(), buffer.numel())
+        params = [self.position[id(p)] for p in bucket.parameters()]
+        sizes = [g.numel() for g in bucket.gradients()]
+        feedback = chain.cfg.error_feedback and sum(sizes) == chain.numel
+        if feedback:
+            self.lend(chain, params, sizes)
         total, _ = gather_sum(self.ctx.comm, chain, buffer, [])
+        if feedback:
+            row = chain.memory[self.ctx.rank]
+            self.memory.update(
+                {p: m.clone() for p, m in zip(params, row.split(sizes), strict=True)}
+            )
         buffer.copy_(chain.aggregate(total / self.ctx.world))
         return done(buffer)
 
+    def lend(self, chain: Chain, params: list[int], sizes: list[int]) -> None:
+        """This bucket's parameters' memory as the chain's row for this rank."""
+        rows = [self.memory.get(p, torch.zeros(n)) for p, n in zip(params, sizes, strict=True)]
+        chain.memory = torch.zeros(self.ctx.rank + 1, chain.numel)
+        chain.memory[self.ctx.rank] = torch.cat(rows)
+
     def state_dict(self) -> dict:
-        return {i: {"numel": c.numel, "chain": c.state_dict()} for i, c in self.chains.items()}
+        gens = {i: c.gen.get_state() for i, c in self.chains.items()}
+        return {"memory": self.memory, "gens": gens}
 
     def load_state_dict(self, state: dict) -> None:
-        self.pending = dict(state)
+        self.memory, self.gens = dict(state["memory"]), dict(state["gens"])
 
 
 class CountedPowerSgd:
@@ -153,7 +173,10 @@ class CountedPowerSgd:
         return future
 
     def state_dict(self) -> dict:
-        """Iteration, error feedback and the warm-start Ps and Qs, per bucket."""
+        """Iteration, error feedback and the warm-start Ps and Qs, per bucket. PyTorch keys
+        them by bucket index, and a resumed process's first step runs on DDP's initial
+        buckets, not the rebuilt ones they were saved from: a resumed PowerSGD run goes on
+        from this state but not bit for bit (BucketChains keeps its memory per parameter)."""
         s = self.state
         return {"iter": s.iter, "error": s.error_dict, "p": s.p_memory_dict, "q": s.q_memory_dict}
 
@@ -196,7 +219,7 @@ def register_ddp_compression(ctx: WorkerContext, model, fp16: bool) -> object | 
                 start_iter=holder.state.start_powerSGD_iter,
             )
     else:
-        holder = BucketChains(ctx)
+        holder = BucketChains(ctx, model)
     model.register_comm_hook(None, holder.hook)
     return holder
 
@@ -224,7 +247,7 @@ class DeltaAveraging:
         stats = [loss * n, n, since]
         total, (loss_sum, samples, weight) = gather_sum(self.ctx.comm, self.chain, delta, stats)
         self.start = self.start + self.chain.aggregate(total / weight)
-        set_flat_params(model, self.start)
+        set_flat_params(model, self.start.clone())  # the parameters become views of it
         return float(loss_sum) / float(samples)
 
     def state_dict(self) -> dict:
