@@ -85,56 +85,70 @@ def pack(parts: dict[str, torch.Tensor], layout: list[Part]) -> torch.Tensor:
     n = next(iter(parts.values())).shape[0] if parts else 0
     pieces = []
     for part in layout:
-        value = parts[part.name].to(part.dtype).reshape(n, part.count).contiguous()
-        pieces.append(value.view(torch.uint8).reshape(n, part.nbytes))
-    return torch.cat(pieces, dim=1)
+        value = parts[part.name]
+        if value.dtype != part.dtype:
+            value = value.to(part.dtype)
+        # bytes through numpy: a few cheap calls per part (bfloat16 has no numpy type, bytes do)
+        pieces.append(value.contiguous().view(torch.uint8).numpy().reshape(n, part.nbytes))
+    return torch.from_numpy(np.concatenate(pieces, axis=1))
 
 
 def unpack(payload: torch.Tensor, layout: list[Part]) -> dict[str, torch.Tensor]:
     """The inverse of `pack`: (n, bytes) uint8 -> each part as (n, count) of its dtype."""
-    n, out, at = payload.shape[0], {}, 0
+    array, out, at = payload.numpy(), {}, 0
     for part in layout:
         # A fresh (n, bytes) copy: a slice of one row counts as contiguous but keeps the
-        # payload's row stride, which a view as a wider dtype refuses.
-        chunk = torch.empty(n, part.nbytes, dtype=torch.uint8)
-        chunk.copy_(payload[:, at : at + part.nbytes])
-        out[part.name] = chunk.view(part.dtype).reshape(n, part.count)
+        # payload's row stride and offset, which a view as a wider dtype refuses.
+        chunk = torch.from_numpy(array[:, at : at + part.nbytes].copy())
+        out[part.name] = chunk.view(part.dtype)
         at += part.nbytes
     return out
 
 
-def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+def pack_bits(values: torch.Tensor | np.ndarray, bits: int) -> torch.Tensor:
     """(n, m) integers in [0, 2**bits) -> (n, ceil(m * bits / 8)) uint8, bit planes packed
     little-endian per value (numpy's packbits on the rows)."""
-    n, m = values.shape
     width = _width(bits)
-    if 8 % bits == 0:
-        # 1, 2 or 4 bits: whole values per byte, or'ed in by shifts over the row
+    codes = np.asarray(values).astype(f"<u{width}", copy=False)
+    n, m = codes.shape
+    if bits == 1:
+        return torch.from_numpy(np.packbits(codes, axis=1, bitorder="little"))
+    if bits == 8 * width:
+        return torch.from_numpy(np.ascontiguousarray(codes).view(np.uint8).reshape(n, -1))
+    if bits in (2, 4):
+        # Whole values per byte, or'ed in by shifts on uint8: numpy, as its calls cost
+        # little on the small rows of one update.
         per = 8 // bits
-        padded = torch.zeros(n, -(-m // per) * per, dtype=torch.uint8)
-        padded[:, :m] = values
-        grouped = padded.reshape(n, -1, per)
-        out = grouped[:, :, 0].clone()
+        grouped = np.zeros((n, -(-m // per) * per), dtype=np.uint8)
+        grouped[:, :m] = codes
+        grouped = grouped.reshape(n, -1, per)
+        out = grouped[:, :, 0].copy()
         for j in range(1, per):
-            out |= grouped[:, :, j] << (bits * j)
-        return out
+            out |= grouped[:, :, j] << np.uint8(bits * j)
+        return torch.from_numpy(out)
     # Each value's little-endian bytes, unpacked to bits, cut to `bits`, packed again: a
     # few numpy passes over uint8 instead of one int64 per bit.
-    raw = values.numpy().astype(f"<u{width}").view(np.uint8).reshape(n, m, width)
-    if bits == 8 * width:
-        return torch.from_numpy(np.ascontiguousarray(raw.reshape(n, m * width)))
+    raw = np.ascontiguousarray(codes).view(np.uint8).reshape(n, m, width)
     planes = np.unpackbits(raw, axis=2, bitorder="little")[:, :, :bits]
     return torch.from_numpy(np.packbits(planes.reshape(n, m * bits), axis=1, bitorder="little"))
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, m: int) -> torch.Tensor:
     """The inverse of `pack_bits`: (n, bytes) uint8 -> (n, m) int64."""
-    n, width = packed.shape[0], _width(bits)
-    if 8 % bits == 0:
-        shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
-        values = (packed.unsqueeze(-1) >> shifts) & (2**bits - 1)
-        return values.reshape(n, -1)[:, :m].to(torch.int64)
-    array = packed.numpy()
+    return torch.from_numpy(unpack_codes(packed, bits, m).astype(np.int64))
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, m: int) -> np.ndarray:
+    """The inverse of `pack_bits` in the smallest unsigned type of `bits` (uint8 up to 8):
+    (n, bytes) uint8 -> (n, m), a numpy view where it can be one."""
+    array = np.asarray(packed)
+    n, width = array.shape[0], _width(bits)
+    if bits == 1:
+        return np.unpackbits(array, axis=1, count=m, bitorder="little")
+    if bits in (2, 4):
+        shifts = np.arange(0, 8, bits, dtype=np.uint8)
+        values = (array[:, :, None] >> shifts) & np.uint8(2**bits - 1)
+        return values.reshape(n, -1)[:, :m]
     if bits == 8 * width:
         raw = np.ascontiguousarray(array[:, : m * width])
     else:
@@ -142,8 +156,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, m: int) -> torch.Tensor:
         planes = np.zeros((n, m, 8 * width), dtype=np.uint8)
         planes[:, :, :bits] = flat.reshape(n, m, bits)
         raw = np.packbits(planes, axis=2, bitorder="little")
-    values = raw.reshape(n, m * width).view(f"<u{width}").astype(np.int64)
-    return torch.from_numpy(values.reshape(n, m))
+    return raw.reshape(n, m * width).view(f"<u{width}").reshape(n, m)
 
 
 def _width(bits: int) -> int:

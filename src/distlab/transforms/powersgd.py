@@ -56,14 +56,16 @@ class PowerSgd(Compressor):
     ) -> dict[str, torch.Tensor]:
         who = torch.from_numpy(np.asarray(senders, dtype=np.int64))
         self._warm_start(who, gen)
-        n, out = rows.shape[0], {}
+        # numpy on the small matrices of one update: its calls cost a fraction of torch's
+        values, at, n, out = rows.detach().numpy(), who.numpy(), rows.shape[0], {}
         for j, (offset, m, c, _) in enumerate(self.matrices):
-            matrix = rows[:, offset : offset + m * c].reshape(n, m, c)
-            p = torch.linalg.qr(matrix @ self.q[j][who]).Q
-            q = matrix.transpose(1, 2) @ p
-            self.q[j][who] = q
-            out[f"p{j}"], out[f"q{j}"] = p.reshape(n, -1), q.reshape(n, -1)
-        out["raw"] = rows.index_select(1, self.vector_index)
+            matrix = values[:, offset : offset + m * c].reshape(n, m, c)
+            p = orthonormal(matrix @ self.q[j].numpy()[at])
+            q = matrix.transpose(0, 2, 1) @ p
+            self.q[j].numpy()[at] = q
+            out[f"p{j}"] = torch.from_numpy(p.reshape(n, -1))
+            out[f"q{j}"] = torch.from_numpy(q.reshape(n, -1))
+        out["raw"] = torch.from_numpy(values[:, self.vector_index.numpy()])
         return out
 
     def _warm_start(self, who: torch.Tensor, gen: torch.Generator) -> None:
@@ -80,12 +82,13 @@ class PowerSgd(Compressor):
 
     def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         n = parts["raw"].shape[0]
-        out = torch.empty(n, self.numel)  # every coordinate is in a matrix or a vector
+        out = np.empty((n, self.numel), dtype=np.float32)  # every coordinate is set below
         for j, (offset, m, c, rank) in enumerate(self.matrices):
-            p = parts[f"p{j}"].float().reshape(n, m, rank)
-            q = parts[f"q{j}"].float().reshape(n, c, rank)
-            out[:, offset : offset + m * c] = (p @ q.transpose(1, 2)).reshape(n, -1)
-        return out.index_copy_(1, self.vector_index, parts["raw"].float())
+            p = parts[f"p{j}"].float().numpy().reshape(n, m, rank)
+            q = parts[f"q{j}"].float().numpy().reshape(n, c, rank)
+            out[:, offset : offset + m * c] = (p @ q.transpose(0, 2, 1)).reshape(n, -1)
+        out[:, self.vector_index.numpy()] = parts["raw"].float().numpy()
+        return torch.from_numpy(out)
 
     def formula_bytes(self) -> float:
         """r (rows + cols) float32 values per matrix and every vector raw."""
@@ -100,3 +103,24 @@ class PowerSgd(Compressor):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.q = [state[f"q{j}"].clone() for j in range(len(self.matrices))]
         self.seen = state["seen"].clone()
+
+
+def orthonormal(columns: np.ndarray) -> np.ndarray:
+    """(n, m, r) -> orthonormal columns spanning the same space, the Q of a QR. For r <= 2,
+    Gram-Schmidt (exact on two columns, and a fraction of a QR's calls); where a column
+    (nearly) vanishes under it, the QR, which still gives an orthonormal Q."""
+    if columns.shape[2] > 2:
+        return np.linalg.qr(columns)[0]
+    lengths = np.sqrt(np.einsum("nmr,nmr->nr", columns, columns))[:, None]
+    if not (lengths > 0).all():
+        return np.linalg.qr(columns)[0]
+    first = columns[:, :, :1] / lengths[:, :, :1]
+    if columns.shape[2] == 1:
+        return first
+    second = columns[:, :, 1:]
+    second = second - first * np.einsum("nmr,nmr->nr", first, second)[:, None]
+    second_length = np.sqrt(np.einsum("nmr,nmr->nr", second, second))[:, None]
+    # Cancellation: a second column mostly along the first loses its digits in the difference
+    if not (second_length > 1e-3 * lengths[:, :, 1:]).all():
+        return np.linalg.qr(columns)[0]
+    return np.concatenate([first, second / second_length], axis=2)

@@ -10,12 +10,20 @@ float32 norm per row.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 
-from distlab.transforms.base import Compressor, Part, pack_bits, packed_count, unpack_bits
+from distlab.transforms.base import (
+    Compressor,
+    Part,
+    _width,
+    pack_bits,
+    packed_count,
+    unpack_codes,
+)
 
 
 class Qsgd(Compressor):
@@ -42,17 +50,42 @@ class Qsgd(Compressor):
     def encode(
         self, rows: torch.Tensor, senders: np.ndarray, gen: torch.Generator
     ) -> dict[str, torch.Tensor]:
-        norm = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
-        scaled = rows.abs().mul_(self.levels / torch.where(norm > 0, norm, 1.0))
+        # numpy on the (n, P) rows: one update is small, and numpy's calls cost little
+        values = rows.detach().numpy()
+        norm = np.sqrt(np.einsum("ij,ij->i", values, values))[:, None].astype(np.float32)
+        scaled = np.abs(values) * (self.levels / np.where(norm > 0, norm, 1)).astype(np.float32)
         # floor(x + u), u uniform in [0, 1): x rounded up with probability frac(x), unbiased
-        level = scaled.add_(torch.rand(rows.shape, generator=gen)).floor_().clamp_(max=self.levels)
-        field = level.add_((rows < 0) * float(self._sign_bit))
-        return {"norm": norm, "bits": pack_bits(field.to(torch.int64), self.bits)}
+        scaled += torch.rand(rows.shape, generator=gen).numpy()
+        np.minimum(scaled, self.levels, out=scaled)
+        # sign and level in one code: truncation is the floor of a value >= 0
+        code = scaled.astype(self._code_type)
+        code |= (values < 0).astype(self._code_type) << self._code_type(self.bits - 1)
+        return {"norm": torch.from_numpy(norm), "bits": pack_bits(code, self.bits)}
 
     def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        field = unpack_bits(parts["bits"], self.bits, self.numel).float()
-        signed = torch.where(field >= self._sign_bit, self._sign_bit - field, field)
-        return signed.mul_(parts["norm"].float() / self.levels)
+        packed, scale = parts["bits"].numpy(), parts["norm"].float().numpy() / self.levels
+        if 8 % self.bits == 0:
+            # A table of the signed levels of every byte's codes: one look-up per byte
+            n = packed.shape[0]
+            signed = np.take(self._byte_table, packed, axis=0).reshape(n, -1)[:, : self.numel]
+            return torch.from_numpy(signed * scale)
+        code = unpack_codes(packed, self.bits, self.numel)
+        out = (code & (self._sign_bit - 1)).astype(np.float32)
+        out[code >= self._sign_bit] *= -1
+        return torch.from_numpy(out * scale)
+
+    @property
+    def _code_type(self) -> type:
+        """The smallest unsigned numpy type holding one code."""
+        return np.dtype(f"<u{_width(self.bits)}").type
+
+    @functools.cached_property
+    def _byte_table(self) -> np.ndarray:
+        """(256, 8 / bits): the signed levels of the codes one byte holds, first code first;
+        a code is l below the sign bit and -(code - sign bit) above it."""
+        codes = unpack_codes(np.arange(256, dtype=np.uint8)[:, None], self.bits, 8 // self.bits)
+        codes = codes.astype(np.int64)
+        return np.where(codes >= self._sign_bit, self._sign_bit - codes, codes).astype(np.float32)
 
     @property
     def _sign_bit(self) -> int:

@@ -13,17 +13,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distlab.transforms.base import Compressor, Part, pack_bits, packed_count, unpack_bits
+from distlab.transforms.base import Compressor, Part, pack_bits, packed_count, unpack_codes
 
 
 def sign_bits(rows: torch.Tensor) -> torch.Tensor:
     """(n, P) -> packed bits, 1 for a negative value (zero counts as positive)."""
-    return pack_bits((rows < 0).to(torch.int64), 1)
+    return pack_bits(rows.detach().numpy() < 0, 1)
 
 
-def signs(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    """Packed sign bits -> (n, P) float32 of +1 and -1."""
-    return 1.0 - 2.0 * unpack_bits(packed, 1, numel).float()
+def signs(packed: torch.Tensor, numel: int, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Packed sign bits -> (n, P) float32 of +scale and -scale (+1 and -1 without one)."""
+    negative = unpack_codes(packed, 1, numel)
+    scale = np.float32(1.0) if scale is None else scale.float().numpy()
+    # scale - 2 scale b: exactly +-scale, in two numpy passes over the row
+    out = negative.astype(np.float32)
+    out *= -2 * scale
+    out += scale
+    return torch.from_numpy(out)
 
 
 class ScaledSign(Compressor):
@@ -38,11 +44,11 @@ class ScaledSign(Compressor):
         ]
 
     def encode(self, rows: torch.Tensor, senders: np.ndarray, gen) -> dict[str, torch.Tensor]:
-        scale = rows.abs().mean(dim=1, keepdim=True)
-        return {"scale": scale, "bits": sign_bits(rows)}
+        scale = np.abs(rows.detach().numpy()).mean(axis=1, keepdims=True)
+        return {"scale": torch.from_numpy(scale), "bits": sign_bits(rows)}
 
     def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        return parts["scale"].float() * signs(parts["bits"], self.numel)
+        return signs(parts["bits"], self.numel, parts["scale"])
 
     def formula_bytes(self) -> float:
         """One bit per value and a 32-bit scale."""
