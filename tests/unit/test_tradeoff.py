@@ -216,3 +216,12 @@ def test_a_run_that_measures_no_bytes_stands_at_its_formula_total_on_the_bytes_p
     assert panels([in_process], rows[1:2]) == ["bytes"]
     write_report([write_run(tmp_path / "runs", in_process)], tmp_path / "rep")
     assert (tmp_path / "rep" / "tradeoff.png").exists()
+
+
+def test_dense_runs_that_spent_the_same_bytes_get_no_bytes_panel():
+    runs = [fake_run("sync", [0.5, 0.8], 8000, 2.0), fake_run("deadline", [0.4, 0.7], 8000, 1.0)]
+    rows = comparison_rows(runs, target=None)
+
+    assert panels(runs, rows) == ["time"]
+    runs[1]["summary"]["bytes_per_rank"]["0"]["bytes_sent"] = 1000  # now they differ
+    assert panels(runs, comparison_rows(runs, target=None)) == ["bytes", "time"]

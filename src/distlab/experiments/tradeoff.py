@@ -159,10 +159,13 @@ def legend_labels(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def panels(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
-    """'bytes' when some run has bytes and an accuracy, 'time' when some run's evals carry
-    simulated seconds; empty when neither (no figure)."""
+    """'bytes' when some run has bytes and an accuracy and the runs differ in what they
+    spent (a sweep of dense runs that all move the same bytes trades nothing off), 'time'
+    when some run's evals carry simulated seconds; empty when neither (no figure)."""
     found = []
-    if any(r["bytes_spent"] and r["final_accuracy"] is not None for r in rows):
+    spent = {r["bytes_spent"] for r in rows if r["bytes_spent"] and r["final_accuracy"] is not None}
+    varied = len(spent) > 1 or len(rows) == 1 or any(r["compressors"] for r in rows)
+    if spent and varied:
         found.append("bytes")
     if any(timed_evals(run) for run in runs):
         found.append("time")
