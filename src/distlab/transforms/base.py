@@ -65,6 +65,12 @@ class Compressor(ABC):
     def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         """The parts of n rows -> (n, P) float32 rows, what the receiver sees."""
 
+    def residual(self, rows: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What error feedback keeps of `rows` after sending `parts` (float32 parts, as the
+        receiver reads them): rows - decode(parts); a sparsifier computes it without the
+        dense decode."""
+        return rows - self.decode(parts)
+
     def formula_bytes(self) -> float:
         """The paper's size of one row's payload in bytes (default: the parts' own)."""
         return float(sum(p.nbytes for p in self.parts()))

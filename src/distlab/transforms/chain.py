@@ -71,35 +71,42 @@ class Chain:
     def roundtrip(self, rows: torch.Tensor, senders: np.ndarray) -> torch.Tensor:
         """What the receiver of these rows decodes, without packing bytes: for executors in
         one process, where the update does not travel (its bytes are `payload_bytes`)."""
-        return self._decode_parts(self._encode_parts(rows, senders))
+        decoded = self._decode_parts(self._encode_parts(rows.cpu(), senders))
+        return decoded.to(rows.device)
 
     def encode(self, rows: torch.Tensor, senders: np.ndarray) -> torch.Tensor:
         """(n, P) float32 updates of `senders` -> (n, payload_bytes) uint8 payloads."""
-        return pack(self._encode_parts(rows, senders), self.layout)
+        # compressed on the CPU, where the bytes leave from; the payload on the rows' device
+        return pack(self._encode_parts(rows.cpu(), senders), self.layout).to(rows.device)
 
     def decode(self, payload: torch.Tensor) -> torch.Tensor:
         """(n, payload_bytes) uint8 -> (n, P) float32 updates as the receiver sees them."""
-        return self._decode_parts(unpack(payload.reshape(-1, self.payload_bytes), self.layout))
+        rows = payload.cpu().reshape(-1, self.payload_bytes)
+        return self._decode_parts(unpack(rows, self.layout))
 
     def aggregate(self, mean: torch.Tensor) -> torch.Tensor:
         """The step on the mean of decoded updates (signSGD's majority vote takes its sign)."""
         return self.head.aggregate(mean)
 
     def _encode_parts(self, rows: torch.Tensor, senders: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = rows.reshape(-1, self.numel).float()
+        rows = rows.detach().reshape(-1, self.numel).float()
         senders = np.asarray(senders, dtype=np.int64).reshape(-1)
         if self.cfg.error_feedback:
-            rows = rows + self._memory_of(senders)
+            # numpy: an update's few passes cost less in its calls than in torch's
+            rows = torch.from_numpy(rows.numpy() + self._memory_of(senders).numpy())
         parts = self.head.encode(rows, senders, self.gen)
         parts = {n: (v.to(self.cast) if v.dtype == torch.float32 else v) for n, v in parts.items()}
         if self.cfg.error_feedback:
-            sent = self._decode_parts(parts)
-            self.memory[torch.from_numpy(senders)] = rows - sent
+            # what the receiver will read, less: the sent parts after their cast
+            residual = self.head.residual(rows, self._floats(parts))
+            self.memory.numpy()[senders] = residual.numpy()
         return parts
 
     def _decode_parts(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        floats = {n: (v.float() if v.dtype == self.cast else v) for n, v in parts.items()}
-        return self.head.decode(floats)
+        return self.head.decode(self._floats(parts))
+
+    def _floats(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {n: (v.float() if v.dtype == self.cast else v) for n, v in parts.items()}
 
     def _memory_of(self, senders: np.ndarray) -> torch.Tensor:
         need = int(senders.max()) + 1 if len(senders) else 0
@@ -108,7 +115,7 @@ class Chain:
             if self.memory is not None:
                 grown[: len(self.memory)] = self.memory
             self.memory = grown
-        return self.memory[torch.from_numpy(senders)]
+        return torch.from_numpy(self.memory.numpy()[senders])
 
     def state_dict(self) -> dict[str, object]:
         """Error-feedback memory, the compressor's own state and the random stream."""

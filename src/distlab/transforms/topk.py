@@ -34,6 +34,13 @@ class TopK(Compressor):
         out = values.new_zeros(values.shape[0], self.numel)
         return out.scatter_(1, parts["indices"].long(), values)
 
+    def residual(self, rows: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """rows, less the sent value at each sent coordinate (0 there unless a cast rounded it)."""
+        out = rows.numpy().copy()
+        at = np.arange(len(out))[:, None], parts["indices"].numpy()
+        out[at] -= parts["values"].float().numpy()
+        return torch.from_numpy(out)
+
     def formula_bytes(self) -> float:
         """k values and k indices of 32 bits each."""
         return 8.0 * self.k
