@@ -97,6 +97,9 @@ def test_ddp_powersgd_rank_2(mlp):
     assert dense["bytes_per_step_measured"] / power["bytes_per_step_measured"] >= 10
     # the analytic side leaves out the loss allreduce's 16 bytes a step, as dense ddp's does
     assert abs(power["bytes_per_step_measured"] - power["bytes_per_step_analytic"]) <= 16.5
+    # the ratio the summary states is the hook's own, past its dense first steps
+    assert power["compressors"] == ["powersgd"]
+    assert power["compression_ratio"] == power["powersgd_ratio"] >= 10
 
 
 def test_qsgd_levels(tmp_path):
