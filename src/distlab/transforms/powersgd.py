@@ -71,6 +71,8 @@ class PowerSgd(Compressor):
     def _warm_start(self, who: torch.Tensor, gen: torch.Generator) -> None:
         """Grow the per-sender Q to hold `who` and draw a fresh Q for first-time senders."""
         need = int(who.max()) + 1 if len(who) else 0
+        if need <= len(self.seen) and self.seen.numpy()[who.numpy()].all():
+            return  # every sender's Q is warm: the common case, a few calls
         if need > len(self.seen):
             grow = need - len(self.seen)
             self.seen = torch.cat([self.seen, torch.zeros(grow, dtype=torch.bool)])
