@@ -17,17 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
-import numpy as np
-import torch
+# One thread for the compressors' numpy (its BLAS reads these at import) as for torch's step.
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_name] = "1"
 
-from distlab.config import OptimizerConfig
-from distlab.config_sections import CompressConfig
-from distlab.models import build_model
-from distlab.training import compute_gradients, flat_grads, make_optimizer
-from distlab.transforms.chain import Chain
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from distlab.config import OptimizerConfig  # noqa: E402
+from distlab.config_sections import CompressConfig  # noqa: E402
+from distlab.models import build_model  # noqa: E402
+from distlab.training import compute_gradients, flat_grads, make_optimizer  # noqa: E402
+from distlab.transforms.chain import Chain  # noqa: E402
 
 # name -> compress settings
 KINDS = {

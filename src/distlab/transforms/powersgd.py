@@ -58,9 +58,11 @@ class PowerSgd(Compressor):
         self._warm_start(who, gen)
         # numpy on the small matrices of one update: its calls cost a fraction of torch's
         values, at, n, out = rows.detach().numpy(), who.numpy(), rows.shape[0], {}
-        for j, (offset, m, c, _) in enumerate(self.matrices):
-            matrix = values[:, offset : offset + m * c].reshape(n, m, c)
-            p = orthonormal(matrix @ self.q[j].numpy()[at])
+        matrices = [
+            values[:, offset : offset + m * c].reshape(n, m, c) for offset, m, c, _ in self.matrices
+        ]
+        products = [matrix @ self.q[j].numpy()[at] for j, matrix in enumerate(matrices)]
+        for j, (matrix, p) in enumerate(zip(matrices, orthonormal(products), strict=True)):
             q = matrix.transpose(0, 2, 1) @ p
             self.q[j].numpy()[at] = q
             out[f"p{j}"] = torch.from_numpy(p.reshape(n, -1))
@@ -107,22 +109,17 @@ class PowerSgd(Compressor):
         self.seen = state["seen"].clone()
 
 
-def orthonormal(columns: np.ndarray) -> np.ndarray:
-    """(n, m, r) -> orthonormal columns spanning the same space, the Q of a QR. For r <= 2,
-    Gram-Schmidt (exact on two columns, and a fraction of a QR's calls); where a column
-    (nearly) vanishes under it, the QR, which still gives an orthonormal Q."""
-    if columns.shape[2] > 2:
-        return np.linalg.qr(columns)[0]
-    lengths = np.sqrt(np.einsum("nmr,nmr->nr", columns, columns))[:, None]
-    if not (lengths > 0).all():
-        return np.linalg.qr(columns)[0]
-    first = columns[:, :, :1] / lengths[:, :, :1]
-    if columns.shape[2] == 1:
-        return first
-    second = columns[:, :, 1:]
-    second = second - first * np.einsum("nmr,nmr->nr", first, second)[:, None]
-    second_length = np.sqrt(np.einsum("nmr,nmr->nr", second, second))[:, None]
-    # Cancellation: a second column mostly along the first loses its digits in the difference
-    if not (second_length > 1e-3 * lengths[:, :, 1:]).all():
-        return np.linalg.qr(columns)[0]
-    return np.concatenate([first, second / second_length], axis=2)
+def orthonormal(products: list[np.ndarray]) -> list[np.ndarray]:
+    """Each (n, m, r) -> the Q of its QR, orthonormal columns spanning the same space, all
+    in one batched QR: each zero-padded to the largest m and r (a QR's first r columns
+    depend on the first r columns alone, and zero rows stay zero), then cut back."""
+    if not products:
+        return []
+    n = products[0].shape[0]
+    rows = max(p.shape[1] for p in products)
+    rank = max(p.shape[2] for p in products)
+    padded = np.zeros((n, len(products), rows, rank), dtype=np.float32)
+    for j, p in enumerate(products):
+        padded[:, j, : p.shape[1], : p.shape[2]] = p
+    q = np.linalg.qr(padded)[0]
+    return [q[:, j, : p.shape[1], : p.shape[2]] for j, p in enumerate(products)]
