@@ -221,6 +221,8 @@ def test_a_run_that_measures_no_bytes_stands_at_its_formula_total_on_the_bytes_p
 def test_dense_runs_that_spent_the_same_bytes_get_no_bytes_panel():
     runs = [fake_run("sync", [0.5, 0.8], 8000, 2.0), fake_run("deadline", [0.4, 0.7], 8000, 1.0)]
     rows = comparison_rows(runs, target=None)
+    assert panels(runs, rows) == []  # every run keeps a clock; none chose a system
+    runs[1]["config"]["system"] = {"speed": "lognormal", "deadline": 0.5}
 
     assert panels(runs, rows) == ["time"]
     runs[1]["summary"]["bytes_per_rank"]["0"]["bytes_sent"] = 1000  # now they differ

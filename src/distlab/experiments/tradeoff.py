@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, LogFormatter
 
+from distlab.config_sections import SystemConfig
 from distlab.experiments.scaling import byte_figures
 from distlab.plots import check_plot, class_colors, new_figure, save_figure
 
@@ -167,9 +168,18 @@ def panels(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
     varied = len(spent) > 1 or len(rows) == 1 or any(r["compressors"] for r in rows)
     if spent and varied:
         found.append("bytes")
-    if any(timed_evals(run) for run in runs):
+    # every run keeps a simulated clock; it is a trade-off worth a panel where some run
+    # compressed what it sent or gave its clients speeds and links of their own
+    chosen = any(r["compressors"] for r in rows) or any(set_system(run) for run in runs)
+    if chosen and any(timed_evals(run) for run in runs):
         found.append("time")
     return found
+
+
+def set_system(run: dict[str, Any]) -> bool:
+    """Whether the run's config sets a system.* key (speeds, links, a trace, a deadline)."""
+    system = (run.get("config") or {}).get("system")
+    return bool(system) and SystemConfig.model_validate(system) != SystemConfig()
 
 
 def timed_evals(run: dict[str, Any]) -> list[dict[str, Any]]:
