@@ -91,6 +91,9 @@ class CompressConfig(Frozen):
     """Keep what compression dropped and add it to the next update (Stich et al. 2018)."""
     levels: int = Field(127, ge=1)
     """QSGD: quantization levels s (127 is 8 bits with the sign, 1 is 2 bits)."""
+    bucket: int = Field(512, ge=1)
+    """QSGD: consecutive values that share one norm (the paper's experiments use 512); a
+    smaller bucket lowers the variance of coarse levels for a float32 per bucket."""
     rank: int = Field(2, ge=1)
     """PowerSGD: rank r of the low-rank approximation."""
     downlink: bool = False

@@ -55,11 +55,14 @@ def test_payload_size_is_its_parts_and_the_papers_count(kind):
 @pytest.mark.parametrize(
     ("kind", "settings", "shapes", "low", "high"),
     [
-        ("topk", {"ratio": 0.01}, [(60000,)], 50, 50.01),
-        ("randk", {"ratio": 0.01}, [(60000,)], 50, 50.01),
-        (["topk", "fp16"], {"ratio": 0.01}, [(60000,)], 66.6, 66.7),
-        ("qsgd", {"levels": 1}, LENET, 15.99, 16.0),
-        ("qsgd", {"levels": 127}, LENET, 3.99, 4.0),
+        # 32-bit values and 16-bit indices (P < 2**16): 6 bytes a kept value
+        ("topk", {"ratio": 0.01}, [(60000,)], 66.66, 66.67),
+        ("randk", {"ratio": 0.01}, [(60000,)], 66.66, 66.67),
+        (["topk", "fp16"], {"ratio": 0.01}, [(60000,)], 99.99, 100),
+        # 2 (or 8) bits a value and a 32-bit norm per bucket of 512
+        ("qsgd", {"levels": 1}, LENET, 15.5, 15.52),
+        ("qsgd", {"levels": 127}, LENET, 3.96, 3.97),
+        ("qsgd", {"levels": 1, "bucket": 10**6}, LENET, 15.99, 16.0),
         ("sign", {}, LENET, 31.97, 32.0),
         ("majority", {}, LENET, 31.99, 32.0),
         ("powersgd", {"rank": 2}, LENET, 10, 100),
@@ -222,3 +225,27 @@ def test_one_row_of_a_payload_decodes_alone():
     c = chain("qsgd")
     payload = c.encode(rows(2), [0, 1])
     assert torch.equal(c.decode(payload[1:]), c.decode(payload)[1:])
+
+
+@pytest.mark.parametrize("kind", ["topk", "randk", ["topk", "fp16"], ["randk", "bf16"]], ids=str)
+def test_sparse_residual_is_the_update_less_what_the_receiver_reads(kind):
+    c = chain(kind, error_feedback=True)
+    x = rows(3)
+    sent = c.decode(c.encode(x, np.arange(3)))
+    # the scattered residual equals the dense one, casts' rounding included
+    assert torch.allclose(c.memory, x - sent, atol=1e-7)
+    if kind in ("topk", "randk"):
+        assert torch.equal(c.memory[sent != 0], torch.zeros(int((sent != 0).sum())))
+
+
+def test_powersgd_matrices_of_other_sizes_and_ranks_in_one_qr():
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(3, 100), (100, 2), (30, 40)]
+    mats = [
+        torch.randn(2, m, 2, generator=gen) @ torch.randn(2, 2, c, generator=gen)
+        for m, c in [(3, 100), (100, 2), (30, 40)]
+    ]
+    x = torch.cat([m.reshape(2, -1) for m in mats], dim=1)
+    c = chain("powersgd", shapes, rank=3)
+    # ranks 3, 2 and 3: every rank-2 matrix comes back exactly, orthonormal factors each
+    assert torch.allclose(c.decode(c.encode(x, np.arange(2))), x, atol=1e-4)

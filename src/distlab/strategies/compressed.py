@@ -45,7 +45,9 @@ def gather_sum(
     rows = torch.stack(comm.all_gather(message)).cpu()
     size = chain.payload_bytes
     total = chain.decode(rows[:, :size]).sum(dim=0)
-    sums = rows[:, size:].contiguous().view(torch.float64).sum(dim=0)
+    # a copy: the stats follow a payload of any byte count, off a float64's alignment
+    tail = rows[:, size:].clone(memory_format=torch.contiguous_format)
+    sums = tail.view(torch.float64).sum(dim=0) if stats else torch.zeros(0, dtype=torch.float64)
     return total.to(update.device), sums
 
 

@@ -44,7 +44,8 @@ def as_bytes(values: torch.Tensor) -> torch.Tensor:
 
 
 def as_floats(payload: torch.Tensor) -> torch.Tensor:
-    return payload.contiguous().view(torch.float32)
+    # a copy: a slice after a payload of any byte count may start off a float's alignment
+    return payload.clone(memory_format=torch.contiguous_format).view(torch.float32)
 
 
 def down_chain(ctx: WorkerContext, model) -> Chain | None:

@@ -28,14 +28,19 @@ from distlab.config_sections import CompressConfig
 
 @dataclass(frozen=True)
 class Part:
-    """One named piece of a row's payload: its dtype and how many of them a row holds."""
+    """One named piece of a row's payload: its dtype and how many of them a row holds.
+    An integer part with `bits` travels packed at that many bits a value (indices into P
+    values need ceil(log2 P) bits, not 32); encode and decode still see `dtype`."""
 
     name: str
     dtype: torch.dtype
     count: int
+    bits: int | None = None
 
     @property
     def nbytes(self) -> int:
+        if self.bits is not None:
+            return packed_count(self.count, self.bits)
         return self.count * self.dtype.itemsize
 
 
@@ -92,10 +97,18 @@ def pack(parts: dict[str, torch.Tensor], layout: list[Part]) -> torch.Tensor:
     pieces = []
     for part in layout:
         value = parts[part.name]
+        if part.nbytes == 0:  # a part with nothing in it (a model without biases)
+            continue
+        if part.bits is not None:
+            pieces.append(pack_bits(value.numpy(), part.bits).numpy())
+            continue
         if value.dtype != part.dtype:
             value = value.to(part.dtype)
+        value = value.reshape(n, -1)
+        if value.stride(-1) != 1 or not value.is_contiguous():  # an expanded part is copied
+            value = torch.empty_like(value, memory_format=torch.contiguous_format).copy_(value)
         # bytes through numpy: a few cheap calls per part (bfloat16 has no numpy type, bytes do)
-        pieces.append(value.contiguous().view(torch.uint8).numpy().reshape(n, part.nbytes))
+        pieces.append(value.view(torch.uint8).numpy().reshape(n, part.nbytes))
     return torch.from_numpy(np.concatenate(pieces, axis=1))
 
 
@@ -105,8 +118,14 @@ def unpack(payload: torch.Tensor, layout: list[Part]) -> dict[str, torch.Tensor]
     for part in layout:
         # A fresh (n, bytes) copy: a slice of one row counts as contiguous but keeps the
         # payload's row stride and offset, which a view as a wider dtype refuses.
-        chunk = torch.from_numpy(array[:, at : at + part.nbytes].copy())
-        out[part.name] = chunk.view(part.dtype)
+        chunk = array[:, at : at + part.nbytes].copy()
+        if part.nbytes == 0:
+            out[part.name] = torch.zeros(len(array), part.count, dtype=part.dtype)
+        elif part.bits is not None:
+            codes = unpack_codes(chunk, part.bits, part.count)
+            out[part.name] = torch.from_numpy(codes.astype(np.int64)).to(part.dtype)
+        else:
+            out[part.name] = torch.from_numpy(chunk).view(part.dtype)
         at += part.nbytes
     return out
 
@@ -170,6 +189,11 @@ def _width(bits: int) -> int:
     if not 1 <= bits <= 63:
         raise ValueError(f"pack_bits packs 1 to 63 bits a value, not {bits}")
     return next(w for w in (1, 2, 4, 8) if bits <= 8 * w)
+
+
+def index_bits(numel: int) -> int:
+    """Bits that hold any index into `numel` values."""
+    return max(1, (numel - 1).bit_length())
 
 
 def packed_count(m: int, bits: int) -> int:

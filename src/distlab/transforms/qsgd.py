@@ -5,7 +5,9 @@ A coordinate v of a row with norm ||u|| is sent as its sign and a level l in 0..
 l = floor(s |v| / ||u||) rounded up with probability equal to the remainder, so that
 ||u|| sign(v) l / s is an unbiased estimate of v. The sign and the level share one packed
 field of 1 + ceil(log2(s + 1)) bits (levels=127: 8 bits, levels=1: 2 bits), plus one
-float32 norm per row.
+float32 norm per bucket of compress.bucket consecutive values (512 in the paper's
+experiments: the variance of the estimate grows with the square root of what one norm
+covers, which makes 2 bits over a whole model diverge).
 """
 
 from __future__ import annotations
@@ -41,9 +43,13 @@ class Qsgd(Compressor):
         """Bits of one value: the level's ceil(log2(s + 1)) and the sign's one."""
         return math.ceil(math.log2(self.levels + 1)) + 1
 
+    @property
+    def buckets(self) -> int:
+        return -(-self.numel // self.cfg.bucket)
+
     def parts(self) -> list[Part]:
         return [
-            Part("norm", torch.float32, 1),
+            Part("norm", torch.float32, self.buckets),
             Part("bits", torch.uint8, packed_count(self.numel, self.bits)),
         ]
 
@@ -52,8 +58,9 @@ class Qsgd(Compressor):
     ) -> dict[str, torch.Tensor]:
         # numpy on the (n, P) rows: one update is small, and numpy's calls cost little
         values = rows.detach().numpy()
-        norm = np.sqrt(np.einsum("ij,ij->i", values, values))[:, None].astype(np.float32)
-        scaled = np.abs(values) * (self.levels / np.where(norm > 0, norm, 1)).astype(np.float32)
+        norm = self._bucket_norms(values)
+        inverse = (self.levels / np.where(norm > 0, norm, 1)).astype(np.float32)
+        scaled = np.abs(values) * self._spread(inverse)
         # floor(x + u), u uniform in [0, 1): x rounded up with probability frac(x), unbiased
         scaled += uniform(values.shape, gen)
         np.minimum(scaled, self.levels, out=scaled)
@@ -64,7 +71,8 @@ class Qsgd(Compressor):
         return {"norm": torch.from_numpy(norm), "bits": pack_bits(code, self.bits)}
 
     def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        packed, scale = parts["bits"].numpy(), parts["norm"].float().numpy() / self.levels
+        packed = parts["bits"].numpy()
+        scale = self._spread(parts["norm"].float().numpy() / self.levels)
         if 8 % self.bits == 0:
             # A table of the signed levels of every byte's codes: one look-up per byte
             n = packed.shape[0]
@@ -74,6 +82,20 @@ class Qsgd(Compressor):
         out = (code & (self._sign_bit - 1)).astype(np.float32)
         out[code >= self._sign_bit] *= -1
         return torch.from_numpy(out * scale)
+
+    def _bucket_norms(self, values: np.ndarray) -> np.ndarray:
+        """(n, buckets) float32 L2 norms of each bucket of consecutive values."""
+        n, size = values.shape[0], self.cfg.bucket
+        padded = np.zeros((n, self.buckets * size), dtype=np.float32)
+        padded[:, : self.numel] = values
+        grouped = padded.reshape(n, self.buckets, size)
+        return np.sqrt(np.einsum("ijk,ijk->ij", grouped, grouped)).astype(np.float32)
+
+    def _spread(self, per_bucket: np.ndarray) -> np.ndarray:
+        """(n, buckets) -> (n, P): each bucket's figure on each of its values."""
+        if self.buckets == 1:
+            return per_bucket[:, :1]
+        return np.repeat(per_bucket, self.cfg.bucket, axis=1)[:, : self.numel]
 
     @property
     def _code_type(self) -> type:
@@ -94,9 +116,9 @@ class Qsgd(Compressor):
         return 1 << (self.bits - 1)
 
     def formula_bytes(self) -> float:
-        """One 32-bit norm and (1 + ceil(log2(s + 1))) bits per value (the paper's plain,
-        fixed-width encoding; its Elias coding of sparse levels is not modelled)."""
-        return 4.0 + self.numel * self.bits / 8
+        """One 32-bit norm per bucket and (1 + ceil(log2(s + 1))) bits per value (the paper's
+        plain, fixed-width encoding; its Elias coding of sparse levels is not modelled)."""
+        return 4.0 * self.buckets + self.numel * self.bits / 8
 
 
 def uniform(shape: tuple[int, ...], gen: torch.Generator) -> np.ndarray:

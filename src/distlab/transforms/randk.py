@@ -10,11 +10,11 @@ import math
 import numpy as np
 import torch
 
-from distlab.transforms.base import Compressor, Part
+from distlab.transforms.base import Compressor, Part, index_bits, packed_count
 
 
 class RandK(Compressor):
-    """k uniformly drawn coordinates of each row: k float32 values and k int32 indices."""
+    """k uniformly drawn coordinates of each row: k float32 values and k packed indices."""
 
     name = "randk"
     stochastic = True
@@ -24,7 +24,10 @@ class RandK(Compressor):
         return max(1, math.ceil(self.cfg.ratio * self.numel))
 
     def parts(self) -> list[Part]:
-        return [Part("values", torch.float32, self.k), Part("indices", torch.int32, self.k)]
+        return [
+            Part("values", torch.float32, self.k),
+            Part("indices", torch.int32, self.k, index_bits(self.numel)),
+        ]
 
     def encode(
         self, rows: torch.Tensor, senders: np.ndarray, gen: torch.Generator
@@ -64,5 +67,5 @@ class RandK(Compressor):
         return torch.from_numpy(out)
 
     def formula_bytes(self) -> float:
-        """k values and k indices of 32 bits each."""
-        return 8.0 * self.k
+        """k values of 32 bits and k indices of ceil(log2 P) bits each, in whole bytes."""
+        return 4.0 * self.k + packed_count(self.k, index_bits(self.numel))

@@ -10,11 +10,11 @@ import math
 import numpy as np
 import torch
 
-from distlab.transforms.base import Compressor, Part
+from distlab.transforms.base import Compressor, Part, index_bits, packed_count
 
 
 class TopK(Compressor):
-    """The k largest |values| of each row: k float32 values and k int32 indices."""
+    """The k largest |values| of each row: k float32 values and k packed indices."""
 
     name = "topk"
 
@@ -23,7 +23,10 @@ class TopK(Compressor):
         return max(1, math.ceil(self.cfg.ratio * self.numel))
 
     def parts(self) -> list[Part]:
-        return [Part("values", torch.float32, self.k), Part("indices", torch.int32, self.k)]
+        return [
+            Part("values", torch.float32, self.k),
+            Part("indices", torch.int32, self.k, index_bits(self.numel)),
+        ]
 
     def encode(self, rows: torch.Tensor, senders: np.ndarray, gen) -> dict[str, torch.Tensor]:
         index = torch.topk(rows.abs(), self.k, dim=1, sorted=False).indices
@@ -42,5 +45,5 @@ class TopK(Compressor):
         return torch.from_numpy(out)
 
     def formula_bytes(self) -> float:
-        """k values and k indices of 32 bits each."""
-        return 8.0 * self.k
+        """k values of 32 bits and k indices of ceil(log2 P) bits each, in whole bytes."""
+        return 4.0 * self.k + packed_count(self.k, index_bits(self.numel))
