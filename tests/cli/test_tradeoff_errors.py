@@ -73,3 +73,23 @@ def test_the_real_command_refuses_an_unknown_compressor_and_writes_nothing(tmp_p
     assert proc.returncode == 2 and proc.stdout == ""
     assert_one_line_error(proc.stderr, "unknown compressor 'top-k'", "topk")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("strategy", "why"),
+    [
+        (["--strategy", "centralized"], "one process sends nothing to compress"),
+        (["--strategy", "hogwild", "--workers", "2"], "update one model in shared memory"),
+        (["--strategy", "distill", "--workers", "2"], "soft labels (logits)"),
+        (["--strategy", "pipeline", "--workers", "2"], "activations and their gradients"),
+    ],
+)
+def test_a_strategy_that_sends_no_updates_refuses_a_compressor(tmp_path, capsys, strategy, why):
+    code, out, stderr = run_main(
+        capsys, "run", *TINY, *strategy, "--out-dir", str(tmp_path / "runs"),
+        "--set", "compress.kind=topk",
+    )  # fmt: skip
+
+    assert (code, out) == (2, "")
+    assert_one_line_error(stderr, "compress.kind=topk is not carried by strategy", why)
+    assert list(tmp_path.iterdir()) == []

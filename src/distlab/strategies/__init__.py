@@ -77,6 +77,11 @@ def check_config(cfg: RunConfig, spec: StrategySpec | None = None) -> None:
             f"{cfg.strategy.name} workers share the data through --sampler "
             "(split-batch, random or balanced)"
         )
+    if spec.no_compression and cfg.compress.names:
+        raise ValueError(
+            f"compress.kind={cfg.compress.kind} is not carried by strategy {spec.name}: "
+            f"{spec.no_compression}"
+        )
     spec.check(cfg)
     check_fault_rank(cfg, spec)
 

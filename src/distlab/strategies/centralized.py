@@ -41,4 +41,5 @@ SPEC = StrategySpec(
     check=check,
     network=None,
     no_network="one process exchanges nothing: there is no network to model",
+    no_compression="one process sends nothing to compress",
 )

@@ -324,6 +324,7 @@ SPEC = StrategySpec(
     batch_meaning=batch_meaning,
     extra_summary=distill_summary,
     network=None,
+    no_compression="its members send soft labels (logits), not model updates",
     summary_rows=(
         ("ensemble accuracy", "ensemble_accuracy"),
         ("target accuracy", "target_accuracy"),

@@ -260,4 +260,5 @@ SPEC = StrategySpec(
     launcher="shared",
     network=None,
     no_network="Hogwild shares one model in one machine's memory: no network to model",
+    no_compression="its workers update one model in shared memory and send no updates",
 )

@@ -214,6 +214,8 @@ class StrategySpec:
     network: str | None = "ring"
     no_network: str = ""
     summary_rows: tuple[tuple[str, str], ...] = ()
+    no_compression: str = ""
+    """Why the strategy carries no compress.kind ("" when it compresses what it sends)."""
     steps: Callable[[RunConfig, np.ndarray], int | None] | None = None
 
     def launcher_for(self, cfg: RunConfig) -> str:

@@ -202,6 +202,7 @@ SPEC = StrategySpec(
     extra_summary=pipeline_summary,
     network=None,
     no_network="pipeline stages pass activations, whose sizes this model does not know",
+    no_compression="its stages pass activations and their gradients, not model updates",
     summary_rows=(
         ("pipeline bubble measured", "bubble_measured"),
         ("pipeline bubble analytic", "bubble_analytic"),
