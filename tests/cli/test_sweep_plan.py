@@ -5,9 +5,17 @@ one line before anything is written."""
 from __future__ import annotations
 
 import pytest
-from tests.conftest import cli
+from tests.conftest import REPO, cli
 
-from distlab.experiments.sweep import cell_config, cell_name, expand, parse_grid, plan_sweep
+from distlab.config import build_data
+from distlab.experiments.sweep import (
+    cell_config,
+    cell_name,
+    expand,
+    parse_grid,
+    plan_sweep,
+    read_sweep_file,
+)
 
 TINY = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "1"]
 
@@ -115,3 +123,18 @@ def test_cells_of_different_process_counts_get_the_same_threads(tmp_path, monkey
     assert [c.processes for c in plan.cells] == [2, 4]
     assert [c.config["threads"] for c in plan.cells] == [2, 2]  # 8 cores // 4 processes
     assert [c.config["threads"] for c in fixed.cells] == [3, 3]  # set by hand: kept
+
+
+RECIPES = sorted((REPO / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_plans_its_cells(tmp_path, recipe):
+    """Each examples/ sweep file is a valid plan: every cell checked by the same preflight a
+    real sweep makes (configs, strategies' rules, compressors), nothing run or written."""
+    spec = read_sweep_file(recipe)
+
+    plan = plan_sweep(build_data(start=spec.get("base")), [], spec, out_dir=tmp_path)
+
+    assert len(plan.cells) >= 2
+    assert not any(tmp_path.iterdir())
