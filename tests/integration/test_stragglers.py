@@ -133,3 +133,13 @@ def test_the_command_refuses_partial_work_on_processes_and_writes_nothing(tmp_pa
     assert proc.returncode == 2 and proc.stdout == ""
     assert_one_line_error(proc.stderr, "stragglers=partial needs executor vectorized", "processes")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_round_with_partial_work_counts_the_samples_its_clients_trained(runs):
+    """The round's samples are what its clients trained: more than the clients that finished
+    in time trained alone (drop), and the summary's figure is their sum."""
+    drop, partial = kinds(runs["drop"], "round"), kinds(runs["partial"], "round")
+
+    for cut, finished in zip(partial, drop, strict=True):
+        assert finished["samples"] < cut["samples"]
+    assert runs["partial"].summary["samples"] == sum(e["samples"] for e in partial)

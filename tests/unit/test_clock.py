@@ -155,3 +155,14 @@ def test_partial_work_needs_an_executor_that_cuts_steps():
         validate_config(base(strategy={**strategy, "executor": "sequential"}, system=system))
     with pytest.raises(ValueError, match="deadline applies to federated rounds"):
         validate_config(base(strategy="allreduce", workers=2))
+
+
+def test_the_samples_a_round_trained_count_a_stragglers_cut_work():
+    clock = round_clock(deadline=1.8, mode="partial")
+    work = clock.plan(1, np.arange(4), 0.0)
+
+    # 100, 100 and 50 samples x 2 epochs in full; client 2 did one of its two epochs of 300
+    assert clock.samples_done(work, np.arange(4)) == 200 + 200 + 300 + 100
+    assert clock.samples_done(work, np.array([0, 2])) == 200 + 300  # the usable ones only
+    full = round_clock().plan(1, np.arange(4), 0.0)
+    assert round_clock().samples_done(full, np.arange(4)) == 2 * (100 + 100 + 300 + 50)

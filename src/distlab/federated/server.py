@@ -308,6 +308,14 @@ def round_fields(outcome: RoundOutcome) -> dict:
     return fields
 
 
+def round_samples(outcome: RoundOutcome, plan: RoundPlan, clock: RoundClock | None) -> int:
+    """Samples the round's usable clients trained on: their data times the local epochs,
+    less what stragglers left undone at the deadline (partial work)."""
+    if clock is None or outcome.sim is None or outcome.sim.steps is None:
+        return int(outcome.num_examples.sum()) * plan.local_epochs
+    return clock.samples_done(outcome.sim, outcome.clients)
+
+
 @dataclass
 class RoundState:
     """Where the round loop stands after a round: what a checkpoint keeps of it, and what a
@@ -358,7 +366,7 @@ def train_rounds(
         recorder.round(
             round_,
             loss=float(np.mean(outcome.losses)),
-            samples=int(outcome.num_examples.sum()) * plan.local_epochs,
+            samples=round_samples(outcome, plan, clock),
             duration=time.perf_counter() - begin,
             aggregate_seconds=round(outcome.aggregate_seconds + step_seconds, 6),
             sim_seconds=None if clock is None else clock.advance(outcome.sim_seconds),

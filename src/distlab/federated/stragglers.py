@@ -104,6 +104,19 @@ class RoundClock:
     def advance(self, seconds: float) -> float:
         return self.clock.advance(seconds)
 
+    def samples_done(self, work: Work, clients: np.ndarray) -> int:
+        """Samples `clients` (of work.clients) trained on in the attempt: all their local
+        epochs, or a straggler's budget of whole epochs and then full batches."""
+        kept = np.isin(work.clients, clients)
+        sizes = self.sizes[work.clients[kept]]
+        full = sizes * self.epochs
+        if work.steps is None:
+            return int(full.sum())
+        batch = np.maximum(sizes if self.batch is None else np.minimum(self.batch, sizes), 1)
+        per_epoch = np.maximum(-(-sizes // batch), 1)
+        epochs, rest = np.divmod(work.steps[kept], per_epoch)
+        return int(np.minimum(epochs * sizes + rest * batch, full).sum())
+
 
 def round_clock(setup: ClientSetup) -> RoundClock:
     """The round clock of a federated run: its clients' sizes and local work, the model's
