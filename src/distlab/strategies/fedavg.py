@@ -303,12 +303,16 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
         # a round's figures are the server's: every sampled client's traffic together
         "bytes_per_round_scope": "per round, all clients",
     }
+    return out | server_measured(cfg, per_rank, units)
+
+
+def server_measured(cfg, per_rank: dict, units: int) -> dict:
+    """The server Communicator's count, where every client's traffic goes through it."""
     server = per_rank.get(str(SERVER))
-    if executor_for(cfg).measured and server:
-        measured = server["bytes_sent"] + server["bytes_recv"]
-        out["bytes_total_measured"] = measured
-        out["bytes_per_round_measured"] = round(measured / units, 1)
-    return out
+    if not (executor_for(cfg).measured and server):
+        return {}
+    total = server["bytes_sent"] + server["bytes_recv"]
+    return {"bytes_total_measured": total, "bytes_per_round_measured": round(total / units, 1)}
 
 
 def extra_summary(cfg, lead: list[dict]) -> dict:

@@ -199,12 +199,7 @@ def comm_analysis(cfg, per_rank: dict, params: int, units: int) -> dict:
         "bytes_total_logical": per_round * units,
         "bytes_per_round_scope": "per aggregation, all K arrivals",
     }
-    server = per_rank.get(str(SERVER))
-    if executor_for(cfg).measured and server:
-        measured = server["bytes_sent"] + server["bytes_recv"]
-        out["bytes_total_measured"] = measured
-        out["bytes_per_round_measured"] = round(measured / units, 1)
-    return out
+    return out | fedavg.server_measured(cfg, per_rank, units)
 
 
 def extra_summary(cfg, lead: list[dict]) -> dict:

@@ -5,29 +5,18 @@ Memory": with compress.error_feedback the coordinates not drawn are kept for the
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
-from distlab.transforms.base import Compressor, Part, index_bits, packed_count
+from distlab.transforms.topk import TopK
 
 
-class RandK(Compressor):
-    """k uniformly drawn coordinates of each row: k float32 values and k packed indices."""
+class RandK(TopK):
+    """k uniformly drawn coordinates of each row: top-k's payload (k float32 values and k
+    packed indices), decode and residual, with the coordinates drawn instead of chosen."""
 
     name = "randk"
     stochastic = True
-
-    @property
-    def k(self) -> int:
-        return max(1, math.ceil(self.cfg.ratio * self.numel))
-
-    def parts(self) -> list[Part]:
-        return [
-            Part("values", torch.float32, self.k),
-            Part("indices", torch.int32, self.k, index_bits(self.numel)),
-        ]
 
     def encode(
         self, rows: torch.Tensor, senders: np.ndarray, gen: torch.Generator
@@ -53,19 +42,3 @@ class RandK(Compressor):
         # The k largest of n x P uniform keys are a uniform k-subset of each row.
         keys = torch.rand(n, p, generator=gen)
         return torch.topk(keys, k, dim=1, sorted=False).indices
-
-    def decode(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        values = parts["values"].float()
-        out = values.new_zeros(values.shape[0], self.numel)
-        return out.scatter_(1, parts["indices"].long(), values)
-
-    def residual(self, rows: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """rows, less the sent value at each sent coordinate (0 there unless a cast rounded it)."""
-        out = rows.numpy().copy()
-        at = np.arange(len(out))[:, None], parts["indices"].numpy()
-        out[at] -= parts["values"].float().numpy()
-        return torch.from_numpy(out)
-
-    def formula_bytes(self) -> float:
-        """k values of 32 bits and k indices of ceil(log2 P) bits each, in whole bytes."""
-        return 4.0 * self.k + packed_count(self.k, index_bits(self.numel))
