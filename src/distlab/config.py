@@ -28,6 +28,7 @@ from distlab.config_sections import (
     NetworkConfig,
     SystemConfig,
 )
+from distlab.config_threats import AttackConfig, PrivacyConfig, SecAggConfig
 from distlab.data.partition import PARTITION_SCHEMES, IidPartition, PartitionConfig
 from distlab.strategies import STRATEGIES, StrategyBase, check_config, params_for
 
@@ -122,6 +123,12 @@ class RunConfig(Frozen):
     """Compression of the updates workers and clients send, e.g. --set compress.kind=topk."""
     system: SystemConfig = SystemConfig()
     """Unequal client speeds and links on a simulated clock, e.g. --set system.speed=lognormal."""
+    privacy: PrivacyConfig = PrivacyConfig()
+    """Differential privacy, e.g. --set privacy.mode=central --set privacy.noise=1.0."""
+    secagg: SecAggConfig = SecAggConfig()
+    """Secure aggregation of fedavg's updates, e.g. --set secagg.enabled=true."""
+    attack: AttackConfig = AttackConfig()
+    """Attacking clients or workers, e.g. --set attack.kind=sign-flip --set attack.fraction=0.2."""
     edge: EdgeConfig = EdgeConfig()
     """Edge boards for the serial executor of the federated family."""
     tensorboard: bool = False
@@ -417,6 +424,9 @@ NESTED: dict[str, type[BaseModel]] = {
     "network": NetworkConfig,
     "compress": CompressConfig,
     "system": SystemConfig,
+    "privacy": PrivacyConfig,
+    "secagg": SecAggConfig,
+    "attack": AttackConfig,
     "edge": EdgeConfig,
 }
 

@@ -340,13 +340,15 @@ def train_rounds(
     resumed: RoundState | None = None,
     on_round_end: Callable[[RoundState], None] | None = None,
     clock: RoundClock | None = None,
+    round_fields_of: Callable[[int], dict] | None = None,
 ) -> torch.Tensor:
     """The round loop: returns the final global parameters. `new_aggregation()` gives each
     attempt at a round its own aggregation; `on_eval(round, global)` runs every
     plan.eval_every rounds (0 = every round) and after the last one; `on_round_end(state)`
     after each round and its evaluation (a checkpoint). `resumed` continues a loop after
     its checkpoint's round. On a `clock` (stragglers.py) every round event carries
-    sim_seconds, the simulated time at its end."""
+    sim_seconds, the simulated time at its end; `round_fields_of(round)` adds the update
+    seam's own figures (seam.py) to each round event."""
     server, current = ServerOptimizer(server_step), start.clone()
     every = plan.eval_every or 1
     first = 1
@@ -371,6 +373,7 @@ def train_rounds(
             aggregate_seconds=round(outcome.aggregate_seconds + step_seconds, 6),
             sim_seconds=None if clock is None else clock.advance(outcome.sim_seconds),
             **round_fields(outcome),
+            **({} if round_fields_of is None else round_fields_of(round_)),
         )
         if round_ % every == 0 or round_ == plan.rounds:
             on_eval(round_, current)

@@ -82,8 +82,31 @@ def check_config(cfg: RunConfig, spec: StrategySpec | None = None) -> None:
             f"compress.kind={cfg.compress.kind} is not carried by strategy {spec.name}: "
             f"{spec.no_compression}"
         )
+    check_threats(cfg, spec)
     spec.check(cfg)
     check_fault_rank(cfg, spec)
+
+
+def threats_on(cfg: RunConfig) -> dict[str, str]:
+    """The privacy and robustness features a run turns on: feature -> the setting."""
+    on = {}
+    if cfg.privacy.mode != "none":
+        on[cfg.privacy.mode] = f"privacy.mode={cfg.privacy.mode}"
+    if cfg.secagg.enabled:
+        on["secagg"] = "secagg.enabled=true"
+    if cfg.attack.kind != "none":
+        on["attack"] = f"attack.kind={cfg.attack.kind}"
+    return on
+
+
+def check_threats(cfg: RunConfig, spec: StrategySpec) -> None:
+    """Refuse a privacy or robustness feature the strategy does not carry, naming those
+    that carry it."""
+    for feature, setting in threats_on(cfg).items():
+        if feature not in spec.threats:
+            carriers = [n for n in STRATEGIES if feature in get_spec(n).threats]
+            where = f"strategies that carry it: {', '.join(carriers)}" if carriers else "none yet"
+            raise ValueError(f"{setting} is not carried by strategy {spec.name} ({where})")
 
 
 def check_fault_rank(cfg: RunConfig, spec: StrategySpec) -> None:

@@ -216,6 +216,10 @@ class StrategySpec:
     summary_rows: tuple[tuple[str, str], ...] = ()
     no_compression: str = ""
     """Why the strategy carries no compress.kind ("" when it compresses what it sends)."""
+    threats: frozenset[str] = frozenset()
+    """The privacy and robustness features the strategy carries: "central" and "dpsgd"
+    (privacy.mode), "secagg" (secagg.enabled) and "attack" (attack.kind); any other that a
+    run turns on is refused in one line before anything starts."""
     steps: Callable[[RunConfig, np.ndarray], int | None] | None = None
 
     def launcher_for(self, cfg: RunConfig) -> str:
