@@ -45,7 +45,7 @@ class PrivacyConfig(Frozen):
     2021, "Differentially Private Learning with Adaptive Clipping"); clip is the start."""
     quantile: float = Field(0.5, gt=0, lt=1)
     """adaptive: the target fraction of updates left unclipped, gamma."""
-    clip_lr: float = Field(0.2, gt=0)
+    clip_step: float = Field(0.2, gt=0)
     """adaptive: the geometric step of the clipping norm, eta_C."""
     count_noise: float | None = Field(None, ge=0)
     """adaptive: standard deviation of the noise on the count of unclipped updates, sigma_b;

@@ -41,6 +41,8 @@ SHARED_ROWS: tuple[tuple[str, str], ...] = (
     ("compressors", "compressors"),
     ("compression ratio", "compression_ratio"),
     ("simulated seconds", "sim_seconds"),
+    ("epsilon", "epsilon"),
+    ("attack success", "attack_success"),
 )
 LAST_ROWS: tuple[tuple[str, str], ...] = (("peak RSS MB", "peak_rss_mb"),)
 
@@ -101,6 +103,7 @@ def summarize(
     summary.update(comm_summary(cfg, spec, events, params, len(units), processes))
     summary.update(compress_summary(lead))
     summary["sim_seconds"] = sim_seconds(lead)
+    summary.update(threat_summary(cfg, lead, evals))
     summary["time_per_unit"] = time_per_unit(units, "round" if rounds else "step")
     summary.update(spec.extra_summary(cfg, lead))
     summary["environment"] = environment(events)
@@ -256,6 +259,23 @@ def compress_summary(lead: list[dict[str, Any]]) -> dict[str, Any]:
     payload, dense = event.get("payload_bytes"), event.get("dense_bytes")
     ratio = round(dense / payload, 2) if payload and dense is not None else None
     return {"compressors": event.get("compressors"), "compression_ratio": ratio}
+
+
+def threat_summary(cfg, lead: list[dict[str, Any]], evals: list[dict[str, Any]]) -> dict:
+    """Privacy and attacks: epsilon at delta after the last event that carries one (null
+    without differential privacy), the attacking clients or ranks (the `attack` phase
+    event's) and the backdoor's success rate at the last evaluation (null without one)."""
+    eps = [e["epsilon"] for e in lead if e.get("epsilon") is not None]
+    attack = next((e for e in lead if e.get("phase") == "attack"), None)
+    success = [e["attack_success"] for e in evals if e.get("attack_success") is not None]
+    return {
+        "privacy": cfg.privacy.mode,
+        "epsilon": eps[-1] if eps else None,
+        "delta": cfg.privacy.delta if cfg.privacy.mode != "none" else None,
+        "attack": cfg.attack.kind,
+        "attackers": None if attack is None else attack.get("attackers"),
+        "attack_success": success[-1] if success else None,
+    }
 
 
 def sim_seconds(lead: list[dict[str, Any]]) -> float | None:
