@@ -24,13 +24,18 @@ FIGURES = {
     "measured against the formula, and each run's total.",
     "tradeoff.png": "Final accuracy against bytes measured (log), with the Pareto front, and "
     "test accuracy against simulated seconds.",
+    "privacy.png": "Final accuracy against epsilon (log; runs without privacy at the right "
+    "edge), a line per setting, each point labelled by its noise multiplier z.",
+    "robustness.png": "Final accuracy and attack success against the fraction of attackers, "
+    "a line per aggregator, a row per attack kind.",
     "whatif.png": "Alpha-beta model of these runs on other networks: a model, not a measurement.",
 }
 TABLE_COLUMNS = (
     "run", "status", "strategy", "workers", "seed", "threads", "final_accuracy",
     "train_seconds", "samples_per_second", "baseline", "speedup", "efficiency",
     "bytes_per_step_measured", "bytes_per_step_analytic", "seconds_to_target", "compressors",
-    "compression_ratio", "bytes_measured", "sim_seconds", "sim_seconds_to_target", "flagged",
+    "compression_ratio", "bytes_measured", "sim_seconds", "sim_seconds_to_target", "epsilon",
+    "attack", "attack_fraction", "aggregator", "attack_success", "flagged",
 )  # fmt: skip
 # The repeats table: one row per config that ran several times.
 REPEAT_COLUMNS = (

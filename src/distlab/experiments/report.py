@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distlab.experiments import page, scaling, tradeoff, whatif, whatif_plot
+from distlab.experiments import page, scaling, threats, tradeoff, whatif, whatif_plot
 from distlab.experiments.baseline import (
     baseline_label,
     disturbance,
@@ -87,8 +87,10 @@ TRADEOFF_COLUMNS = {
 
 
 def console_columns(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """The console table's columns: CONSOLE_COLUMNS, then the trade-off ones some row knows."""
-    extra = {k: v for k, v in TRADEOFF_COLUMNS.items() if any(r.get(k) is not None for r in rows)}
+    """The console table's columns: CONSOLE_COLUMNS, then the trade-off, privacy and attack
+    ones some row knows."""
+    optional = {**TRADEOFF_COLUMNS, **threats.THREAT_COLUMNS}
+    extra = {k: v for k, v in optional.items() if any(r.get(k) is not None for r in rows)}
     return {**CONSOLE_COLUMNS, **extra}
 
 
@@ -254,6 +256,7 @@ def comparison_row(
             time_to_accuracy(run["events"], target) if target is not None else None
         ),
         **tradeoff.row_figures(run, target),
+        **threats.row_figures(run, runs),
     }
 
 
@@ -401,7 +404,8 @@ def make_out_dir(out: Path) -> None:
 def write_figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], out: Path) -> None:
     """curves.png; speedup.png and accuracy.png over several worker counts; communication.png
     where some run counted bytes; tradeoff.png where some run counted bytes or kept a
-    simulated clock; the runs' partition figures."""
+    simulated clock; privacy.png where some run was private; robustness.png where some run
+    was attacked; the runs' partition figures."""
     plot_curves(runs, out / "curves.png")
     labels = [r["series"] for r in rows]
     if len({r["workers"] for r in rows}) > 1:
@@ -411,6 +415,8 @@ def write_figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], out: P
     if any(scaling.byte_figures(s)["total_bytes"] for s in summaries):
         scaling.plot_communication([r["name"] for r in runs], summaries, out / "communication.png")
     tradeoff.plot_tradeoff(runs, rows, out / "tradeoff.png")
+    threats.plot_privacy(runs, out / "privacy.png")
+    threats.plot_robustness(runs, out / "robustness.png")
     write_partitions(runs, out)
 
 
