@@ -71,6 +71,9 @@ class RoundPlan:
     local_epochs: int = 1
     eval_every: int = 0
     chunk: int = CHUNK
+    poisson: bool = False
+    """Poisson sampling (central DP): each client takes part in a round with probability
+    clients_per_round / clients, so a round has any number of clients."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.needed <= self.clients_per_round <= self.clients:
@@ -132,11 +135,16 @@ class RoundOutcome:
     """Simulated seconds of the round, every attempt's together."""
 
 
-def sample_clients(seed: int, round_: int, attempt: int, clients: int, per_round: int):
-    """per_round distinct client ids, sorted, from a generator keyed by (seed, round, attempt)."""
+def sample_clients(
+    seed: int, round_: int, attempt: int, clients: int, per_round: int, poisson: bool = False
+):
+    """per_round distinct client ids, sorted, from a generator keyed by (seed, round, attempt);
+    with `poisson`, each client independently with probability per_round / clients."""
     rng = np.random.default_rng([seed, SAMPLE_STREAM, round_, attempt])
     if per_round >= clients:
         return np.arange(clients)
+    if poisson:
+        return np.flatnonzero(rng.random(clients) < per_round / clients)
     return np.sort(rng.choice(clients, size=per_round, replace=False))
 
 
@@ -202,7 +210,9 @@ def run_round(
     rejected_before: dict[int, str] = {}
     elapsed = 0.0
     for attempt in range(plan.max_retries + 1):
-        sampled = sample_clients(plan.seed, round_, attempt, plan.clients, plan.clients_per_round)
+        sampled = sample_clients(
+            plan.seed, round_, attempt, plan.clients, plan.clients_per_round, plan.poisson
+        )
         failed = draw_failures(plan.seed, round_, attempt, sampled, plan.failure_rate)
         tried = Attempt(new_aggregation())
         work = None if clock is None else clock.plan(round_, sampled[~failed], clock.now + elapsed)
