@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from distlab.strategies import byzantine
 from distlab.strategies.common import StepFn, sampler_schedule, train_epochs
 from distlab.strategies.compressed import (
     exchange_bytes,
@@ -25,7 +26,6 @@ from distlab.strategies.compressed import (
     refuse_powersgd,
 )
 from distlab.strategies.spec import (
-    StrategyBase,
     StrategySpec,
     check_data_parallel,
     data_parallel_comm,
@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
 
 
-class Params(StrategyBase):
-    """Gradient allreduce over one flattened buffer per step."""
+class Params(byzantine.RobustParams):
+    """Gradient allreduce over one flattened buffer per step (all_gather of each gradient
+    under an attack or a robust aggregator: strategies/byzantine.py)."""
 
     name: Literal["allreduce"] = "allreduce"
 
@@ -48,7 +49,10 @@ def run(ctx: WorkerContext, params: Params) -> None:
     buf = attach_flat_grads(model, extra=2)
     chain = ctx.compressor(model)
     keep = {"model": model, "optimizer": opt}
-    if chain is None:
+    if byzantine.active(ctx.cfg):
+        keep["byzantine"] = byz = byzantine.Byzantine(ctx, ctx.world)
+        step = byzantine.gathered_gradient_step(ctx, model, opt, buf, byz)
+    elif chain is None:
         step = averaged_gradient_step(ctx, model, opt, buf)
     else:
         step = compressed_gradient_step(ctx, model, opt, buf, chain)
@@ -80,6 +84,7 @@ def averaged_gradient_step(ctx: WorkerContext, model, opt, buf: torch.Tensor) ->
 def check(cfg) -> None:
     check_data_parallel(cfg)
     refuse_powersgd(cfg, "allreduce")
+    byzantine.check_robust(cfg, cfg.workers)
 
 
 def compressed_gradient_step(ctx: WorkerContext, model, opt, buf: torch.Tensor, chain) -> StepFn:
@@ -111,4 +116,11 @@ def comm_analysis(cfg, per_rank: dict, params: int, steps: int) -> dict:
     return out
 
 
-SPEC = StrategySpec("allreduce", Params, run, check=check, comm_analysis=comm_analysis)
+SPEC = StrategySpec(
+    "allreduce",
+    Params,
+    run,
+    check=check,
+    comm_analysis=comm_analysis,
+    threats=frozenset({"attack"}),
+)

@@ -17,8 +17,9 @@ from distlab.training import compute_gradients
 if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
 
-# step(x, y) -> (mean loss over the global batch, global samples) after one synchronized update
-StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[float, int]]
+# step(x, y) -> (mean loss over the global batch, global samples) after one synchronized update,
+# optionally with a dict of fields for the step event (the attackers of a Byzantine step)
+StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[float, int] | tuple[float, int, dict]]
 # batches(epoch) -> the index batches one worker walks in that epoch
 Schedule = Callable[[int], list[np.ndarray]]
 # count(steps done) -> (unit, count) that names a checkpoint taken there, or None where the
@@ -78,13 +79,15 @@ def train_epochs(
         for i in range(skip if epoch == first else 0, len(batches)):
             index = torch.from_numpy(batches[i]).to(x.device)
             start, moved = time.perf_counter(), bytes_moved(ctx)
-            loss, samples = step(x[index], y[index])
+            loss, samples, *fields = step(x[index], y[index])
             done += 1
             ctx.maybe_fault(done)
             ctx.check_loss(loss, done)
             now = sim.step(len(index), bytes_moved(ctx) - moved)
             duration = time.perf_counter() - start
-            ctx.recorder.step(done, loss, samples, duration, epoch=epoch, sim_seconds=now)
+            ctx.recorder.step(
+                done, loss, samples, duration, epoch=epoch, sim_seconds=now, **dict(*fields)
+            )
             if evaluate and cfg.eval_every and done % cfg.eval_every == 0:
                 ctx.evaluate(model, step=done, epoch=epoch)
             epoch_eval = evaluate and not cfg.eval_every and i == len(batches) - 1

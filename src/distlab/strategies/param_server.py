@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import Field
 
-from distlab.strategies import ps_compress
+from distlab.strategies import byzantine, ps_compress
 from distlab.strategies.common import Count, sampler_schedule, train_epochs
-from distlab.strategies.spec import StrategyBase, StrategySpec, check_data_parallel
+from distlab.strategies.spec import StrategySpec, check_data_parallel
 from distlab.training import (
     compute_gradients,
     flat_grads,
@@ -49,8 +49,9 @@ SERVER = 0
 TRAILER = 3
 
 
-class Params(StrategyBase):
-    """One server process plus N worker processes."""
+class Params(byzantine.RobustParams):
+    """One server process plus N worker processes (Byzantine workers and the server's
+    robust rule: strategies/byzantine.py)."""
 
     name: Literal["param-server"] = "param-server"
     mode: Literal["sync", "async"] = "sync"
@@ -69,6 +70,7 @@ def role(cfg, rank: int) -> str:
 
 def check(cfg) -> None:
     check_data_parallel(cfg)
+    byzantine.check_robust(cfg, cfg.workers)
     if cfg.strategy.max_staleness is not None and cfg.strategy.mode == "sync":
         raise ValueError("strategy.max_staleness applies to mode 'async' only (mode is 'sync')")
     if cfg.compress.downlink and "majority" in cfg.compress.names:
@@ -156,14 +158,17 @@ def serve(ctx: WorkerContext, model, params: Params) -> None:
     keep = {"model": model, "optimizer": opt}
     if link is not None:
         keep["link"] = link  # error feedback memory and the downlink's copies
+    byz = byzantine.server_view(ctx, workers, sync)
+    if byz is not None:
+        keep["byzantine"] = byz  # the steps crafted (and async: each worker's last gradient)
     first = resume_server(ctx, keep, state, total)
     for step in range(first + 1, total + 1):
         start = time.perf_counter()
         if sync:
-            loss, samples = sync_update(ctx, model, opt, workers, state, link)
-            extra = {}
+            loss, samples, *more = sync_update(ctx, model, opt, workers, state, link, byz)
+            extra = dict(*more)
         else:
-            loss, samples, extra = async_update(ctx, model, opt, params, state, link)
+            loss, samples, extra = async_update(ctx, model, opt, params, state, link, byz)
         ctx.recorder.step(
             step,
             loss,
@@ -206,38 +211,53 @@ def maybe_evaluate(ctx: WorkerContext, model, step: int, epoch_len: int) -> None
         ctx.evaluate(model, step=step, epoch=(step - 1) // epoch_len)
 
 
-def sync_update(ctx, model, opt, workers: int, state: dict, link=None) -> tuple[float, int]:
+def sync_update(ctx, model, opt, workers: int, state: dict, link=None, byz=None) -> tuple:
+    """One synchronous step: (mean loss, samples), and the step event's fields under an
+    attack or a robust rule."""
     if link is not None:
         step = ps_compress.sync_update(link, lambda grad: apply_gradient(model, opt, grad))
         state["version"] += 1
         link.reply(state["version"], list(range(1, workers + 1)))
         return step
     size = flat_params(model).numel() + TRAILER
+    if byz is not None:
+        apply = lambda grad: apply_gradient(model, opt, grad)  # noqa: E731
+        step = byzantine.server_sync(ctx.comm, size, workers, byz, apply)
+    else:
+        step = summed_update(ctx, model, opt, workers, size)
+    state["version"] += 1
+    reply = with_version(model, state["version"])
+    for dst in range(1, workers + 1):
+        ctx.comm.send(reply, dst)
+    return step
+
+
+def summed_update(ctx, model, opt, workers: int, size: int) -> tuple[float, int]:
+    """The sample-weighted mean of every worker's gradient, applied."""
     total = torch.zeros(size)
     buf = torch.empty(size)
     for src in range(1, workers + 1):
         ctx.comm.recv(buf, src)
         total += buf
     apply_gradient(model, opt, total[:-TRAILER] / total[-2])
-    state["version"] += 1
-    reply = with_version(model, state["version"])
-    for dst in range(1, workers + 1):
-        ctx.comm.send(reply, dst)
     return float(total[-3] / total[-2]), int(total[-2])
 
 
-def async_update(ctx, model, opt, params: Params, state: dict, link=None):
+def async_update(ctx, model, opt, params: Params, state: dict, link=None, byz=None):
     src, grad, trailer = receive_any(ctx, model, link)
     staleness = state["version"] - int(trailer[-1])
     stale = params.max_staleness is not None and staleness > params.max_staleness
-    if not stale:
+    fields = {}
+    if not stale and byz is not None:
+        grad, fields = byz.arrive(src - 1, grad)  # None: the rule waits for more workers
+    if not stale and grad is not None:
         apply_gradient(model, opt, grad)
         state["version"] += 1
     if link is not None:
         link.reply(state["version"], [src])
     else:
         ctx.comm.send(with_version(model, state["version"]), src)
-    extra = {"worker": src, "staleness": staleness, "dropped": stale}
+    extra = {"worker": src, "staleness": staleness, "dropped": stale, **fields}
     return float(trailer[-3] / trailer[-2]), int(trailer[-2]), extra
 
 
@@ -316,5 +336,6 @@ SPEC = StrategySpec(
     comm_analysis=comm_analysis,
     extra_summary=stale_summary,
     network="server",
+    threats=frozenset({"attack"}),
     summary_rows=(("stale gradients dropped", "stale_gradients_dropped"),),
 )
