@@ -17,23 +17,33 @@ brings the executor's own rules, launcher and summary figures.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 
+from distlab.federated.attacks import (
+    attack_success,
+    check_attack,
+    check_attack_data,
+    poison_clients,
+)
 from distlab.federated.clients import client_data, client_partition, local_spec
 from distlab.federated.compression import logical_bytes, with_chain_step, with_compression
 from distlab.federated.evaluation import local_accuracy, nanmean
 from distlab.federated.executors import ClientSetup, executor_for
 from distlab.federated.optimizers import ServerOptions, ServerStep, server_step
 from distlab.federated.personalization import personalized_accuracy
+from distlab.federated.privacy import check_central
 from distlab.federated.processes import SERVER
-from distlab.federated.seam import with_transforms
+from distlab.federated.seam import TransformedExecutor, with_transforms
+from distlab.federated.secagg import check_secagg
 from distlab.federated.server import RoundPlan, after_round, resumed_rounds, train_rounds
 from distlab.federated.stragglers import round_clock
 from distlab.federated.types import Aggregation, Updates
 from distlab.strategies.aggregate import AggregatorOptions, needed_updates, start_aggregation
 from distlab.strategies.fedavg_params import Params
+from distlab.strategies.robust import DELTA_RULES, DeltaRule, check_defense
 from distlab.strategies.spec import StrategySpec, model_fits_data
 from distlab.training import flat_params, set_flat_params
 
@@ -63,6 +73,9 @@ def check(cfg: RunConfig) -> None:
             f"strategy.clients_per_round ({p.clients_per_round}) must be <= clients ({p.clients})"
         )
     executor_for(cfg).check(cfg)
+    check_central(cfg)
+    check_attack(cfg, executor_for(cfg).name)
+    check_secagg(cfg)
     if p.algorithm == "fedsgd" and (p.local_epochs != 1 or p.local_batch not in (None, "full")):
         raise ValueError(
             "algorithm fedsgd takes one full-batch local step: local_epochs must be 1 and "
@@ -76,11 +89,7 @@ def check(cfg: RunConfig) -> None:
         raise ValueError(
             f"strategy.min_clients ({p.min_clients}) must be <= clients per round ({per_round})"
         )
-    if p.aggregator == "krum" and per_round <= 2 * p.krum_f + 2:
-        raise ValueError(
-            "aggregator krum needs clients per round > 2 * krum_f + 2 "
-            f"(got {per_round}, f={p.krum_f})"
-        )
+    check_defense(p.aggregator, p.krum_f, per_round, cfg.attack)
     if p.finetune and not p.local_test_fraction:
         raise ValueError("strategy.finetune needs strategy.local_test_fraction > 0 to test on")
     if isinstance(p.local_batch, int) and p.local_batch < 1:
@@ -90,6 +99,7 @@ def check(cfg: RunConfig) -> None:
 def check_data(cfg: RunConfig, data) -> None:
     model_fits_data(cfg, data)
     executor_for(cfg).check_data(cfg, data)
+    check_attack_data(cfg, data)
 
 
 # --- the server's rules: Params -> plan, aggregate, server step ---------------------------------
@@ -108,7 +118,11 @@ SERVER_OPTIMIZER = {
 
 
 def aggregator_options(params: Params) -> AggregatorOptions:
-    return AggregatorOptions(trim_ratio=params.trim_ratio, krum_f=params.krum_f)
+    p = params
+    return AggregatorOptions(
+        p.trim_ratio, p.krum_f, norm_bound=p.norm_bound, clip_radius=p.clip_radius,
+        clip_iters=p.clip_iters,
+    )  # fmt: skip
 
 
 def round_plan(cfg: RunConfig, params: Params) -> RoundPlan:
@@ -126,6 +140,7 @@ def round_plan(cfg: RunConfig, params: Params) -> RoundPlan:
         local_epochs=params.local_epochs,
         eval_every=cfg.eval_every or default_eval_every(params.rounds),
         chunk=params.aggregate_chunk,
+        poisson=cfg.privacy.mode == "central",
     )
 
 
@@ -135,11 +150,19 @@ def default_eval_every(rounds: int) -> int:
     return max(1, rounds // 10)
 
 
-def make_aggregation(params: Params) -> Callable[[], Aggregation]:
+def make_aggregation(params: Params, executor=None) -> Callable[[], Aggregation]:
     """A fresh aggregation of the configured rule for each attempt at a round, fed chunk by
-    chunk (the weighted mean streams; the robust rules collect every update)."""
+    chunk (the weighted mean streams; the robust rules collect every update). A rule on
+    deltas reads the round's start from `executor.base` (robust.py's DeltaRule)."""
     options = aggregator_options(params)
-    return lambda: start_aggregation(params.aggregator, options)
+    if params.aggregator not in DELTA_RULES:
+        return lambda: start_aggregation(params.aggregator, options)
+    if executor is None:
+        raise ValueError(f"aggregator {params.aggregator} needs the round's start (an executor)")
+    new_inner = lambda center: start_aggregation(  # noqa: E731
+        params.aggregator, replace(options, clip_center=center)
+    )
+    return DeltaRule(new_inner, lambda: executor.base)
 
 
 def make_aggregate(params: Params) -> Callable[[Updates], torch.Tensor]:
@@ -179,14 +202,18 @@ def run(ctx: WorkerContext, params: Params) -> None:
 def client_setup(ctx: WorkerContext, params: Params) -> ClientSetup:
     """This rank's clients, model and executor: the one place a rank resolves its executor."""
     model, spec, kind = ctx.build_model(), local_spec(ctx.cfg), executor_for(ctx.cfg)
-    return ClientSetup(ctx, model, client_data(ctx, params), spec, kind)
+    clients = client_data(ctx, params)
+    poison_clients(ctx, clients)  # a data attack: the attackers' samples, on every rank
+    return ClientSetup(ctx, model, clients, spec, kind)
 
 
 def serve(setup: ClientSetup, params: Params, on_eval) -> torch.Tensor:
     """The server's rounds on the configured executor; returns the final global parameters."""
     ctx = setup.ctx
     executor = with_compression(setup, setup.kind.start(setup))
-    new_aggregation = with_chain_step(make_aggregation(params), executor)
+    if params.aggregator in DELTA_RULES:
+        executor = TransformedExecutor(executor, [])  # keeps the round's start in .base
+    new_aggregation = with_chain_step(make_aggregation(params, executor), executor)
     executor, new_aggregation, fields = with_transforms(setup, executor, new_aggregation)
     try:
         return train_rounds(
@@ -223,6 +250,9 @@ def make_evaluator(setup: ClientSetup, params: Params):
                 setup.trainer, current, clients, params.finetune, ctx.cfg.seed
             )
             extra["personalized_accuracy"] = nanmean(acc)
+        success = attack_success(model, ctx)
+        if success is not None:
+            extra["attack_success"] = success
         ctx.evaluate(model, round=round_, **extra)
 
     return on_eval
@@ -284,4 +314,5 @@ SPEC = StrategySpec(
         ("bytes/round measured", "bytes_per_round_measured"),
     ),
     check_data=check_data,
+    threats=frozenset({"attack", "secagg", "central"}),
 )
