@@ -48,15 +48,24 @@ def test_the_mean_without_an_attack_is_the_plain_run(tmp_path, clean):
     assert clean.summary["attackers"] is None
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_param_server_with_a_byzantine_worker_and_the_median(tmp_path, mode):
+# async: the median runs on each worker's last gradient, older ones among them, at every
+# arrival, so it gives up more than in a synchronous step
+@pytest.mark.parametrize(("mode", "slack"), [("sync", 0.05), ("async", 0.1)])
+def test_param_server_with_a_byzantine_worker_and_the_median(tmp_path, mode, slack):
     strategy = {"name": "param-server", "mode": mode}
     clean = run_small(tmp_path / "c", strategy=strategy, workers=3, **MNIST)
     attacked = run_small(tmp_path / "m", strategy=strategy, workers=3, attack=FLIP, **MNIST)
     robust = {**strategy, "aggregator": "median"}
     held = run_small(tmp_path / "r", strategy=robust, workers=3, attack=FLIP, **MNIST)
     base = clean.summary["final_accuracy"]
-    assert attacked.summary["final_accuracy"] < base - 0.3
-    assert held.summary["final_accuracy"] >= base - 0.05
+    accuracies = (base, attacked.summary["final_accuracy"], held.summary["final_accuracy"])
+    assert accuracies[1] < base - 0.3, accuracies
+    assert accuracies[2] >= base - slack, accuracies
     # the server's ranks are 1..3: the attacker is a worker rank
     assert held.summary["attackers"][0] in (1, 2, 3)
+
+
+def test_label_flipping_workers_train_on_flipped_labels(tmp_path, clean):
+    flipped = allreduce(tmp_path, attack={"kind": "label-flip", "fraction": 0.5})
+    assert len(flipped.summary["attackers"]) == 2
+    assert flipped.summary["final_accuracy"] < clean.summary["final_accuracy"] - 0.2

@@ -42,6 +42,11 @@ if TYPE_CHECKING:
     from distlab.runtime.context import WorkerContext
 
 
+# The attacks data-parallel workers carry: every model attack, and label flipping of an
+# attacker's batches (y -> C - 1 - y, as data/poison.py does to a client's partition).
+CARRIED = (*MODEL_ATTACKS, "label-flip")
+
+
 class RobustParams(StrategyBase):
     """The combination rule of a data-parallel strategy's gradients."""
 
@@ -77,10 +82,10 @@ def check_robust(cfg, workers: int) -> None:
         )
     if attack.kind == "none":
         return
-    if attack.kind not in MODEL_ATTACKS:
+    if attack.kind not in CARRIED:
         raise ValueError(
             f"attack.kind={attack.kind} is not carried by {params.name} (allowed: "
-            f"{', '.join(MODEL_ATTACKS)}): its workers train on shared data, not a partition"
+            f"{', '.join(CARRIED)}): a backdoor's success is measured by fedavg's evaluation"
         )
     if len(draw_attackers(workers, attack.fraction, 0)) == 0:
         raise ValueError(
@@ -108,6 +113,8 @@ class Byzantine:
         self.first_rank = first_rank
         self.attackers = [int(w) + first_rank for w in drawn]  # as ranks
         self.settings = AttackSettings.of(attack)
+        self.crafts = attack.kind in MODEL_ATTACKS
+        self.classes = ctx.data.classes
         self.start = attack.start
         self.rule, self.options = cfg.strategy.aggregator, options(cfg.strategy)
         self.steps = 0
@@ -130,6 +137,12 @@ class Byzantine:
     def attacking(self, step: int) -> bool:
         return bool(self.attackers) and step >= self.start
 
+    def labels(self, worker: int, y: torch.Tensor, step: int) -> torch.Tensor:
+        """The labels `worker` trains on in `step`: flipped where it flips them."""
+        if self.crafts or not self.attacking(step) or not bool(self.mask[worker]):
+            return y
+        return self.classes - 1 - y
+
     def generator(self, step: int) -> torch.Generator:
         state = np.random.SeedSequence([self.seed, step]).generate_state(1)[0]
         return torch.Generator().manual_seed(int(state))
@@ -141,7 +154,8 @@ class Byzantine:
         self.steps += 1
         fields = {}
         if self.attacking(self.steps):
-            rows = craft(rows, self.mask, self.settings, self.generator(self.steps))
+            if self.crafts:
+                rows = craft(rows, self.mask, self.settings, self.generator(self.steps))
             fields["attackers"] = self.attackers
         return self.aggregate(rows, counts), fields
 
@@ -170,17 +184,22 @@ class Arrivals:
         self.byz.steps = int(state["steps"])
         self.last = {int(w): g for w, g in state["last"].items()}
 
+    def crafted(self, worker: int, grad: torch.Tensor) -> torch.Tensor:
+        """An arriving attacker's gradient, crafted among the last honest ones seen."""
+        byz = self.byz
+        honest = [g for w, g in sorted(self.last.items()) if not bool(byz.mask[w])]
+        rows = torch.stack([*honest, grad])
+        mask = torch.zeros(len(rows), dtype=torch.bool)
+        mask[-1] = True
+        return craft(rows, mask, byz.settings, byz.generator(byz.steps))[-1]
+
     def arrive(self, worker: int, grad: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
         """The gradient to apply after `worker`'s arrives (None: not yet) and the fields."""
         byz = self.byz
         byz.steps += 1
         fields = {}
         if byz.attacking(byz.steps) and bool(byz.mask[worker]):
-            honest = [g for w, g in sorted(self.last.items()) if not bool(byz.mask[w])]
-            rows = torch.stack([*honest, grad])
-            mask = torch.zeros(len(rows), dtype=torch.bool)
-            mask[-1] = True
-            grad = craft(rows, mask, byz.settings, byz.generator(byz.steps))[-1]
+            grad = self.crafted(worker, grad) if byz.crafts else grad
             fields["attackers"] = [worker + byz.first_rank]
         self.last[worker] = grad
         if byz.rule == "mean":
@@ -200,7 +219,7 @@ def gathered_gradient_step(ctx: WorkerContext, model, opt, buf: torch.Tensor, by
     grads = buf[:-2]
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, dict]:
-        loss = compute_gradients(model, x, y)
+        loss = compute_gradients(model, x, byz.labels(ctx.rank, y, byz.steps + 1))
         n = float(len(y))
         buf[-2], buf[-1] = loss * n, n
         rows = torch.stack(ctx.comm.all_gather(buf.detach().clone())).cpu()
@@ -238,3 +257,12 @@ def server_sync(comm, size: int, workers: int, byz: Byzantine, apply) -> tuple[f
     grad, fields = byz.combine(stacked[:, :-3] / counts[:, None], counts.double().numpy())
     apply(grad)
     return float(stacked[:, -3].sum() / counts.sum()), int(counts.sum()), fields
+
+
+def worker_labels(ctx: WorkerContext, workers: int):
+    """A param-server worker's labels: flipped from its own step attack.start on where it
+    flips them (labels(y, step)); the server crafts every model attack."""
+    if ctx.cfg.attack.kind != "label-flip" or not ctx.cfg.attack.on:
+        return lambda y, step: y
+    byz = Byzantine(ctx, workers, first_rank=1)
+    return lambda y, step: byz.labels(ctx.rank - 1, y, step)

@@ -112,9 +112,10 @@ def work(ctx: WorkerContext, model, params: Params) -> None:
     count = cut_count(ctx.world - 1, params)
     chain = ctx.compressor(model)
     link = None if chain is None else ps_compress.WorkerLink(ctx, model, chain)
+    labels = byzantine.worker_labels(ctx, ctx.world - 1)  # flipped where it flips them
 
     def step(x, y):
-        loss = compute_gradients(model, x, y)
+        loss = compute_gradients(model, x, labels(y, copy.steps + 1))
         n = float(len(y))
         if link is not None:
             link.send(flat_grads(model), loss, n, copy.version)
