@@ -109,14 +109,16 @@ def test_aggregator_table_passes_each_rule_its_options():
 
     out = {name: rule(updates, counts, options).tolist() for name, rule in AGGREGATORS.items()}
 
-    # mean 103 / 4; median of 1 and 2; trimmed: drop 0 and 100; krum: 1 is nearest to 0, 2
-    assert out == {"mean": [25.75], "median": [1.5], "trimmed-mean": [1.5], "krum": [1.0]}
+    # mean 103 / 4; median of 1 and 2; trimmed: drop 0 and 100; krum: 1 is nearest to 0, 2;
+    # bulyan with f=0 keeps all four; clipping to norm 1 (around 0) leaves 0, 1, 1, 1
+    assert out == {"mean": [25.75], "median": [1.5], "trimmed-mean": [1.5], "krum": [1.0],
+                   "bulyan": [25.75], "centered-clip": [0.75], "norm-bound": [0.75]}  # fmt: skip
 
 
-def test_needed_updates_is_more_than_2f_plus_2_for_krum_only():
+def test_needed_updates_is_more_than_2f_plus_2_for_krum_and_4f_plus_3_for_bulyan():
     options = AggregatorOptions(krum_f=2)
 
-    assert [needed_updates(name, options) for name in AGGREGATORS] == [1, 1, 1, 7]
+    assert [needed_updates(name, options) for name in AGGREGATORS] == [1, 1, 1, 7, 11, 1, 1]
 
 
 def test_unknown_aggregator_names_the_allowed_ones():
@@ -180,9 +182,10 @@ def test_rules_that_need_every_update_collect_the_chunks(name):
     assert torch.equal(streamed, AGGREGATORS[name](updates, counts, options))
 
 
-def test_only_the_mean_streams():
+def test_the_mean_and_the_rules_on_deltas_stream():
     options = AggregatorOptions()
-    kinds = {name: type(start_aggregation(name, options)) for name in AGGREGATORS}
+    kinds = {name: type(start_aggregation(name, options)).__name__ for name in AGGREGATORS}
 
-    assert kinds == {"mean": StreamingMean, "median": Collected, "trimmed-mean": Collected,
-                     "krum": Collected}  # fmt: skip
+    assert kinds == {"mean": "StreamingMean", "median": "Collected", "trimmed-mean": "Collected",
+                     "krum": "Collected", "bulyan": "Collected",
+                     "centered-clip": "CenteredClipping", "norm-bound": "NormBounding"}  # fmt: skip

@@ -19,10 +19,12 @@ their memory still grows with the clients of a round.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from distlab.strategies import robust
 
 ClientVectors = torch.Tensor | Sequence[torch.Tensor] | Sequence[np.ndarray]
 
@@ -128,6 +130,11 @@ class AggregatorOptions:
     trim_ratio: float = 0.1
     krum_f: int = 0
     krum_m: int = 1
+    norm_bound: float = 1.0
+    clip_radius: float = 1.0
+    clip_iters: int = 1
+    clip_center: torch.Tensor | None = field(default=None, compare=False)
+    """Centered clipping's centre (the previous round's aggregate delta; None = 0)."""
 
 
 Aggregator = Callable[[ClientVectors, Sequence[float], AggregatorOptions], torch.Tensor]
@@ -137,6 +144,13 @@ AGGREGATORS: dict[str, Aggregator] = {
     "median": lambda updates, counts, options: median(updates, counts),
     "trimmed-mean": lambda updates, counts, o: trimmed_mean(updates, counts, o.trim_ratio),
     "krum": lambda updates, counts, o: krum(updates, counts, o.krum_f, o.krum_m),
+    "bulyan": lambda updates, counts, o: robust.bulyan(stack_updates(updates), counts, o.krum_f),
+    "centered-clip": lambda updates, counts, o: robust.centered_clip(
+        stack_updates(updates), counts, o.clip_radius, o.clip_iters, o.clip_center
+    ),
+    "norm-bound": lambda updates, counts, o: robust.norm_bound(
+        stack_updates(updates), counts, o.norm_bound
+    ),
 }
 
 
@@ -193,16 +207,21 @@ class Collected:
         return self.rule(stacked, np.concatenate(self.counts))
 
 
-# The rules with a chunked form; every other one collects its chunks.
-STREAMING = {"mean": StreamingMean}
+# The rules with a chunked form, made from the options; every other one collects its chunks
+# (centered clipping keeps them itself when it makes more than one iteration).
+STREAMING = {
+    "mean": lambda options: StreamingMean(),
+    "norm-bound": lambda o: robust.NormBounding(o.norm_bound),
+    "centered-clip": lambda o: robust.CenteredClipping(o.clip_radius, o.clip_iters, o.clip_center),
+}
 
 
-def start_aggregation(name: str, options: AggregatorOptions) -> StreamingMean | Collected:
+def start_aggregation(name: str, options: AggregatorOptions):
     """A fresh aggregation of one round under rule `name`, fed with `add(updates,
     num_examples)` per chunk and read with `result()`."""
     rule = get_aggregator(name)
     if name in STREAMING:
-        return STREAMING[name]()
+        return STREAMING[name](options)
     return Collected(lambda updates, counts: rule(updates, counts, options))
 
 
@@ -213,11 +232,12 @@ def get_aggregator(name: str) -> Aggregator:
 
 
 def needed_updates(name: str, options: AggregatorOptions) -> int:
-    """The fewest updates rule `name` is defined on: Krum needs more than 2f + 2.
+    """The fewest updates rule `name` is defined on: Krum needs more than 2f + 2, Bulyan at
+    least 4f + 3.
 
     >>> options = AggregatorOptions(krum_f=1)
     >>> needed_updates("krum", options), needed_updates("mean", options)
     (5, 1)
     """
     get_aggregator(name)
-    return 2 * options.krum_f + 3 if name == "krum" else 1
+    return robust.fewest_clients(name, options.krum_f)

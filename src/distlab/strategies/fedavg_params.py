@@ -37,13 +37,17 @@ class Params(StrategyBase):
     ] = "fedavg"
     """fedavg, fedsgd (one full-batch local step), fedprox (proximal term mu), fedavgm
     (server momentum), fedadam, fedadagrad or fedyogi (adaptive server optimizers)."""
-    aggregator: Literal["mean", "median", "trimmed-mean", "krum"] = "mean"
+    aggregator: Literal[
+        "mean", "median", "trimmed-mean", "krum", "bulyan", "centered-clip", "norm-bound"
+    ] = "mean"
     """How client models are combined: sample-weighted mean, coordinate-wise median,
-    coordinate-wise trimmed mean, or Krum."""
+    coordinate-wise trimmed mean, Krum, Bulyan, centered clipping of the deltas around the
+    last round's aggregate delta, or the weighted mean of norm-bounded deltas."""
     aggregate_chunk: int = Field(CHUNK, ge=1)
     """Clients a round trains and folds into the aggregate at a time: the mean streams, so a
-    round's memory grows with this, not with clients_per_round (median, trimmed-mean and
-    krum keep every update of the round anyway). A round of one chunk is exact; with more,
+    round's memory grows with this, not with clients_per_round (median, trimmed-mean, krum
+    and bulyan keep every update of the round anyway; norm-bound streams, and centered-clip
+    with clip_iters 1). A round of one chunk is exact; with more,
     the mean equals the one-shot mean up to float rounding. Under the processes executor a
     chunk's clients mostly sit on few hosts, so a chunk smaller than a round trains less in
     parallel."""
@@ -62,7 +66,16 @@ class Params(StrategyBase):
     trim_ratio: float = Field(0.1, ge=0, lt=0.5)
     """Trimmed mean: fraction of largest and of smallest values dropped per coordinate."""
     krum_f: int = Field(0, ge=0)
-    """Krum: number of Byzantine clients tolerated; needs more than 2f + 2 updates."""
+    """Krum and Bulyan: number of Byzantine clients tolerated; Krum needs more than 2f + 2
+    updates, Bulyan at least 4f + 3."""
+    norm_bound: float = Field(1.0, gt=0)
+    """Norm bounding (Sun et al. 2019): each client's delta is scaled to norm <= M."""
+    clip_radius: float = Field(1.0, gt=0)
+    """Centered clipping (Karimireddy et al. 2021): the radius tau of each delta's clipping
+    around the centre."""
+    clip_iters: int = Field(1, ge=1)
+    """Centered clipping: iterations L (1 streams chunk by chunk; more keep the round's
+    updates)."""
     client_failure_rate: float = Field(0.0, ge=0, lt=1)
     """Probability that a sampled client drops out of a round (seeded)."""
     min_clients: int = Field(1, ge=1)
