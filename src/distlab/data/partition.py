@@ -86,6 +86,8 @@ class Partition:
     config: _Scheme | None = None
     holder: str = "client"
     source: str | None = None
+    attackers: list[int] | None = None
+    """The parts whose holders attack the run (attack.*); None when no attack is on."""
 
     @property
     def sizes(self) -> list[int]:

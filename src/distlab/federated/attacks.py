@@ -11,17 +11,20 @@ distlab builds the clients' data (vectorized, sequential, processes).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from distlab.data.poison import poison, trigger_value, triggered
+from distlab.federated.clients import client_partition
 from distlab.federated.seam import RoundTransform
 from distlab.transforms.attacks import AttackSettings, craft, draw_attackers
 
 if TYPE_CHECKING:
     from distlab.config import RunConfig
+    from distlab.data.partition import Partition
     from distlab.federated.clients import ClientData
     from distlab.federated.executors import ClientSetup
     from distlab.federated.types import Aggregation, Updates
@@ -41,6 +44,15 @@ def run_attackers(cfg: RunConfig) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     seed = a.seed if a.seed is not None else cfg.seed
     return draw_attackers(cfg.strategy.clients, a.fraction, seed)
+
+
+def attacked_partition(cfg: RunConfig, labels: np.ndarray) -> Partition:
+    """The clients' partition (clients.py), with the attacking clients named when an attack
+    is on: partition.json records who attacks."""
+    parts = client_partition(cfg, labels)
+    if not cfg.attack.on:
+        return parts
+    return dataclasses.replace(parts, attackers=run_attackers(cfg).tolist())
 
 
 def check_attack(cfg: RunConfig, executor: str) -> None:

@@ -307,6 +307,7 @@ def partition_record(p: Partition) -> dict[str, Any]:
         "sizes": [int(s) for s in p.sizes],
         "counts": np.asarray(p.counts).astype(int).tolist(),
         "metrics": partition_metrics(p),
+        **({} if p.attackers is None else {"attackers": p.attackers}),
     }
 
 

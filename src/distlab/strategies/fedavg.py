@@ -24,11 +24,12 @@ import torch
 
 from distlab.federated.attacks import (
     attack_success,
+    attacked_partition,
     check_attack,
     check_attack_data,
     poison_clients,
 )
-from distlab.federated.clients import client_data, client_partition, local_spec
+from distlab.federated.clients import client_data, local_spec
 from distlab.federated.compression import logical_bytes, with_chain_step, with_compression
 from distlab.federated.evaluation import local_accuracy, nanmean
 from distlab.federated.executors import ClientSetup, executor_for
@@ -300,7 +301,7 @@ SPEC = StrategySpec(
     processes=processes,
     role=role,
     check=check,
-    data_partition=client_partition,
+    data_partition=attacked_partition,
     comm_analysis=comm_analysis,
     batch_meaning=batch_meaning,
     extra_summary=extra_summary,
