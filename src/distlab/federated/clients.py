@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from distlab.data.partition import partition
+from distlab.federated.private_local import LocalPrivacy, local_privacy, private_step
 from distlab.training import compute_gradients, flat_params, make_optimizer, set_flat_params
 
 if TYPE_CHECKING:
@@ -94,12 +95,14 @@ def client_batches(
 
 @dataclass
 class LocalSpec:
-    """How clients train locally: optimizer, batch, epochs and FedProx's mu."""
+    """How clients train locally: optimizer, batch, epochs, FedProx's mu and DP-SGD's
+    clipping and noise (federated/private_local.py; None = plain gradients)."""
 
     optimizer: object
     batch: int | None
     epochs: int
     mu: float = 0.0
+    dp: LocalPrivacy | None = None
 
 
 def local_spec(cfg: RunConfig) -> LocalSpec:
@@ -110,9 +113,8 @@ def local_spec(cfg: RunConfig) -> LocalSpec:
         batch = None
     else:
         batch = p.local_batch or cfg.batch_size
-    return LocalSpec(
-        cfg.optimizer, batch, p.local_epochs, p.mu if p.algorithm == "fedprox" else 0.0
-    )
+    mu = p.mu if p.algorithm == "fedprox" else 0.0
+    return LocalSpec(cfg.optimizer, batch, p.local_epochs, mu, local_privacy(cfg))
 
 
 def train_client(
@@ -122,10 +124,13 @@ def train_client(
     y: torch.Tensor,
     batches: list[np.ndarray],
     spec: LocalSpec,
+    noise: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Local training from the global parameters `start` with a fresh optimizer; FedProx adds
     mu * (w - w_global) to every gradient (Li et al. 2020, "Federated Optimization in
-    Heterogeneous Networks"). Returns the new flat parameters and the per-step losses."""
+    Heterogeneous Networks"); with spec.dp each gradient is DP-SGD's, its noise drawn from
+    `noise` (private_local.noise_generator). Returns the new flat parameters and the
+    per-step losses."""
     set_flat_params(model, start.clone())  # the model's parameters become views of this copy
     model.train()
     opt = make_optimizer(model.parameters(), spec.optimizer)
@@ -133,7 +138,10 @@ def train_client(
     losses = []
     for idx in batches:
         index = torch.from_numpy(idx)
-        losses.append(compute_gradients(model, x[index], y[index]))
+        if spec.dp is None:
+            losses.append(compute_gradients(model, x[index], y[index]))
+        else:
+            losses.append(private_step(model, spec.dp, x[index], y[index], noise))
         for p, a in zip(model.parameters() if spec.mu else [], anchor, strict=False):
             p.grad.add_(p.detach() - a, alpha=spec.mu)
         opt.step()

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 FACTORIES = (
     "distlab.federated.attacks:make_attack",
     "distlab.federated.privacy:make_central_privacy",
+    "distlab.federated.private_local:make_local_privacy",
     "distlab.federated.secagg:make_secagg",
 )
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from distlab.federated.clients import ClientData, LocalSpec, client_batches, train_client
+from distlab.federated.private_local import noise_generator
 from distlab.federated.types import Layout, Updates
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ class SequentialExecutor:
         for i, client in enumerate(clients.tolist()):
             own = self.data.train[client]
             batches = client_batches(own, spec.batch, spec.epochs, self.seed, round_, client)
-            rows[i], steps = train_client(self.model, start, self.x, self.y, batches, spec)
+            noise = None if spec.dp is None else noise_generator(self.seed, round_, client)
+            rows[i], steps = train_client(self.model, start, self.x, self.y, batches, spec, noise)
             losses[i] = np.mean(steps) if steps else np.nan
         sizes = self.data.sizes[clients]
         return Updates(clients, rows, sizes, {"loss": losses}, self.layout)

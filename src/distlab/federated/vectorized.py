@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from distlab.federated.clients import ClientData, LocalSpec, client_batches
+from distlab.federated.private_local import noise_generator, private_grads
 from distlab.federated.stragglers import cut_schedules
 from distlab.federated.types import Layout, Updates
 
@@ -234,16 +235,18 @@ class VectorTrainer:
         return ((logits.argmax(-1) == y) & real).sum(1).numpy()
 
     def train(
-        self, start: torch.Tensor, schedules: list[list[np.ndarray]]
+        self, start: torch.Tensor, schedules: list[list[np.ndarray]], noise: list | None = None
     ) -> tuple[torch.Tensor, np.ndarray]:
         """Each schedule is one client's list of batch indices; returns (clients, P) final
-        parameters and each client's mean step loss (NaN for a client with no steps)."""
+        parameters and each client's mean step loss (NaN for a client with no steps).
+        `noise`: each client's generator of DP-SGD noise when spec.dp is set."""
         self.model.train()
         if self.twin is not None:
             self.twin.train()  # once a call, not every step: it walks every module
         params, losses = [], []
         for lo in range(0, len(schedules), CHUNK):
-            p, loss = self.train_chunk(start, schedules[lo : lo + CHUNK])
+            gens = None if noise is None else noise[lo : lo + CHUNK]
+            p, loss = self.train_chunk(start, schedules[lo : lo + CHUNK], gens)
             params.append(p)
             losses.append(loss)
         if not params:
@@ -252,7 +255,7 @@ class VectorTrainer:
             return params[0], losses[0]
         return torch.cat(params), np.concatenate(losses)
 
-    def train_chunk(self, start: torch.Tensor, schedules: list[list[np.ndarray]]):
+    def train_chunk(self, start: torch.Tensor, schedules: list[list[np.ndarray]], noise=None):
         index, weight = pad_schedules(schedules)
         clients = len(schedules)
         ys, ws = self.y[torch.from_numpy(index)], torch.from_numpy(weight)
@@ -263,11 +266,17 @@ class VectorTrainer:
         # place, outside autograd, and every step's graph starts from them.
         named = {n: v.requires_grad_() for n, v in self.unstack(params).items()}
         leaves = list(named.values())
-        logits_at = self.step_logits(named, index)
+        logits_at = self.step_logits(named, index) if self.spec.dp is None else None
         state: dict[str, torch.Tensor] = {}
         losses = []
         for t in range(index.shape[0]):
-            grads, loss = self.step_grad(leaves, logits_at(t), ys[t], ws[t])
+            if logits_at is None:  # DP-SGD: per-sample gradients of every client at once
+                x = self.x[torch.from_numpy(index[t])]
+                real = (ws[t] > 0).float()
+                values = {n: v.detach() for n, v in named.items()}
+                grads, loss = private_grads(self.model, values, x, ys[t], real, self.spec.dp, noise)
+            else:
+                grads, loss = self.step_grad(leaves, logits_at(t), ys[t], ws[t])
             mask = None if active[t].all() else torch.from_numpy(active[t]).unsqueeze(1)
             with torch.no_grad():
                 self.apply_update(params, leaves, grads, origin, state, mask, t + 1)
@@ -369,12 +378,15 @@ class VectorExecutor:
     ) -> Updates:
         """`steps`: each client's local step budget (partial work), None = all its steps."""
         spec = self.trainer.spec
+        noise = None
+        if spec.dp is not None:
+            noise = [noise_generator(self.seed, round_, int(c)) for c in clients]
         schedules = [
             client_batches(self.data.train[c], spec.batch, spec.epochs, self.seed, round_, c)
             for c in clients
         ]
         schedules = cut_schedules(schedules, steps)
-        params, losses = self.trainer.train(start, schedules)
+        params, losses = self.trainer.train(start, schedules, noise)
         return Updates(clients, params, self.sizes[clients], {"loss": losses}, self.layout)
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from distlab import dpsgd
 from distlab.strategies import byzantine
 from distlab.strategies.common import StepFn, sampler_schedule, train_epochs
 from distlab.strategies.compressed import (
@@ -49,6 +50,9 @@ def run(ctx: WorkerContext, params: Params) -> None:
     buf = attach_flat_grads(model, extra=2)
     chain = ctx.compressor(model)
     keep = {"model": model, "optimizer": opt}
+    if ctx.cfg.privacy.mode == "dpsgd":  # clipped sums all-reduced, noise added once
+        step, schedule, keep = dpsgd.allreduce(ctx, model, opt)
+        return train_epochs(ctx, model, step, schedule, keep=keep)
     if byzantine.active(ctx.cfg):
         keep["byzantine"] = byz = byzantine.Byzantine(ctx, ctx.world)
         step = byzantine.gathered_gradient_step(ctx, model, opt, buf, byz)
@@ -122,5 +126,6 @@ SPEC = StrategySpec(
     run,
     check=check,
     comm_analysis=comm_analysis,
-    threats=frozenset({"attack"}),
+    check_data=dpsgd.check_data,
+    threats=frozenset({"attack", "dpsgd"}),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from distlab import dpsgd
 from distlab.strategies.common import local_step, sampler_schedule, train_epochs
 from distlab.strategies.spec import StrategyBase, StrategySpec, single_process
 from distlab.training import make_optimizer
@@ -30,7 +31,10 @@ def run(ctx: WorkerContext, params: Params) -> None:
     model = ctx.build_model()
     opt = make_optimizer(model.parameters(), ctx.cfg.optimizer)
     keep = {"model": model, "optimizer": opt}
-    train_epochs(ctx, model, local_step(model, opt), sampler_schedule(ctx, 0, 1), keep=keep)
+    step, schedule = local_step(model, opt), sampler_schedule(ctx, 0, 1)
+    if ctx.cfg.privacy.mode == "dpsgd":  # Opacus's per-sample clipping, noise and sampling
+        step, schedule, keep = dpsgd.centralized(ctx, model, opt)
+    train_epochs(ctx, model, step, schedule, keep=keep)
 
 
 SPEC = StrategySpec(
@@ -39,7 +43,9 @@ SPEC = StrategySpec(
     run,
     processes=single_process,
     check=check,
+    check_data=dpsgd.check_data,
     network=None,
     no_network="one process exchanges nothing: there is no network to model",
     no_compression="one process sends nothing to compress",
+    threats=frozenset({"dpsgd"}),
 )
