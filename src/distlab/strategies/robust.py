@@ -111,12 +111,14 @@ class CenteredClipping:
         self.kept: list[torch.Tensor] = []
 
     def add(self, updates, num_examples: Sequence[float] | None = None) -> None:
-        rows = rows_of(updates).double()
+        rows = rows_of(updates)
         self.count += len(rows)
         if self.iters > 1:
-            self.kept.append(rows)
+            self.kept.append(rows.double())
             return
-        part = clipped(rows - self.start(rows.shape[1]), self.radius).sum(dim=0)
+        # the rows in float32 as sent, the running sum in float64
+        centre = self.start(rows.shape[1]).float()
+        part = clipped(rows - centre, self.radius).sum(dim=0).double()
         self.total = part if self.total is None else self.total + part
 
     def start(self, size: int) -> torch.Tensor:
@@ -154,7 +156,8 @@ class NormBounding:
         weights = torch.as_tensor(np.asarray(num_examples, dtype=np.float64))
         if weights.shape != (len(rows),) or (weights < 0).any():
             raise ValueError(f"num_examples must be {len(rows)} non-negative counts")
-        part = weights @ clipped(rows.double(), self.bound)
+        # the rows in float32 as sent, the running sum in float64
+        part = (weights.float() @ clipped(rows, self.bound)).double()
         self.total = part if self.total is None else self.total + part
         self.weight += float(weights.sum())
 
