@@ -13,6 +13,7 @@ from distlab.experiments.report import comparison_rows, console_columns, load_ru
 from distlab.experiments.threats import (
     NO_DP,
     line_labels,
+    panel_slots,
     plot_privacy,
     plot_robustness,
     privacy_lines,
@@ -137,6 +138,10 @@ def test_robustness_panels_a_line_per_aggregator_clean_runs_at_fraction_zero():
         "mean": [(0.0, 0.90, None), (0.2, 0.88, 0.95)],
         "median": [(0.0, 0.89, None), (0.2, 0.87, 0.30)],
     }
+    # a success panel only beside the backdoor, the only kind that measured one
+    assert panel_slots(panels) == [
+        ("acc", "sign-flip"), None, ("acc", "backdoor"), ("hit", "backdoor")
+    ]  # fmt: skip
 
 
 def test_lines_name_other_settings_only_when_the_runs_differ_in_them():

@@ -225,47 +225,66 @@ def medians(by_fraction: dict[float, list[dict[str, Any]]]) -> list[tuple]:
     return points
 
 
+# Markers per line, so lines that lie on one another (aggregators that agree) stay visible.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def panel_slots(panels: dict[str, dict[str, list[tuple]]]) -> list[tuple[str, str] | None]:
+    """The panels in a two-column grid, as (what, kind): an accuracy panel for every attack
+    kind, a success panel beside it only where some run measured a success rate (the
+    backdoor); kinds without one first, two to a row, None for an empty slot."""
+    measured = [
+        k for k, by in panels.items() if any(p[2] is not None for v in by.values() for p in v)
+    ]
+    slots: list[tuple[str, str] | None] = [("acc", k) for k in panels if k not in measured]
+    if len(slots) % 2:
+        slots.append(None)
+    for kind in measured:
+        slots += [("acc", kind), ("hit", kind)]
+    return slots
+
+
 def plot_robustness(runs: list[dict[str, Any]], path: str | Path) -> Path | None:
-    """robustness.png: a row per attack kind, final accuracy and attack success against the
-    fraction of attackers, a line per aggregator; None (nothing written) without an attack."""
+    """robustness.png: final accuracy (and, for the backdoor, its success rate) against the
+    fraction of attackers, a panel per attack kind, a line per aggregator; None (nothing
+    written) without an attack."""
     path = check_plot(path)
     panels = robustness_panels(runs)
     if not panels:
         return None
     lines = sorted({line for by_line in panels.values() for line in by_line})
-    colors = dict(zip(lines, class_colors(len(lines)), strict=True))
-    fig = new_figure(10.0, 2.9 * len(panels) + 0.8)
-    axes = fig.subplots(len(panels), 2, squeeze=False)
-    for (kind, by_line), (acc_ax, hit_ax) in zip(panels.items(), axes, strict=True):
-        draw_attack(acc_ax, hit_ax, kind, by_line, colors)
-    handles = [Line2D([], [], color=c, marker="o", ms=5, label=n) for n, c in colors.items()]
+    styles = {
+        line: (color, MARKERS[i % len(MARKERS)])
+        for i, (line, color) in enumerate(zip(lines, class_colors(len(lines)), strict=True))
+    }
+    slots = panel_slots(panels)
+    fig = new_figure(10.0, 2.9 * (len(slots) // 2) + 0.8)
+    for ax, slot in zip(fig.subplots(len(slots) // 2, 2, squeeze=False).flat, slots, strict=True):
+        if slot is None:
+            ax.set_axis_off()
+        else:
+            draw_panel(ax, slot[0], slot[1], panels[slot[1]], styles)
+    handles = [Line2D([], [], color=c, marker=m, ms=5, label=n) for n, (c, m) in styles.items()]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8)
     return save_figure(fig, path)
 
 
-def draw_attack(acc_ax: Axes, hit_ax: Axes, kind: str, by_line: dict, colors: dict) -> None:
-    """One attack kind's pair of panels; the success panel says so when no run measured it
-    (only the backdoor has a success rate)."""
-    measured = False
+def draw_panel(ax: Axes, what: str, kind: str, by_line: dict, styles: dict) -> None:
+    """One attack kind's accuracy ("acc") or attack success ("hit") against the fraction of
+    attackers, a line per aggregator (points where the figure is unknown left out)."""
+    column = 1 if what == "acc" else 2
     for line, points in by_line.items():
-        xs = [p[0] for p in points]
-        acc_ax.plot(xs, [p[1] for p in points], color=colors[line], marker="o", ms=4)
-        hits = [(p[0], p[2]) for p in points if p[2] is not None]
-        if hits:
-            measured = True
-            hit_ax.plot(*zip(*hits, strict=True), color=colors[line], marker="o", ms=4)
+        known = [(p[0], p[column]) for p in points if p[column] is not None]
+        if known:
+            color, marker = styles[line]
+            ax.plot(*zip(*known, strict=True), color=color, marker=marker, ms=4, alpha=0.85)
     fractions = sorted({p[0] for points in by_line.values() for p in points})
-    acc_ax.set(ylabel="final test accuracy", title=f"{kind}: accuracy")
-    hit_ax.set(ylabel="attack success", title=f"{kind}: attack success")
-    for ax in (acc_ax, hit_ax):
-        ax.set_xlabel("fraction of attackers")
-        ax.set_xticks(fractions)
-        ax.set_xlim(fractions[0] - 0.03, fractions[-1] + 0.03)
-        ax.xaxis.set_major_formatter(lambda x, _: f"{x:.0%}")
-        finish(ax)
-    if not measured:
-        hit_ax.text(0.5, 0.5, "not measured (backdoor only)", ha="center", va="center",
-                    transform=hit_ax.transAxes, color="0.4", fontsize=9)  # fmt: skip
+    label = "final test accuracy" if what == "acc" else "attack success"
+    ax.set(ylabel=label, title=f"{kind}: {label}", xlabel="fraction of attackers")
+    ax.set_xticks(fractions)
+    ax.set_xlim(fractions[0] - 0.03, fractions[-1] + 0.03)
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x:.0%}")
+    finish(ax)
 
 
 def finish(ax: Axes) -> None:
