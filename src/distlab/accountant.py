@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
+from functools import lru_cache
 
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -43,6 +44,7 @@ def epsilon(noise: float, sample_rate: float, steps: int, delta: float, kind: st
     return value if math.isfinite(value) else None
 
 
+@lru_cache(maxsize=32)  # a run's check and its server ask the same; each search takes seconds
 def noise_for(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, kind: str = "rdp"
 ) -> float:
