@@ -36,6 +36,7 @@ from distlab.federated.executors import ClientSetup, executor_for
 from distlab.federated.optimizers import ServerOptions, ServerStep, server_step
 from distlab.federated.personalization import personalized_accuracy
 from distlab.federated.privacy import check_central
+from distlab.federated.private_local import check_local_privacy
 from distlab.federated.processes import SERVER
 from distlab.federated.seam import TransformedExecutor, with_transforms
 from distlab.federated.secagg import check_secagg
@@ -76,6 +77,7 @@ def check(cfg: RunConfig) -> None:
     executor_for(cfg).check(cfg)
     check_central(cfg)
     check_attack(cfg, executor_for(cfg).name)
+    check_local_privacy(cfg)
     check_secagg(cfg)
     if p.algorithm == "fedsgd" and (p.local_epochs != 1 or p.local_batch not in (None, "full")):
         raise ValueError(
@@ -315,5 +317,5 @@ SPEC = StrategySpec(
         ("bytes/round measured", "bytes_per_round_measured"),
     ),
     check_data=check_data,
-    threats=frozenset({"attack", "secagg", "central"}),
+    threats=frozenset({"attack", "secagg", "central", "dpsgd"}),
 )
