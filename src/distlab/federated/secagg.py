@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 SECAGG_STREAM = 0x5EC0  # the generator stream of dropouts, graphs and stochastic rounding
 DROPPED = "secagg: dropped after sharing keys"
 UNUSABLE = "secagg: no usable update to mask"
+ABORTED = "secagg: too few share holders left to unmask the round"
 
 
 def check_secagg(cfg: RunConfig) -> None:
@@ -106,30 +107,40 @@ class SecAgg(RoundTransform):
         begin = time.perf_counter()
         ids = [int(c) for c in updates.clients]
         rng = np.random.default_rng([self.seed, SECAGG_STREAM, round_, *ids[:1]])
+        lost = dict(updates.lost)
         unusable = unusable_rows(updates)
+        lost.update(
+            {u: UNUSABLE for u, b in zip(ids, unusable, strict=True) if b and u not in lost}
+        )
         dropped = ~unusable & (rng.random(len(ids)) < self.s.dropout)
+        lost.update({u: DROPPED for u, d in zip(ids, dropped, strict=True) if d})
         send = ~unusable & ~dropped
+        senders = [u for u, ok in zip(ids, send, strict=True) if ok]
         self.instances += 1
         tag = f"{round_}:{self.instances}".encode()
         t = threshold(self.s.threshold, self.s.neighbours, len(ids))
         cohort = protocol.start_cohort(ids, self.s.neighbours, t, tag, rng)
-        deltas = (updates.params[torch.from_numpy(send)] - start).numpy()
-        q = protocol.quantize(deltas, self.s.clip, self.s.bits, rng)
-        senders = [u for u, ok in zip(ids, send, strict=True) if ok]
+        q = protocol.quantize(
+            (updates.params[torch.from_numpy(send)] - start).numpy(), self.s.clip, self.s.bits, rng
+        )
         rows = torch.zeros(updates.params.shape, dtype=torch.int64)
         rows[torch.from_numpy(send)] = torch.from_numpy(
             protocol.masked_inputs(cohort, senders, q).astype(np.int64)
         )
-        self.pending.append((cohort, senders))
         self.start = start  # the round's global model (the aggregation is made before it)
-        lost = dict(updates.lost)
-        lost.update({u: DROPPED for u, d in zip(ids, dropped, strict=True) if d})
-        bad = [u for u, b in zip(ids, unusable, strict=True) if b and u not in lost]
-        lost.update(dict.fromkeys(bad, UNUSABLE))
+        if protocol.unmaskable(cohort.graph, set(senders), t):
+            self.pending.append((cohort, senders))
+        else:  # the server aborts before round 3: no secret can be rebuilt, nothing counts
+            lost.update(dict.fromkeys(senders, ABORTED))
+            self.count(cohort)
         self.seconds += time.perf_counter() - begin
         return type(updates)(
             updates.clients, rows, updates.num_examples, updates.metrics, updates.layout, None, lost
         )
+
+    def count(self, cohort) -> None:
+        for u, n in cohort.bytes.items():
+            self.bytes[u] = self.bytes.get(u, 0) + n
 
     def aggregation(self, inner: Aggregation, round_: int, start: torch.Tensor) -> Aggregation:
         self.pending = []  # a fresh attempt at the round: its chunks are yet to train
@@ -178,8 +189,7 @@ class SecureSum:
         mean = protocol.dequantize_mean(total, len(senders), s.clip, s.bits)
         self.total += torch.from_numpy(mean).double() * len(senders)
         self.count += len(senders)
-        for u, n in cohort.bytes.items():
-            self.owner.bytes[u] = self.owner.bytes.get(u, 0) + n
+        self.owner.count(cohort)
         self.owner.seconds += time.perf_counter() - begin
 
     def result(self) -> torch.Tensor:

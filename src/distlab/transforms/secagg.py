@@ -267,3 +267,10 @@ def finish_cohort(cohort: Cohort, masked: dict[int, np.ndarray]) -> np.ndarray:
         revealed[u] = cohort.clients[u].unmask(survivors, dropped, cohort.keys)
         cohort.count(u, 4 * len(cohort.graph) + (8 + SHARE_BYTES) * len(revealed[u]))
     return unmask_sum(masked, revealed, cohort.graph, cohort.keys, cohort.t, cohort.tag)
+
+
+def unmaskable(graph: dict[int, list[int]], senders: set[int], t: int) -> bool:
+    """Whether every client's secret (a survivor's seed, a dropped client's key) has t
+    surviving holders (its neighbours and itself): what the server checks before round 3,
+    from public facts only; else the protocol aborts."""
+    return all(len(senders & {u, *graph[u]}) >= t for u in graph)
