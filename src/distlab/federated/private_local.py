@@ -138,10 +138,10 @@ def private_step(model, dp: LocalPrivacy, x, y, generator) -> float:
     return float(loss[0])
 
 
-def client_epsilon(noise, rate, steps, delta, kind) -> float:
-    from distlab.dpsgd import accountant_epsilon
+def client_epsilon(noise, rate, steps, delta, kind) -> float | None:
+    from distlab.accountant import epsilon
 
-    return accountant_epsilon(noise, rate, steps, delta, kind)
+    return epsilon(noise, rate, steps, delta, kind)
 
 
 class LocalPrivacyLoss(RoundTransform):
@@ -150,12 +150,12 @@ class LocalPrivacyLoss(RoundTransform):
     name = "local-dpsgd"
 
     def __init__(self, setup: ClientSetup) -> None:
-        from distlab.federated.clients import local_steps
-
         cfg, spec = setup.ctx.cfg, setup.spec
         self.privacy, self.dp = cfg.privacy, spec.dp
         sizes = setup.data.sizes
-        self.steps = np.array([local_steps(int(s), spec.batch, spec.epochs) for s in sizes])
+        # each client's local steps a round, as clients.local_steps counts them
+        per_epoch = np.ones_like(sizes) if spec.batch is None else -(-sizes // spec.batch)
+        self.steps = np.where(sizes > 0, spec.epochs * per_epoch, 0)
         batch = sizes if spec.batch is None else np.minimum(spec.batch, np.maximum(sizes, 1))
         self.rates = np.minimum(batch / np.maximum(sizes, 1), 1.0)
         self.rounds = np.zeros(len(sizes), dtype=np.int64)
@@ -174,7 +174,8 @@ class LocalPrivacyLoss(RoundTransform):
         for key in keys - self.cache.keys():
             p = self.privacy
             self.cache[key] = client_epsilon(self.dp.noise, key[0], key[1], p.delta, p.accountant)
-        return max(self.cache[key] for key in keys)
+        values = [self.cache[key] for key in keys]
+        return None if None in values else max(values)
 
     def fields(self, round_: int) -> dict:
         return {"epsilon": self.epsilon(), "clip": self.dp.clip}
