@@ -94,11 +94,11 @@ def test_sign_flip_reverses_the_attackers_deltas_from_the_start_round_and_record
     start = torch.ones(4)
     rows = start + torch.arange(12.0).reshape(3, 4)
     transform = AttackTransform(np.array([1, 5]), AttackSettings("sign-flip", 2.0), 3, 0)
-    transform.aggregation(None, 2, start)
+    transform.aggregation(None)
     before = transform.updates(2, start, updates_of([0, 1, 2], rows.clone()))
     assert torch.equal(before.params, rows)
     assert transform.fields(2) == {"attackers": []}
-    transform.aggregation(None, 3, start)
+    transform.aggregation(None)
     after = transform.updates(3, start, updates_of([0, 1, 2], rows.clone()))
     assert torch.equal(after.params[1], start - 2.0 * (rows[1] - start))
     assert torch.equal(after.params[[0, 2]], rows[[0, 2]])

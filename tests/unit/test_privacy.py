@@ -146,7 +146,7 @@ def chunk(start: torch.Tensor, deltas: torch.Tensor) -> Updates:
 
 def round_through(privacy: CentralPrivacy, round_: int, start, deltas) -> torch.Tensor:
     """One attempt at a round as the seam drives it: aggregation first, then the rows."""
-    aggregation = privacy.aggregation(StreamingMean(), round_ - 1, None)
+    aggregation = privacy.aggregation(StreamingMean())
     updates = privacy.updates(round_, start, chunk(start, deltas))
     aggregation.add(updates.params, updates.num_examples)
     return aggregation.result()

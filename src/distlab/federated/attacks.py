@@ -134,7 +134,7 @@ class AttackTransform(RoundTransform):
         self.attackers, self.settings, self.start, self.seed = attackers, settings, start, seed
         self.seen: list[int] = []
 
-    def aggregation(self, inner: Aggregation, round_: int, start: torch.Tensor) -> Aggregation:
+    def aggregation(self, inner: Aggregation) -> Aggregation:
         self.seen = []  # a fresh attempt at a round: its clients are drawn again
         return inner
 

@@ -136,9 +136,9 @@ class CentralPrivacy(RoundTransform):
         self.unclipped += int(usable.sum())
         return replace(updates, params=rows)
 
-    def aggregation(self, inner: Aggregation, round_: int, start: torch.Tensor) -> Aggregation:
-        """Each call starts an attempt at a round, before its clients train (so `round_` and
-        `start` are still the last round's): one step for the accountant."""
+    def aggregation(self, inner: Aggregation) -> Aggregation:
+        """Each call starts an attempt at a round, before its clients train (its round and
+        start arrive with the first `updates`): one step for the accountant."""
         self.steps += 1
         self.begun = True
         self.unclipped = 0

@@ -48,8 +48,10 @@ class RoundTransform:
         """A chunk's rows as the server receives them (client order, one row per client)."""
         return updates
 
-    def aggregation(self, inner: Aggregation, round_: int, start: torch.Tensor) -> Aggregation:
-        """The round's aggregation: `inner` (the rule of the run), wrapped or replaced."""
+    def aggregation(self, inner: Aggregation) -> Aggregation:
+        """The aggregation of an attempt at a round: `inner` (the run's rule), wrapped or
+        replaced. It is made when the attempt begins, before any of its clients trains, so
+        the attempt's round and start reach a transform through `updates`."""
         return inner
 
     def fields(self, round_: int) -> dict:
@@ -103,10 +105,10 @@ class TransformedExecutor:
                 transform.load_state_dict(state["transforms"][transform.name])
 
     def aggregation(self, new_aggregation: Callable[[], Aggregation]) -> Aggregation:
-        """A fresh aggregation of the round being trained, wrapped by every transform."""
+        """A fresh aggregation for an attempt about to train, wrapped by every transform."""
         aggregation = new_aggregation()
         for transform in self.transforms:
-            aggregation = transform.aggregation(aggregation, self.round, self.base)
+            aggregation = transform.aggregation(aggregation)
         return aggregation
 
     def fields(self, round_: int) -> dict:

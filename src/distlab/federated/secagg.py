@@ -142,7 +142,7 @@ class SecAgg(RoundTransform):
         for u, n in cohort.bytes.items():
             self.bytes[u] = self.bytes.get(u, 0) + n
 
-    def aggregation(self, inner: Aggregation, round_: int, start: torch.Tensor) -> Aggregation:
+    def aggregation(self, inner: Aggregation) -> Aggregation:
         self.pending = []  # a fresh attempt at the round: its chunks are yet to train
         return SecureSum(self, inner)
 
