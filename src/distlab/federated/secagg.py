@@ -37,6 +37,12 @@ def check_secagg(cfg: RunConfig) -> None:
     if not s.enabled:
         return
     n = p.clients_per_round or p.clients
+    if p.executor == "flower":
+        raise ValueError(
+            "secagg.enabled is not carried by executor flower: its SuperNodes would send "
+            "plain updates to a simulated protocol; use the vectorized, sequential or "
+            "processes executor"
+        )
     if s.threshold is not None and s.threshold > n:
         raise ValueError(f"secagg.threshold ({s.threshold}) must be <= clients per round ({n})")
     if s.neighbours is not None and s.neighbours >= n:
