@@ -58,14 +58,18 @@ def answer_train(message, context):
     from distlab.federated.flower import numpy_ndarrays_named
 
     torch.set_num_threads(int(node_setting(context, "threads", 1)))
+    if "fitins.parameters" in message.content.array_records:
+        return answer_secure_train(message, context)
     settings = message.content[RECORD]
     cfg = read_config(message)
     client = check_membership(context, cfg)
     if int(settings["client"]) != client:
         raise ValueError(f"client {client} was sent client {settings['client']}'s work")
     begin = time.perf_counter()
+    arrays = message.content["params"]
+    start = {name: arrays[name].numpy() for name in arrays.keys()}
     named, samples, loss, accuracy = train_round(
-        cfg, client, int(settings["round"]), message.content["params"], context
+        cfg, client, int(settings["round"]), start, context
     )
     info = {
         "samples": samples,
@@ -79,6 +83,51 @@ def answer_train(message, context):
     return Message(RecordDict(content), reply_to=message)
 
 
+def answer_secure_train(message, context):
+    """A round of Flower's SecAgg+ workflow (federated/flower_secagg.py): the global model
+    and settings come as a legacy FitIns, and this client's delta goes back as a FitRes,
+    which `secaggplus_mod` masks before it leaves the node. A client drawn to drop
+    (secagg.dropout, seeded per round) fails here, after sharing its keys."""
+    import json
+
+    from flwr.app import Message
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from distlab.config import validate_config
+    from distlab.federated.secagg import SECAGG_STREAM
+
+    ins = compat.recorddict_to_fitins(message.content, keep_input=True)
+    cfg = validate_config(json.loads(str(ins.config["config"])))
+    client, round_ = check_membership(context, cfg), int(ins.config["round"])
+    if int(ins.config["client"]) != client:
+        raise ValueError(f"client {client} was sent client {ins.config['client']}'s work")
+    rng = np.random.default_rng([cfg.seed, SECAGG_STREAM, round_, client])
+    if rng.random() < cfg.secagg.dropout:
+        raise RuntimeError(f"client {client} dropped in round {round_} (secagg.dropout)")
+    begin = time.perf_counter()
+    start = parameters_to_ndarrays(ins.parameters)
+    named, samples, loss, accuracy = train_round(cfg, client, round_, start, context)
+    deltas = [v - s for v, s in zip(named.values(), start, strict=True)]
+    info = {"loss": loss, "train_seconds": time.perf_counter() - begin, "client": client}
+    if accuracy is not None:
+        info["val_accuracy"] = accuracy
+    status = Status(Code.OK, "")
+    res = FitRes(status, ndarrays_to_parameters(deltas), samples, info)
+    return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=message)
+
+
+def secure_mod(message, context, call_next):
+    """Flower's `secaggplus_mod` on the messages of its SecAgg+ workflow; the others (a
+    run without secagg, the membership query) go straight to their handler."""
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS in message.content.config_records:
+        return secaggplus_mod(message, context, call_next)
+    return call_next(message, context)
+
+
 def read_config(message):
     import json
 
@@ -88,7 +137,8 @@ def read_config(message):
 
 
 def train_round(cfg, client: int, round_: int, arrays, context):
-    """(named parameters, samples, mean loss, accuracy on the client's validation samples)."""
+    """(named parameters, samples, mean loss, accuracy on the client's validation samples),
+    from the global model as name -> array or a list in the model's order."""
     from distlab.federated.clients import client_batches, local_spec, train_client
     from distlab.federated.evaluation import local_accuracy
     from distlab.federated.types import Layout
@@ -97,7 +147,9 @@ def train_round(cfg, client: int, round_: int, arrays, context):
     data, own = client_samples(cfg, client, context)
     model = build_model(cfg.model, data.input_shape, data.classes, cfg.seed)
     layout = Layout.of(model)
-    start = layout.join({name: arrays[name].numpy() for name in arrays.keys()})
+    if isinstance(arrays, list):
+        arrays = dict(zip(layout.names, arrays, strict=True))
+    start = layout.join(arrays)
     spec = local_spec(cfg)
     batches = client_batches(own.train[0], spec.batch, spec.epochs, cfg.seed, round_, client)
     # Dropout draws from torch's generator: seeded per (client, round), as a fresh process.
@@ -131,7 +183,7 @@ def client_samples(cfg, client: int, context):
 def make_app():
     from flwr.clientapp import ClientApp
 
-    app = ClientApp()
+    app = ClientApp(mods=[secure_mod])
     app.query()(answer_query)
     app.train()(answer_train)
     return app

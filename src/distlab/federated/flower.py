@@ -65,6 +65,7 @@ class FlowerExecutor:
         self.recorder, self.comm, self.settings = recorder, comm, settings
         self.clients: dict[int, ClientNode] = {}
         self.asked: set[int] = set()  # node ids already asked which client they host
+        self.secure = None  # flower_secagg.SecureRounds when secagg.enabled
 
     # --- who is connected ---------------------------------------------------------------
 
@@ -133,6 +134,8 @@ class FlowerExecutor:
 
     def train(self, round_: int, start: torch.Tensor, clients: np.ndarray) -> Updates:
         live = self.discover()  # and ask a node that (re)joined since the last round
+        if self.secure is not None:
+            return self.secure.train(self, round_, start, clients, live)
         arrays = {n: v.numpy() for n, v in self.layout.split(start.detach()).items()}
         messages, lost = {}, {}
         for client in clients.tolist():
@@ -265,5 +268,11 @@ def start_flower(setup: ClientSetup) -> FlowerExecutor:
         ctx.comm,
         shared["flower"],
     )
+    if ctx.cfg.secagg.enabled:  # Flower's SecAgg+ workflow, weights <= 1 sample share
+        from distlab.federated.flower_secagg import SecureRounds
+
+        samples = max(1, len(ctx.data.y_train))
+        timeout = shared["flower"].round_timeout
+        executor.secure = SecureRounds(ctx.cfg, timeout, samples, message_bytes)
     executor.connect()
     return executor

@@ -37,12 +37,6 @@ def check_secagg(cfg: RunConfig) -> None:
     if not s.enabled:
         return
     n = p.clients_per_round or p.clients
-    if p.executor == "flower":
-        raise ValueError(
-            "secagg.enabled is not carried by executor flower: its SuperNodes would send "
-            "plain updates to a simulated protocol; use the vectorized, sequential or "
-            "processes executor"
-        )
     if s.threshold is not None and s.threshold > n:
         raise ValueError(f"secagg.threshold ({s.threshold}) must be <= clients per round ({n})")
     if s.neighbours is not None and s.neighbours >= n:
@@ -73,6 +67,10 @@ def check_secagg(cfg: RunConfig) -> None:
             "sum at the server, which under secagg sees no update to clip (use privacy.mode="
             "dpsgd, noised on the clients)"
         )
+    if p.executor == "flower":  # Flower's own SecAgg+ workflow (flower_secagg.py)
+        from distlab.federated.flower_secagg import check_flower_secagg
+
+        check_flower_secagg(cfg)
     if p.aggregate_chunk < n:
         raise ValueError(
             f"secagg runs one protocol per round: strategy.aggregate_chunk "
@@ -83,7 +81,7 @@ def check_secagg(cfg: RunConfig) -> None:
 def make_secagg(setup):
     """The run's SecAgg+ transform, or None when secagg.enabled is false."""
     cfg = setup.ctx.cfg
-    if not cfg.secagg.enabled:
+    if not cfg.secagg.enabled or setup.kind.name == "flower":  # deployed: Flower's protocol
         return None
     return SecAgg(cfg.secagg, cfg.seed)
 
