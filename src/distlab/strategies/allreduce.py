@@ -53,7 +53,7 @@ def run(ctx: WorkerContext, params: Params) -> None:
     if ctx.cfg.privacy.mode == "dpsgd":  # clipped sums all-reduced, noise added once
         step, schedule, keep = dpsgd.allreduce(ctx, model, opt)
         return train_epochs(ctx, model, step, schedule, keep=keep)
-    if byzantine.active(ctx.cfg):
+    if byzantine.active(ctx.cfg, params):
         keep["byzantine"] = byz = byzantine.Byzantine(ctx, ctx.world)
         step = byzantine.gathered_gradient_step(ctx, model, opt, buf, byz)
     elif chain is None:

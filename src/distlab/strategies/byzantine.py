@@ -94,9 +94,11 @@ def check_robust(cfg, workers: int) -> None:
         )
 
 
-def active(cfg) -> bool:
-    """Whether a run moves every gradient apart: an attack or a rule other than the mean."""
-    return cfg.attack.on or cfg.strategy.aggregator != "mean"
+def active(cfg, params=None) -> bool:
+    """Whether a run moves every gradient apart: an attack or a rule other than the mean
+    (the rule of `params` when given, else of the config's strategy)."""
+    rule = getattr(params if params is not None else cfg.strategy, "aggregator", "mean")
+    return cfg.attack.on or rule != "mean"
 
 
 class Byzantine:
