@@ -25,6 +25,11 @@ POISON_STREAM = 0xBAD  # keeps the draw of poisoned samples apart under the run'
 DATA_POISONS = ("label-flip", "backdoor")
 
 
+def flip_labels(y: torch.Tensor, classes: int) -> torch.Tensor:
+    """Label flipping: y -> C - 1 - y."""
+    return classes - 1 - y
+
+
 def trigger_value(x_train: torch.Tensor) -> float:
     """The pattern's value: the brightest input of the training set, white in the model's
     input normalization ((1 - mean) / std for the image sets)."""
@@ -71,7 +76,7 @@ def poison(
     if kind == "label-flip":
         rows = np.concatenate([train[c] for c in attackers.tolist()] + [np.zeros(0, np.int64)])
         index = torch.from_numpy(rows.astype(np.int64)).to(y.device)
-        y[index] = data.classes - 1 - y[index]
+        y[index] = flip_labels(y[index], data.classes)
         return dataclasses.replace(data, y_train=y)
     parts = [backdoor_rows(train[c], fraction, seed, c) for c in attackers.tolist()]
     rows = np.concatenate(parts + [np.zeros(0, np.int64)]).astype(np.int64)

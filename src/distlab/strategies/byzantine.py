@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from distlab.data.poison import flip_labels
 from distlab.strategies.aggregate import (
     AggregatorOptions,
     get_aggregator,
@@ -143,7 +144,7 @@ class Byzantine:
         """The labels `worker` trains on in `step`: flipped where it flips them."""
         if self.crafts or not self.attacking(step) or not bool(self.mask[worker]):
             return y
-        return self.classes - 1 - y
+        return flip_labels(y, self.classes)
 
     def generator(self, step: int) -> torch.Generator:
         state = np.random.SeedSequence([self.seed, step]).generate_state(1)[0]
